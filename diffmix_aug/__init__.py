@@ -1,0 +1,58 @@
+"""diffmix_aug: DiffMix (Oh & Jeong, MICCAI 2023) as an online augmentation dataloader plugin.
+
+Importing the package imports torch and numpy only. Public names are resolved lazily on first
+access (PEP 562), so optional or heavy dependencies (albumentations, OpenCV, scikit-image, PyYAML,
+tqdm, matplotlib, scipy) are imported only where they are used, and nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as _np  # noqa: F401  (documented: the package imports numpy and torch)
+import torch as _torch  # noqa: F401
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "NucleiSample": "diffmix_aug.data.sample",
+    "remap_label": "diffmix_aug.data.remap",
+    "DatasetInfo": "diffmix_aug.data.classes",
+    "get_dataset_info": "diffmix_aug.data.classes",
+    "NucleiDataset": "diffmix_aug.data.dataset",
+    "make_toy_dataset": "diffmix_aug.data.toy",
+    "encode_condition": "diffmix_aug.labelmaps.encode",
+    "enlarge_label_map": "diffmix_aug.labelmaps.enlarge",
+    "balance_label_map": "diffmix_aug.labelmaps.balance",
+    "DonorBank": "diffmix_aug.labelmaps.donors",
+    "LabelMapSampler": "diffmix_aug.labelmaps.sampler",
+    "build_sdm": "diffmix_aug.sdm.presets",
+    "ReferenceDDIMSampler": "diffmix_aug.sampling.reference",
+    "DDIMSampler": "diffmix_aug.sampling.ddim",
+    "Synthesizer": "diffmix_aug.sampling.synthesizer",
+    "ReplayCache": "diffmix_aug.cache",
+    "DiffMixDataset": "diffmix_aug.dataset",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'diffmix_aug' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data.classes import DatasetInfo, get_dataset_info
+    from .data.remap import remap_label
+    from .data.sample import NucleiSample

@@ -1,0 +1,1 @@
+"""sdm subpackage."""
