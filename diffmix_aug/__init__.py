@@ -8,7 +8,7 @@ tqdm, matplotlib, scipy) are imported only where they are used, and nothing touc
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as _np  # noqa: F401  (documented: the package imports numpy and torch)
 import torch as _torch  # noqa: F401
@@ -21,19 +21,7 @@ _EXPORTS: dict[str, str] = {
     "remap_label": "diffmix_aug.data.remap",
     "DatasetInfo": "diffmix_aug.data.classes",
     "get_dataset_info": "diffmix_aug.data.classes",
-    "NucleiDataset": "diffmix_aug.data.dataset",
-    "make_toy_dataset": "diffmix_aug.data.toy",
     "encode_condition": "diffmix_aug.labelmaps.encode",
-    "enlarge_label_map": "diffmix_aug.labelmaps.enlarge",
-    "balance_label_map": "diffmix_aug.labelmaps.balance",
-    "DonorBank": "diffmix_aug.labelmaps.donors",
-    "LabelMapSampler": "diffmix_aug.labelmaps.sampler",
-    "build_sdm": "diffmix_aug.sdm.presets",
-    "ReferenceDDIMSampler": "diffmix_aug.sampling.reference",
-    "DDIMSampler": "diffmix_aug.sampling.ddim",
-    "Synthesizer": "diffmix_aug.sampling.synthesizer",
-    "ReplayCache": "diffmix_aug.cache",
-    "DiffMixDataset": "diffmix_aug.dataset",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -51,8 +39,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .data.classes import DatasetInfo, get_dataset_info
-    from .data.remap import remap_label
-    from .data.sample import NucleiSample
