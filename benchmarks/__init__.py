@@ -1,0 +1,1 @@
+"""Benchmarks and the downstream evaluation harness (not part of the installed package)."""
