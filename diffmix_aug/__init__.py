@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "DatasetInfo": "diffmix_aug.data.classes",
     "get_dataset_info": "diffmix_aug.data.classes",
     "encode_condition": "diffmix_aug.labelmaps.encode",
+    "build_sdm": "diffmix_aug.sdm.presets",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,0 +1,336 @@
+"""``SDMUNet``: SDM's denoiser with the encode / modulation / decode split.
+
+The label map never enters the encoder, and every SPADE (gamma, beta) depends on the label only,
+so a sampler can run the encoder once for the conditional and the unconditional pass and hoist the
+SPADE convolutions out of the denoising loop (``design/performance.md`` §3)::
+
+    state = model.encode(x, t)                    # EncoderState
+    mods = model.modulation(y, kind="full")       # SpadeModulation
+    out = model.decode(state, mods)               # == model(x, t, y)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import check_choice, describe
+from .blocks import (
+    AttentionBlock,
+    GroupNorm32,
+    ResBlock,
+    SDMResBlock,
+    SPADEGroupNorm,
+    timestep_embedding,
+    zero_module,
+)
+from .config import SDMConfig
+
+__all__ = ["MODULATION_KINDS", "EncoderState", "SDMUNet", "SpadeModulation"]
+
+MODULATION_KINDS = ("full", "hidden")
+
+
+@dataclass
+class EncoderState:
+    """Encoder output: what the decoder needs besides the label.
+
+    Attributes:
+        h: Last encoder activation ``[N, C, h, w]`` (also ``skips[-1]``).
+        skips: Every encoder block's output, in order (popped from the end by the decoder).
+        emb: Time embedding ``[N, 4 * model_channels]``.
+    """
+
+    h: torch.Tensor
+    skips: list[torch.Tensor]
+    emb: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.h.shape[0]
+
+    def repeat(self, k: int) -> EncoderState:
+        """Batch repeated ``k`` times, concatenated along the batch (``[s, s]`` for k = 2)."""
+        return EncoderState(torch.cat([self.h] * k), [torch.cat([s] * k) for s in self.skips],
+                            torch.cat([self.emb] * k))
+
+
+@dataclass
+class SpadeModulation:
+    """Label-only inputs of every SPADE layer, in forward order.
+
+    Attributes:
+        kind: ``"full"``: ``values[i] = (gamma_i, beta_i)``, each ``[N, C_i, h_i, w_i]``;
+            ``"hidden"``: ``values[i]`` = the shared ``ReLU(conv3x3(y))`` ``[N, spade_hidden, h_i, w_i]``.
+        values: One entry per SPADE layer.
+    """
+
+    kind: str
+    values: list
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [t for v in self.values for t in (v if isinstance(v, tuple) else (v,))]
+
+    @property
+    def batch_size(self) -> int:
+        return self._tensors()[0].shape[0]
+
+    def _map(self, fn) -> SpadeModulation:
+        if self.kind == "full":
+            return SpadeModulation(self.kind, [(fn(g), fn(b)) for g, b in self.values])
+        return SpadeModulation(self.kind, [fn(a) for a in self.values])
+
+    def cat(self, other: SpadeModulation) -> SpadeModulation:
+        """Concatenate along the batch: ``self`` first, then ``other`` (same kind and layers)."""
+        return SpadeModulation.concat([self, other])
+
+    @staticmethod
+    def concat(mods: Sequence[SpadeModulation]) -> SpadeModulation:
+        """Concatenate several modulations along the batch."""
+        kinds = {m.kind for m in mods}
+        if len(kinds) != 1 or len({len(m.values) for m in mods}) != 1:
+            raise ValueError(f"can only concatenate SpadeModulations of one kind and layer count, got kinds "
+                             f"{sorted(kinds)} and layer counts {[len(m.values) for m in mods]}")
+        kind = mods[0].kind
+        if kind == "full":
+            values = [(torch.cat([m.values[i][0] for m in mods]), torch.cat([m.values[i][1] for m in mods]))
+                      for i in range(len(mods[0].values))]
+        else:
+            values = [torch.cat([m.values[i] for m in mods]) for i in range(len(mods[0].values))]
+        return SpadeModulation(kind, values)
+
+    def repeat(self, k: int) -> SpadeModulation:
+        """Batch repeated ``k`` times (``[m, m]`` for k = 2)."""
+        return self._map(lambda t: torch.cat([t] * k))
+
+    def expand(self, n: int) -> SpadeModulation:
+        """Broadcast a batch-1 modulation to batch ``n`` without copying (stride-0 views)."""
+        if self.batch_size != 1:
+            raise ValueError(f"`expand` needs a batch-1 modulation, got batch {self.batch_size}")
+        return self._map(lambda t: t.expand(n, *t.shape[1:]))
+
+    def to(self, *args, **kwargs) -> SpadeModulation:
+        """``Tensor.to`` on every tensor (device, dtype, memory_format)."""
+        return self._map(lambda t: t.to(*args, **kwargs))
+
+    def conds(self) -> list[tuple[str, object]]:
+        return [(self.kind, v) for v in self.values]
+
+
+class SDMUNet(nn.Module):
+    """Semantic diffusion model U-Net (SDM, Wang et al. 2022), as used by DiffMix.
+
+    ``forward(x [N,3,H,W], t [N] int64 (original timesteps), y [N,label_channels,H,W])`` returns
+    ``[N, out_channels, H, W]`` in ``x``'s dtype: eps, then (learned sigma) the variance
+    interpolation v. The encoder sees ``x`` and ``t`` only; SPADE norms in the middle and decoder
+    blocks inject ``y``.
+
+    Args:
+        config: :class:`SDMConfig`.
+    """
+
+    def __init__(self, config: SDMConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        mc = c.model_channels
+        emb_dim = 4 * mc
+        attn_ds = set(c.attention_ds)
+        common = dict(dropout=c.dropout, use_scale_shift_norm=c.use_scale_shift_norm, num_groups=c.num_groups,
+                      use_checkpoint=c.use_checkpoint)
+        spade = dict(label_channels=c.label_channels, spade_hidden=c.spade_hidden)
+
+        def attention(ch: int) -> AttentionBlock:
+            return AttentionBlock(ch, c.num_heads, c.num_head_channels, c.num_groups, c.use_checkpoint)
+
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        ch = int(c.channel_mult[0] * mc)
+        self.input_blocks = nn.ModuleList([nn.ModuleList([nn.Conv2d(c.in_channels, ch, 3, padding=1)])])
+        skip_chans = [ch]
+        ds = 1
+        for level, mult in enumerate(c.channel_mult):
+            for _ in range(c.num_res_blocks):
+                layers: list[nn.Module] = [ResBlock(ch, emb_dim, int(mult * mc), **common)]
+                ch = int(mult * mc)
+                if ds in attn_ds:
+                    layers.append(attention(ch))
+                self.input_blocks.append(nn.ModuleList(layers))
+                skip_chans.append(ch)
+            if level != len(c.channel_mult) - 1:
+                down = (ResBlock(ch, emb_dim, ch, resample="down", **common) if c.resblock_updown
+                        else _Downsample(ch))
+                self.input_blocks.append(nn.ModuleList([down]))
+                skip_chans.append(ch)
+                ds *= 2
+        self.middle_block = nn.ModuleList([
+            SDMResBlock(ch, emb_dim, ch, ds=ds, **spade, **common),
+            attention(ch),
+            SDMResBlock(ch, emb_dim, ch, ds=ds, **spade, **common),
+        ])
+        self.output_blocks = nn.ModuleList()
+        for level, mult in list(enumerate(c.channel_mult))[::-1]:
+            for i in range(c.num_res_blocks + 1):
+                skip_ch = skip_chans.pop()
+                layers = [SDMResBlock(ch + skip_ch, emb_dim, int(mc * mult), ds=ds, **spade, **common)]
+                ch = int(mc * mult)
+                if ds in attn_ds:
+                    layers.append(attention(ch))
+                if level and i == c.num_res_blocks:
+                    layers.append(SDMResBlock(ch, emb_dim, ch, resample="up", ds=ds, **spade, **common)
+                                  if c.resblock_updown else _Upsample(ch))
+                    ds //= 2
+                self.output_blocks.append(nn.ModuleList(layers))
+        self.out_norm = GroupNorm32(c.num_groups, ch)
+        self.out_conv = zero_module(nn.Conv2d(ch, c.out_channels, 3, padding=1))
+        self._spade_list = self._collect_spade_layers()  # plain list: not registered twice
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def label_channels(self) -> int:
+        return self.config.label_channels
+
+    @property
+    def learn_sigma(self) -> bool:
+        return self.config.learn_sigma
+
+    @property
+    def out_channels(self) -> int:
+        return self.config.out_channels
+
+    def spade_layers(self) -> list[SPADEGroupNorm]:
+        """Every SPADE layer in forward order (middle, then decoder; in-norm before out-norm)."""
+        return list(self._spade_list)
+
+    def _collect_spade_layers(self) -> list[SPADEGroupNorm]:
+        blocks = [m for m in self.middle_block if isinstance(m, SDMResBlock)]
+        blocks += [m for layers in self.output_blocks for m in layers if isinstance(m, SDMResBlock)]
+        return [norm for b in blocks for norm in b.spade_layers()]
+
+    # ------------------------------------------------------------------ the split
+    def encode(self, x: torch.Tensor, t: torch.Tensor) -> EncoderState:
+        """Run the time embedding and the encoder (no label involved).
+
+        Args:
+            x: ``[N, in_channels, H, W]`` noisy image.
+            t: ``[N]`` original timesteps (0..T-1).
+        """
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"`x` must be [N, {self.config.in_channels}, H, W], got {describe(x)}")
+        if t.ndim != 1 or t.shape[0] != x.shape[0]:
+            raise ValueError(f"`t` must be [N] with N = x.shape[0] = {x.shape[0]}, got {describe(t)}")
+        emb = self.time_embed(timestep_embedding(t, self.config.model_channels))
+        h = x
+        skips = []
+        for layers in self.input_blocks:
+            for layer in layers:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            skips.append(h)
+        return EncoderState(h, skips, emb)
+
+    def modulation(self, y: torch.Tensor, kind: str = "full") -> SpadeModulation:
+        """Every SPADE layer's label-only input, in forward order (see :class:`SpadeModulation`).
+
+        Args:
+            y: ``[N, label_channels, H, W]`` condition at image resolution (all zeros = null label).
+            kind: ``"full"`` for (gamma, beta), ``"hidden"`` for the shared hidden activation.
+        """
+        check_choice("kind", kind, MODULATION_KINDS)
+        self._check_label(y)
+        values = []
+        for norm in self._spade_list:
+            a = norm.hidden(y)
+            values.append(norm.gamma_beta(a) if kind == "full" else a)
+        return SpadeModulation(kind, values)
+
+    def null_modulation(self, batch_size: int, size: tuple[int, int] | int, kind: str = "full", *,
+                        device: torch.device | str | None = None, dtype: torch.dtype | None = None
+                        ) -> SpadeModulation:
+        """Modulation of the all-zero (null) label: computed at batch 1, broadcast to ``batch_size``.
+
+        Args:
+            batch_size: Batch of the returned (stride-0) modulation.
+            size: Image size ``(H, W)`` or ``H`` for square.
+            kind: As :meth:`modulation`.
+            device, dtype: Of the zero label; default the model's parameters'.
+        """
+        h, w = (size, size) if isinstance(size, int) else size
+        p = next(self.parameters())
+        y = torch.zeros(1, self.label_channels, h, w, device=device or p.device, dtype=dtype or p.dtype)
+        return self.modulation(y, kind).expand(batch_size)
+
+    def decode(self, state: EncoderState, mods: SpadeModulation) -> torch.Tensor:
+        """Middle and decoder blocks plus the output head.
+
+        Args:
+            state: From :meth:`encode` (possibly ``repeat``-ed).
+            mods: From :meth:`modulation` (possibly concatenated); same batch as ``state``.
+
+        Returns:
+            ``float32 [N, out_channels, H, W]``.
+        """
+        if not isinstance(mods, SpadeModulation):
+            raise TypeError(f"`mods` must be a SpadeModulation from model.modulation(y), got {type(mods).__name__}")
+        n_layers = len(self._spade_list)
+        if len(mods.values) != n_layers:
+            raise ValueError(f"`mods` has {len(mods.values)} SPADE layers, this model has {n_layers}; build it "
+                             "with this model's modulation()")
+        if mods.batch_size != state.batch_size:
+            raise ValueError(f"`mods` batch {mods.batch_size} != encoder state batch {state.batch_size}; use "
+                             "EncoderState.repeat(k) / SpadeModulation.cat(...) so that they match")
+        return self._decode(state, mods.conds())
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``[N, out_channels, H, W]`` in ``x``'s dtype (see the class docstring)."""
+        self._check_label(y, x)
+        out = self._decode(self.encode(x, t), [("label", y)] * len(self._spade_list))
+        return out.to(x.dtype)
+
+    # ------------------------------------------------------------------ internals
+    def _check_label(self, y: torch.Tensor, x: torch.Tensor | None = None) -> None:
+        if not isinstance(y, torch.Tensor) or y.ndim != 4 or y.shape[1] != self.label_channels:
+            raise ValueError(f"`y` must be [N, {self.label_channels}, H, W] (label_channels = num_classes + 1), "
+                             f"got {describe(y)}")
+        if x is not None and (y.shape[0] != x.shape[0] or y.shape[-2:] != x.shape[-2:]):
+            raise ValueError(f"`y` must match x's batch and size {(x.shape[0], *x.shape[-2:])}, got {describe(y)}")
+
+    def _decode(self, state: EncoderState, conds: list) -> torch.Tensor:
+        it = iter(conds)
+        emb = state.emb
+        skips = list(state.skips)
+        h = state.h
+        for layer in self.middle_block:
+            h = layer(h, emb, next(it), next(it)) if isinstance(layer, SDMResBlock) else layer(h)
+        for layers in self.output_blocks:
+            h = torch.cat([h, skips.pop().to(h.dtype)], dim=1)
+            for layer in layers:
+                h = layer(h, emb, next(it), next(it)) if isinstance(layer, SDMResBlock) else layer(h)
+        # output head in float32, as the reference keeps it out of fp16
+        with torch.autocast(h.device.type, enabled=False):
+            h = F.silu(self.out_norm(h.float()))
+            return F.conv2d(h, self.out_conv.weight.float(), self.out_conv.bias.float(), padding=1)
+
+
+class _Downsample(nn.Module):
+    """Strided conv3x3 down-sampling (``resblock_updown=False``, the reference's conv_resample)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class _Upsample(nn.Module):
+    """Nearest x2 then conv3x3 (``resblock_updown=False``)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
