@@ -22,6 +22,12 @@ _EXPORTS: dict[str, str] = {
     "DatasetInfo": "diffmix_aug.data.classes",
     "get_dataset_info": "diffmix_aug.data.classes",
     "encode_condition": "diffmix_aug.labelmaps.encode",
+    "dice": "diffmix_aug.metrics",
+    "dice2": "diffmix_aug.metrics",
+    "aji": "diffmix_aug.metrics",
+    "aji_plus": "diffmix_aug.metrics",
+    "panoptic_quality": "diffmix_aug.metrics",
+    "classification_stats": "diffmix_aug.metrics",
     "build_sdm": "diffmix_aug.sdm.presets",
 }
 
