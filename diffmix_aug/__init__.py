@@ -21,6 +21,8 @@ _EXPORTS: dict[str, str] = {
     "remap_label": "diffmix_aug.data.remap",
     "DatasetInfo": "diffmix_aug.data.classes",
     "get_dataset_info": "diffmix_aug.data.classes",
+    "NucleiDataset": "diffmix_aug.data.dataset",
+    "make_toy_dataset": "diffmix_aug.data.toy",
     "encode_condition": "diffmix_aug.labelmaps.encode",
     "dice": "diffmix_aug.metrics",
     "dice2": "diffmix_aug.metrics",
