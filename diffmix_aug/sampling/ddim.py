@@ -1,0 +1,332 @@
+"""The fast guided DDIM sampler (same math as :class:`~diffmix_aug.sampling.reference.ReferenceDDIMSampler`).
+
+Speed-ups, all exact (``design/performance.md`` §3-4):
+
+* conditional and unconditional passes batched as 2B; for an SDM, the encoder runs once on B and the
+  SPADE modulations are computed once per batch (null-label ones once per resolution), see
+  :mod:`~diffmix_aug.sampling.denoisers`;
+* every per-step coefficient is a device tensor indexed by a device step-index tensor, so a step makes
+  no host sync and no host-to-device copy; eta noise is pre-drawn into one buffer;
+* optional fp16 / bf16 autocast of the model (guidance combine and DDIM update in float32), NHWC;
+* optional CUDA-graph capture of one step (:mod:`~diffmix_aug.sampling.graph`), or ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import check_choice, check_positive_int, describe
+from ._base import DDIMSettings, draw_normal, draw_step_noise
+from .denoisers import PRECISIONS, make_denoiser
+
+__all__ = ["DDIMSampler", "DDIMStepOutput", "DDIMTables"]
+
+logger = logging.getLogger(__name__)
+
+MODULATION_KINDS = ("auto", "full", "hidden")
+
+
+@dataclass(frozen=True)
+class DDIMStepOutput:
+    """Result of :meth:`DDIMSampler.step`.
+
+    Attributes:
+        prev_sample: ``float32 [N, 3, H, W]``, x at the previous respaced index.
+        pred_x0: ``float32 [N, 3, H, W]``, the (clipped) predicted x0.
+    """
+
+    prev_sample: torch.Tensor
+    pred_x0: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DDIMTables:
+    """Per-respaced-index float32 coefficients on one device, each ``[num_inference_steps]``.
+
+    Index k is the respaced index (k = 0 is the last step).
+    """
+
+    timesteps: torch.Tensor        # int64 original timestep of index k
+    sqrt_recip_abar: torch.Tensor  # sqrt(1 / abar_k)
+    sqrt_recipm1_abar: torch.Tensor  # sqrt(1 / abar_k - 1)
+    sqrt_abar_prev: torch.Tensor   # sqrt(abar_{k-1}), 1 at k = 0
+    dir_coef: torch.Tensor         # sqrt(1 - abar_{k-1} - sigma_k^2)
+    sigma: torch.Tensor            # eta * sqrt((1 - abar_{k-1}) / (1 - abar_k)) * sqrt(1 - abar_k / abar_{k-1})
+
+
+def _pick(table: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``table[k]`` as a ``[1]`` tensor without a host sync (``k`` is a device ``[1]`` int64 tensor)."""
+    return torch.index_select(table, 0, k)
+
+
+class DDIMSampler(DDIMSettings):
+    """Guided partial-noise DDIM for DiffMix synthesis (fast path).
+
+    Per step at respaced index k (original timestep t = ``timesteps[...]``):
+    eps = eps_u + s (eps_c - eps_u) on the eps channels, only when s > 1 (null label = zeros);
+    x0 = clip(sqrt(1/abar) x - sqrt(1/abar - 1) eps); eps re-derived from the clipped x0;
+    x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z.
+
+    Guidance: the paper's Eq. 7 writes eps = eps_c + w (eps_c - eps_u); the public code uses
+    eps = eps_u + s (eps_c - eps_u), so s = 1 + w. With ``guidance_form="reference"`` (default)
+    ``guidance_scale`` is s (DiffMix: 1.5, i.e. w = 0.5); with ``guidance_form="paper"`` it is w.
+    s = 1 runs one (conditional) pass per step.
+
+    Args:
+        num_train_timesteps, num_steps, strength, guidance_scale, eta, beta_schedule, clip_denoised,
+            guidance_form: see :class:`~diffmix_aug.sampling._base.DDIMSettings`.
+        precision: ``"fp32"`` (default), ``"fp16"`` or ``"bf16"``: autocast of the model.
+        channels_last: Feed the model NHWC tensors (convert the model with
+            ``model.to(memory_format=torch.channels_last)``).
+        cuda_graph: Capture one step as a CUDA graph and replay it (CUDA only; falls back to eager).
+        compile: Wrap the step in ``torch.compile`` (eager path only; off by default).
+        max_batch: Largest batch per loop; larger inputs run in chunks. With ``cuda_graph`` the last
+            partial chunk is padded to ``max_batch`` so one graph serves every chunk.
+        modulation_kind: SDM only: ``"full"`` caches every SPADE gamma/beta, ``"hidden"`` only the
+            SPADE hidden activations; ``"auto"`` picks full unless it exceeds ``cache_budget_bytes``.
+        cache_budget_bytes: Memory allowed for the per-batch modulation cache (``"auto"``); None = no limit.
+        use_sdm_split: Use the SDM encode/modulation/decode rewrites when the model has them.
+
+    Example:
+        >>> sampler = DDIMSampler(num_steps=100, strength=0.55)
+        >>> sampler.timesteps[0], sampler.timesteps[-1], sampler.num_inference_steps
+        (540, 0, 55)
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        num_steps: int = 100,
+        strength: float = 0.55,
+        guidance_scale: float = 1.5,
+        eta: float = 0.0,
+        beta_schedule: str = "linear",
+        clip_denoised: bool = True,
+        guidance_form: str = "reference",
+        *,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        cuda_graph: bool = False,
+        compile: bool = False,
+        max_batch: int | None = None,
+        modulation_kind: str = "auto",
+        cache_budget_bytes: int | None = None,
+        use_sdm_split: bool = True,
+    ) -> None:
+        super().__init__(num_train_timesteps, num_steps, strength, guidance_scale, eta, beta_schedule,
+                         clip_denoised, guidance_form)
+        self.precision = check_choice("precision", precision, tuple(PRECISIONS))
+        self.modulation_kind = check_choice("modulation_kind", modulation_kind, MODULATION_KINDS)
+        for name, value in (("channels_last", channels_last), ("cuda_graph", cuda_graph), ("compile", compile),
+                            ("use_sdm_split", use_sdm_split)):
+            if not isinstance(value, bool):
+                raise TypeError(f"`{name}` must be a bool, got {describe(value)}")
+        self.channels_last, self.cuda_graph, self.compile = channels_last, cuda_graph, compile
+        self.use_sdm_split = use_sdm_split
+        self.max_batch = None if max_batch is None else check_positive_int("max_batch", max_batch)
+        self.cache_budget_bytes = (None if cache_budget_bytes is None
+                                   else check_positive_int("cache_budget_bytes", cache_budget_bytes, allow_zero=True))
+        self._tables: dict[torch.device, DDIMTables] = {}
+        self._denoisers: dict[tuple, object] = {}
+        self._graphs = None  # graph.StepGraphs, created on first CUDA-graph use
+        self._compiled = None
+        #: what the last ``sample`` call ran: {"path": "eager"|"graph"|"compiled", "denoiser": ..., "kind": ...}
+        self.last_run: dict = {}
+
+    def settings(self) -> dict:
+        out = super().settings()
+        out.update(precision=self.precision, channels_last=self.channels_last, cuda_graph=self.cuda_graph,
+                   compile=self.compile, max_batch=self.max_batch, modulation_kind=self.modulation_kind,
+                   cache_budget_bytes=self.cache_budget_bytes, use_sdm_split=self.use_sdm_split)
+        return out
+
+    def replace(self, **changes) -> DDIMSampler:
+        """A new sampler with some settings changed (caches are not shared)."""
+        return DDIMSampler(**{**self.settings(), **changes})
+
+    # ------------------------------------------------------------------ coefficient tables
+    def tables(self, device: torch.device | str) -> DDIMTables:
+        """The coefficient tables on ``device`` (built once per device, float64 math then float32)."""
+        device = torch.device(device)
+        tab = self._tables.get(device)
+        if tab is None:
+            n = self.num_inference_steps
+            abar = self.alphas_cumprod[:n]
+            rows = {name: [] for name in ("sqrt_recip_abar", "sqrt_recipm1_abar", "sqrt_abar_prev", "dir_coef",
+                                          "sigma")}
+            for k in range(n):
+                a, a_prev = float(abar[k]), (float(abar[k - 1]) if k > 0 else 1.0)
+                sigma = self.eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)
+                rows["sqrt_recip_abar"].append(math.sqrt(1 / a))
+                rows["sqrt_recipm1_abar"].append(math.sqrt(1 / a - 1))
+                rows["sqrt_abar_prev"].append(math.sqrt(a_prev))
+                rows["dir_coef"].append(math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)))
+                rows["sigma"].append(sigma)
+            tab = DDIMTables(
+                timesteps=torch.as_tensor(self.respaced_timesteps[:n], dtype=torch.long, device=device),
+                **{k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in rows.items()},
+            )
+            self._tables[device] = tab
+        return tab
+
+    # ------------------------------------------------------------------ one step
+    def step(
+        self,
+        eps: torch.Tensor,
+        step_index: int | torch.Tensor,
+        x_t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+    ) -> DDIMStepOutput:
+        """One DDIM update from the (already guided) epsilon.
+
+        Args:
+            eps: ``float [N, 3, H, W]`` guided noise prediction at ``x_t``.
+            step_index: Respaced index k (int, or a device int64 ``[1]`` tensor: no host sync).
+            x_t: ``float [N, 3, H, W]``.
+            noise: ``[N, 3, H, W]`` eta noise z (ignored when eta = 0; required when eta > 0 and k > 0).
+
+        Returns:
+            :class:`DDIMStepOutput` (float32).
+        """
+        tab = self.tables(x_t.device)
+        if isinstance(step_index, torch.Tensor):
+            k = step_index.reshape(1).to(device=x_t.device, dtype=torch.long)
+        else:
+            if not 0 <= int(step_index) < self.num_inference_steps:
+                raise ValueError(f"`step_index` must be in 0..{self.num_inference_steps - 1}, got {step_index}")
+            k = torch.tensor([int(step_index)], device=x_t.device)
+            if self.eta > 0 and int(step_index) > 0 and noise is None:
+                raise ValueError("`noise` is required when eta > 0 (draw it with an explicit generator)")
+        return self._update(eps.float(), k, x_t.float(), noise, tab)
+
+    def _update(self, eps, k, x, noise, tab: DDIMTables) -> DDIMStepOutput:
+        c_x, c_eps = _pick(tab.sqrt_recip_abar, k), _pick(tab.sqrt_recipm1_abar, k)
+        pred_x0 = c_x * x - c_eps * eps
+        if self.clip_denoised:
+            pred_x0 = pred_x0.clamp(-1.0, 1.0)
+        eps = (c_x * x - pred_x0) / c_eps
+        prev = _pick(tab.sqrt_abar_prev, k) * pred_x0 + _pick(tab.dir_coef, k) * eps
+        if self.eta > 0 and noise is not None:
+            prev = prev + _pick(tab.sigma, k) * noise  # sigma is 0 at k = 0
+        return DDIMStepOutput(prev_sample=prev, pred_x0=pred_x0)
+
+    def _loop_step(self, denoiser, conditioning, x: torch.Tensor, k: torch.Tensor,
+                   step_noise: torch.Tensor | None) -> None:
+        """One in-place step on static buffers: x <- x_prev, k <- k - 1 (what a CUDA graph captures)."""
+        tab = self.tables(x.device)
+        t = _pick(tab.timesteps, k).expand(x.shape[0])
+        eps = denoiser(x, t, conditioning)
+        noise = torch.index_select(step_noise, 0, k)[0] if step_noise is not None else None
+        x.copy_(self._update(eps, k, x, noise, tab).prev_sample)
+        k.sub_(1)
+
+    # ------------------------------------------------------------------ sampling
+    def denoiser_for(self, model, x0: torch.Tensor):
+        """The guided denoiser used for ``model`` on batches like ``x0`` (cached per model and kind)."""
+        kind = self._pick_kind(model, x0)
+        key = (id(model), kind)
+        den = self._denoisers.get(key)
+        if den is None or den.model is not model:
+            den = make_denoiser(model, self.scale, precision=self.precision, channels_last=self.channels_last,
+                                kind=kind, use_split=self.use_sdm_split)
+            self._denoisers[key] = den
+        return den
+
+    def _pick_kind(self, model, x0: torch.Tensor) -> str:
+        if self.modulation_kind != "auto":
+            return self.modulation_kind
+        if self.cache_budget_bytes is None or not callable(getattr(model, "spade_layers", None)):
+            return "full"
+        need = self.full_cache_bytes(model, x0.shape[0], tuple(x0.shape[2:]))
+        if need > self.cache_budget_bytes:
+            logger.info("modulation cache: 'full' needs %d bytes > budget %d; using 'hidden'", need,
+                        self.cache_budget_bytes)
+            return "hidden"
+        return "full"
+
+    def full_cache_bytes(self, model, batch: int, size: tuple[int, int]) -> int:
+        """Bytes of the "full" modulation cache (every SPADE gamma and beta) for one loop of ``batch`` images.
+
+        Counts cond and null halves (2 x min(batch, max_batch) images when guided) in the model-call dtype.
+        """
+        elem = 4 if self.precision == "fp32" else 2
+        per_image = sum(2 * norm.mlp_gamma.out_channels * (size[0] // norm.ds) * (size[1] // norm.ds)
+                        for norm in model.spade_layers())
+        images = min(batch, self.max_batch or batch) * (2 if self.guided else 1)
+        return per_image * images * elem
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model,
+        x0: torch.Tensor,
+        cond: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        step_noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Synthesize images from original patches and label maps.
+
+        Args:
+            model: Callable ``(x [N,3,H,W], t [N] int64 original timesteps, y [N,C,H,W]) -> [N, 3 or 6, H, W]``;
+                an SDM U-Net gets the exact rewrites.
+            x0: ``float [N, 3, H, W]`` original patches in [-1, 1].
+            cond: ``float [N, C, H, W]`` encoded label maps (null label = zeros).
+            noise: ``[N, 3, H, W]`` start noise z of x = sqrt(abar) x0 + sqrt(1 - abar) z; drawn from
+                ``generator`` when None.
+            generator: Source of all randomness: start noise, then (eta > 0) one draw per step k = start..1.
+            step_noise: Pre-drawn eta noise ``[num_inference_steps, N, 3, H, W]`` (entry k for index k).
+
+        Returns:
+            ``float32 [N, 3, H, W]`` in [-1, 1] (with ``clip_denoised``). Equal to the reference sampler
+            fed the same noise, to float rounding (fp32).
+        """
+        self.check_inputs(model, x0, cond, noise)
+        self.check_step_noise(step_noise, x0)
+        device = x0.device
+        if noise is None:
+            noise = draw_normal(tuple(x0.shape), generator, device)
+        if step_noise is None:
+            step_noise = draw_step_noise(self, tuple(x0.shape), generator, device)
+        n = x0.shape[0]
+        if n == 0:
+            return x0.float().clone()
+        chunk = self.max_batch or n
+        outs = []
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            sn = None if step_noise is None else step_noise[:, lo:hi]
+            outs.append(self._sample_chunk(model, x0[lo:hi], cond[lo:hi], noise[lo:hi], sn))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _sample_chunk(self, model, x0, cond, noise, step_noise) -> torch.Tensor:
+        denoiser = self.denoiser_for(model, x0)
+        abar = self.alphas_cumprod[self.start_index]
+        x = (math.sqrt(abar) * x0.float() + math.sqrt(1.0 - abar) * noise.float()).contiguous()
+        self.last_run = {"denoiser": type(denoiser).__name__, "kind": getattr(denoiser, "kind", None),
+                         "precision": self.precision}
+        if self.cuda_graph and not self.compile:
+            from .graph import StepGraphs
+
+            if self._graphs is None:
+                self._graphs = StepGraphs(self)
+            out = self._graphs.run(denoiser, x, cond, step_noise, pad_to=self.max_batch)
+            if out is not None:
+                self.last_run["path"] = "graph"
+                return out
+        conditioning = denoiser.prepare(cond)
+        k = torch.full((1,), self.start_index, dtype=torch.long, device=x.device)
+        step = self._loop_step
+        if self.compile:
+            if self._compiled is None:
+                self._compiled = torch.compile(self._loop_step, dynamic=False)
+            step = self._compiled
+        for _ in range(self.num_inference_steps):
+            step(denoiser, conditioning, x, k, step_noise)
+        self.last_run["path"] = "compiled" if self.compile else "eager"
+        return x
+

@@ -1,0 +1,151 @@
+"""``Synthesizer``: model + sampler + label encoding + precision, uint8 in and uint8 out.
+
+This is what the dataset wrapper's background producer calls (``docs/architecture.md``)::
+
+    synth = Synthesizer.from_checkpoint("sdm_consep.safetensors", device="cuda", precision="fp16")
+    out = synth(images_uint8, inst_maps, type_maps, generator=torch.Generator().manual_seed(0))
+
+Calls are serialised by a lock, so one producer thread (not the main thread) may call it while the main
+thread trains; on CUDA the work runs on the synthesizer's own stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+import numpy as np
+import torch
+
+from .._checks import check_array, check_choice, describe
+from ..labelmaps.encode import encode_condition_torch
+from .ddim import DDIMSampler
+from .denoisers import PRECISIONS
+from .reference import ReferenceDDIMSampler
+
+__all__ = ["Synthesizer"]
+
+
+class Synthesizer:
+    """Guided partial-noise synthesis of nuclei patches from (image, instance map, type map).
+
+    Args:
+        model: The SDM U-Net (or any ``model(x, t, y)`` with ``label_channels``); moved to ``device``
+            and put in eval mode.
+        sampler: A :class:`~diffmix_aug.sampling.ddim.DDIMSampler` (re-configured here with this
+            synthesizer's precision, CUDA-graph and memory-format settings) or a
+            :class:`~diffmix_aug.sampling.reference.ReferenceDDIMSampler` (fp32 only).
+        device: Where the model runs.
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (autocast; norms, guidance and DDIM update in fp32).
+        cuda_graph: Replay one captured step per batch shape on CUDA (ignored on CPU).
+        channels_last: NHWC model and inputs; default True on CUDA, False on CPU.
+
+    Attributes:
+        num_classes: Type classes counting the background (label channels - 1).
+    """
+
+    def __init__(self, model, sampler: DDIMSampler | ReferenceDDIMSampler | None = None, device="cpu",
+                 precision: str = "fp32", cuda_graph: bool = True, channels_last: bool | None = None) -> None:
+        self.device = torch.device(device)
+        self.precision = check_choice("precision", precision, tuple(PRECISIONS))
+        label_channels = getattr(model, "label_channels", None)
+        if not isinstance(label_channels, int) or label_channels < 2:
+            raise TypeError(f"`model` must expose `label_channels` (num_classes + 1 >= 2), got {describe(model)}")
+        if channels_last is None:
+            channels_last = self.device.type == "cuda"
+        sampler = DDIMSampler() if sampler is None else sampler
+        if isinstance(sampler, DDIMSampler):
+            sampler = sampler.replace(precision=precision, channels_last=channels_last,
+                                      cuda_graph=bool(cuda_graph) and self.device.type == "cuda")
+        elif isinstance(sampler, ReferenceDDIMSampler):
+            if precision != "fp32":
+                raise ValueError(f"`precision`={precision!r} needs the fast DDIMSampler; ReferenceDDIMSampler "
+                                 "is fp32 only")
+        else:
+            raise TypeError(f"`sampler` must be a DDIMSampler or ReferenceDDIMSampler, got {describe(sampler)}")
+        model = model.to(self.device).eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.sampler = sampler
+        self.num_classes = label_channels - 1
+        self._lock = threading.Lock()
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], device=None, precision: str | None = None,
+                        cuda_graph: bool = True, **sampler_kwargs) -> Synthesizer:
+        """Load an SDM (inference export or training directory, via :func:`diffmix_aug.sdm.load_sdm`).
+
+        Args:
+            path: ``.safetensors`` export or training directory.
+            device: Default CUDA when available, else CPU.
+            precision: Default ``"fp32"`` (the highest-precision path; pass ``"fp16"`` on a GPU for speed).
+            cuda_graph: See the class.
+            **sampler_kwargs: :class:`~diffmix_aug.sampling.ddim.DDIMSampler` arguments (strength, ...).
+        """
+        from ..sdm import load_sdm
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        loaded = load_sdm(path, device=device)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        return cls(model, DDIMSampler(**sampler_kwargs), device=device, precision=precision or "fp32",
+                   cuda_graph=cuda_graph)
+
+    def __repr__(self) -> str:
+        return (f"Synthesizer(device={str(self.device)!r}, precision={self.precision!r}, "
+                f"num_classes={self.num_classes}, sampler={self.sampler!r})")
+
+    def _check(self, images, inst_maps, type_maps) -> None:
+        check_array("images", images, ndim=4, dtype_kind="u", channels=3)
+        if images.dtype != np.uint8:
+            raise TypeError(f"`images` must be uint8 [B, H, W, 3], got {describe(images)}")
+        check_array("inst_maps", inst_maps, ndim=3, dtype_kind="iu")
+        check_array("type_maps", type_maps, ndim=3, dtype_kind="iu")
+        if inst_maps.shape != images.shape[:3] or type_maps.shape != images.shape[:3]:
+            raise ValueError(f"`inst_maps` {inst_maps.shape} and `type_maps` {type_maps.shape} must both be "
+                             f"[B, H, W] = {images.shape[:3]} like `images`; pass one map pair per image")
+        config = getattr(self.model, "config", None)
+        levels = len(getattr(config, "channel_mult", ())) if config is not None else 0
+        if levels > 1:
+            down = 2 ** (levels - 1)
+            if images.shape[1] % down or images.shape[2] % down:
+                raise ValueError(f"`images` size {images.shape[1:3]} must be divisible by {down} for this "
+                                 f"model ({levels} levels); crop or pad the patches")
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray, inst_maps: np.ndarray, type_maps: np.ndarray,
+                 generator: torch.Generator | None = None) -> np.ndarray:
+        """Synthesize one image per (image, label map) pair.
+
+        Args:
+            images: ``uint8 [B, H, W, 3]`` original patches (the partial-noise start).
+            inst_maps: ``int [B, H, W]`` instance ids of the target label maps (0 = background).
+            type_maps: ``int [B, H, W]`` types in ``0..num_classes-1`` (0 = background).
+            generator: ``torch.Generator`` for every random number (a CPU generator reproduces the same
+                output on any device); None uses torch's global generator.
+
+        Returns:
+            ``uint8 [B, H, W, 3]``.
+        """
+        self._check(images, inst_maps, type_maps)
+        if images.shape[0] == 0:
+            return images.copy()
+        with self._lock:
+            ctx = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+            with ctx:
+                dev = self.device
+                x0 = torch.from_numpy(np.ascontiguousarray(images)).to(dev).permute(0, 3, 1, 2).float()
+                x0 = x0 / 127.5 - 1.0
+                cond = encode_condition_torch(torch.from_numpy(np.ascontiguousarray(type_maps)).to(dev),
+                                              torch.from_numpy(np.ascontiguousarray(inst_maps)).to(dev),
+                                              self.num_classes)
+                out = self.sampler.sample(self.model, x0, cond, generator=generator)
+                out = ((out + 1.0) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+                result = out.cpu().numpy()
+            if self._stream is not None:
+                self._stream.synchronize()
+        return result
+
