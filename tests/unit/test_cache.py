@@ -1,0 +1,238 @@
+"""ReplayCache: slots, replacement policies, seqlock reads, disk store, checkpoints."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diffmix_aug.cache import ReplayCache, load_patch
+
+H = W = 8
+
+
+def patch(value: int, k: int = 3):
+    img = np.full((H, W, 3), value % 256, np.uint8)
+    inst = np.zeros((H, W), np.int32)
+    inst[: value % H + 1, :2] = value + 1
+    typ = (inst > 0).astype(np.int32) * (value % k + 1)
+    return img, inst, typ
+
+
+def test_write_read_roundtrip_and_dtypes():
+    c = ReplayCache(4, (H, W), inst_dtype="int16", num_classes=4)
+    img, inst, typ = patch(5)
+    seq = c.write(img, inst, typ, {"mode": "balance", "params": {"a": np.int64(3)}})
+    assert seq == 0 and len(c) == 1 and c.writes == 1
+    p = c.read(c.pick(np.random.default_rng(0)))
+    assert p.image.dtype == np.uint8 and p.inst_map.dtype == np.int32 and p.type_map.dtype == np.int32
+    np.testing.assert_array_equal(p.image, img)
+    np.testing.assert_array_equal(p.inst_map, inst)
+    np.testing.assert_array_equal(p.type_map, typ)
+    assert p.meta == {"mode": "balance", "params": {"a": 3}, "seq": 0}
+    assert c.reads == 1
+    with pytest.raises(ValueError, match="inst_dtype"):
+        c.write(img, inst * 0 + 40000, typ)
+    with pytest.raises(ValueError, match="patch must be"):
+        c.write(img[:4], inst, typ)
+
+
+def test_bad_arguments_name_the_field():
+    with pytest.raises(ValueError, match="policy"):
+        ReplayCache(2, (H, W), policy="lru")
+    with pytest.raises(ValueError, match="patch_shape"):
+        ReplayCache(2, (H,))
+    with pytest.raises(ValueError, match="inst_dtype"):
+        ReplayCache(2, (H, W), inst_dtype="float32")
+    with pytest.raises(ValueError, match="capacity"):
+        ReplayCache(0, (H, W))
+
+
+def _reference_victim(seq, reuse, policy):
+    empty = [i for i, s in enumerate(seq) if s < 0]
+    if empty:
+        return empty[0]
+    if policy == "fifo":
+        return min(range(len(seq)), key=lambda i: seq[i])
+    return min(range(len(seq)), key=lambda i: (-reuse[i], seq[i]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(policy=st.sampled_from(["fifo", "reuse"]), cap=st.integers(1, 5),
+       ops=st.lists(st.tuples(st.booleans(), st.integers(0, 10)), min_size=1, max_size=30))
+def test_replacement_matches_reference(policy, cap, ops):
+    """Interleaved writes and reads choose the same victims as a plain reference model."""
+    c = ReplayCache(cap, (H, W), policy=policy)
+    seq, reuse, n = [-1] * cap, [0] * cap, 0
+    for is_write, arg in ops:
+        if is_write:
+            v = _reference_victim(seq, reuse, policy)
+            c.write(*patch(n))
+            seq[v], reuse[v] = n, 0
+            n += 1
+        elif n:
+            filled = [i for i in range(cap) if seq[i] >= 0]
+            slot = filled[arg % len(filled)]
+            assert c.read(slot).seq == seq[slot]
+            reuse[slot] += 1
+        assert c._np["seq"].tolist() == seq
+        assert c._np["reuse"].tolist() == reuse
+
+
+def test_pick_prefers_fresh_and_respects_max_reuse():
+    c = ReplayCache(3, (H, W), max_reuse=2, candidates=3)
+    for v in range(3):
+        c.write(*patch(v))
+    rng = np.random.default_rng(0)
+    for _ in range(6):  # spreads reuse evenly: never serves a slot twice before all once
+        c.read(c.pick(rng))
+    assert c._np["reuse"].tolist() == [2, 2, 2]
+    assert c.pick(rng) is not None  # everything at max_reuse: served anyway, never blocks
+    c._np["reuse"][1] = 0
+    assert all(c.pick(rng) == 1 for _ in range(5))
+    assert ReplayCache(2, (H, W)).pick(rng) is None
+
+
+def test_torn_read_is_detected_and_retried():
+    c = ReplayCache(1, (H, W))
+    c.write(*patch(1))
+    c._np["version"][0] += 1  # a writer is "in the middle" forever
+    assert c.read(0, max_retries=10) is None
+    c._np["version"][0] += 1
+    assert c.read(0).seq == 0
+
+
+def test_concurrent_writer_never_yields_mixed_patches():
+    """A reader racing one writer only ever sees patches whose parts belong together."""
+    c = ReplayCache(2, (64, 64))
+    stop = threading.Event()
+
+    def writer():
+        v = 0
+        while not stop.is_set():
+            img = np.full((64, 64, 3), v % 256, np.uint8)
+            inst = np.full((64, 64), v, np.int32)
+            c.write(img, inst, np.full((64, 64), v % 7, np.int32), {"v": v})
+            v += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        rng = np.random.default_rng(0)
+        seen = 0
+        while seen < 300:
+            slot = c.pick(rng)
+            if slot is None:
+                continue
+            p = c.read(slot, count=False)
+            if p is None:
+                continue
+            v = p.meta["v"]
+            assert (p.inst_map == v).all() and (p.image == v % 256).all() and (p.type_map == v % 7).all()
+            seen += 1
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_class_fractions_follow_contents():
+    c = ReplayCache(4, (H, W), num_classes=4)
+    assert c.class_fractions().sum() == 0
+    c.write(*patch(0))  # one class-1 nucleus
+    c.write(*patch(1))  # one class-2 nucleus
+    np.testing.assert_allclose(c.class_fractions(), [0, 0.5, 0.5, 0])
+
+
+def test_disk_store_warm_starts_and_skips_corrupt_files(tmp_path):
+    c = ReplayCache(3, (H, W), cache_dir=tmp_path, name="a")
+    for v in range(4):
+        c.write(*patch(v), {"mode": "enlarge", "v": v})
+    files = sorted(tmp_path.glob("*.npy"))
+    assert len(files) == 4 and not list(tmp_path.glob("*.tmp"))
+    arr = np.load(files[0])
+    assert arr.shape == (H, W, 5) and arr.dtype == np.int32  # HoVer-Net's patch layout
+    (tmp_path / "z_truncated.npy").write_bytes(files[0].read_bytes()[:50])
+    np.save(tmp_path / "z_wrong_shape.npy", np.zeros((H, W, 3), np.int32))
+    with pytest.warns(RuntimeWarning, match="skipping") as rec:
+        warm = ReplayCache(3, (H, W), cache_dir=tmp_path, name="b")
+    assert len(rec) == 2
+    assert len(warm) == 3
+    vs = sorted(warm.slot_meta(s)["v"] for s in range(3))
+    assert vs == [1, 2, 3]  # the newest three
+    p = warm.read(warm.find_seq(0))
+    assert p.meta["source"] == "disk"
+
+
+def test_unwritable_dir_falls_back_to_memory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.warns(RuntimeWarning, match="in-memory cache only"):
+        c = ReplayCache(2, (H, W), cache_dir=blocker / "sub")
+    assert c.cache_dir is None
+    c.write(*patch(0))
+    assert len(c) == 1
+
+
+def test_disk_full_mid_run_falls_back_to_memory(tmp_path, monkeypatch):
+    import diffmix_aug.cache as cache_mod
+
+    c = ReplayCache(2, (H, W), cache_dir=tmp_path)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_mod, "atomic_save_npy", full)
+    with pytest.warns(RuntimeWarning, match="No space left"):
+        c.write(*patch(0))
+    assert c.cache_dir is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c.write(*patch(1))  # warned once, then memory only
+    assert len(c) == 2
+
+
+def test_load_patch_validation(tmp_path):
+    good = np.zeros((H, W, 5), np.int32)
+    np.save(tmp_path / "g.npy", good)
+    assert load_patch(tmp_path / "g.npy", (H, W)).shape == (H, W, 5)
+    bad = good.copy()
+    bad[0, 0, 0] = 300
+    np.save(tmp_path / "b.npy", bad)
+    with pytest.warns(RuntimeWarning, match="out of range"):
+        assert load_patch(tmp_path / "b.npy") is None
+    np.save(tmp_path / "f.npy", good.astype(np.float32))
+    with pytest.warns(RuntimeWarning, match="integer"):
+        assert load_patch(tmp_path / "f.npy") is None
+
+
+def test_state_dict_roundtrip_through_weights_only_load(tmp_path):
+    c = ReplayCache(3, (H, W), policy="reuse")
+    for v in range(5):
+        c.write(*patch(v), {"v": v})
+    c.read(0)
+    torch.save(c.state_dict(), tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    d = ReplayCache(3, (H, W), policy="reuse")
+    d.load_state_dict(state)
+    for key in ("image", "inst", "type", "seq", "reuse", "hist"):
+        np.testing.assert_array_equal(c._np[key], d._np[key])
+    assert d.writes == 5 and d.reads == 1
+    assert [d.slot_meta(s) for s in range(3)] == [c.slot_meta(s) for s in range(3)]
+    assert d.write(*patch(9)) == c.write(*patch(9))
+    with pytest.raises(ValueError, match="capacity"):
+        ReplayCache(4, (H, W)).load_state_dict(state)
+
+
+def test_error_channel_and_close():
+    c = ReplayCache(1, (H, W))
+    assert c.error() is None
+    c.set_error("Traceback ...\nValueError: boom")
+    assert "boom" in c.error()
+    c.close()
+    assert c._tensors == {}
