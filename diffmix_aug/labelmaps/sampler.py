@@ -1,0 +1,193 @@
+"""``LabelMapSampler``: draws the custom label map of one sample (balance, enlarge, or both).
+
+Modes (the paper's ablations): ``"balance"`` is DiffMix-B (GradMix label mixing, §6),
+``"enlarge"`` is DiffMix-E (shifted nuclei, §5.5), ``"both"`` is DiffMix's full setting: the
+balanced map is enlarged. Parameters are drawn first (:meth:`LabelMapSampler.get_params`), then
+applied deterministically (:meth:`LabelMapSampler.apply`), so every map can be replayed from its
+:class:`LabelMapParams` (also after a JSON round trip, :meth:`LabelMapParams.from_dict`).
+
+The sampler holds no random state and is picklable: DataLoader workers pass their own generator,
+e.g. ``np.random.default_rng([base_seed, index])`` for per-item reproducibility, or one seeded from
+``torch.utils.data.get_worker_info().seed`` per worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._checks import check_choice, check_positive_int
+from .balance import BalanceParams, apply_balance, draw_balance_params
+from .donors import DonorBank
+from .enlarge import EnlargeParams, apply_enlarge, draw_enlarge_params
+
+__all__ = ["LabelMapParams", "LabelMapResult", "LabelMapSampler"]
+
+MODES = ("balance", "enlarge", "both")
+
+
+@dataclass(frozen=True, eq=False)
+class LabelMapParams:
+    """Everything drawn for one custom map. ``balance`` is None in ``"enlarge"`` mode and
+    ``enlarge`` is None in ``"balance"`` mode; in ``"both"`` the enlarge parameters refer to the
+    balanced map."""
+
+    mode: str
+    balance: BalanceParams | None = None
+    enlarge: EnlargeParams | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return {"mode": self.mode, "balance": None if self.balance is None else self.balance.to_dict(),
+                "enlarge": None if self.enlarge is None else self.enlarge.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LabelMapParams:
+        """Inverse of :meth:`to_dict`."""
+        return cls(d["mode"], None if d["balance"] is None else BalanceParams.from_dict(d["balance"]),
+                   None if d["enlarge"] is None else EnlargeParams.from_dict(d["enlarge"]))
+
+
+@dataclass(frozen=True, eq=False)
+class LabelMapResult:
+    """A custom label map.
+
+    Attributes:
+        inst_map: ``int32 [H, W]`` ids ``1..n``.
+        type_map: ``int32 [H, W]`` one class per instance.
+        mode: The sampler's mode.
+        report: ``{"balance": ..., "enlarge": ...}`` (the steps that ran).
+        params: The parameters that produced it.
+    """
+
+    inst_map: np.ndarray
+    type_map: np.ndarray
+    mode: str
+    report: dict[str, Any] = field(default_factory=dict)
+    params: LabelMapParams | None = None
+
+
+class LabelMapSampler:
+    """Custom label maps for DiffMix synthesis.
+
+    Args:
+        mode: ``"balance"`` (DiffMix-B), ``"enlarge"`` (DiffMix-E) or ``"both"`` (DiffMix).
+        donors: The :class:`DonorBank` for balancing; None uses each map's own rare nuclei only.
+        num_classes: Classes counting the background (rare classes must be below it).
+        rare_classes: Classes balancing pastes in.
+        max_shift, p_shift, border_margin, symmetric, overlap, max_overlap, max_tries: Enlarging,
+            see :func:`~diffmix_aug.labelmaps.enlarge.draw_enlarge_params`.
+        major_fraction, size_ratio, border, target_distribution, use_own_donors: Balancing, see
+            :func:`~diffmix_aug.labelmaps.balance.draw_balance_params`.
+        source_key: ``sample.meta`` key holding the sample's index in the dataset the bank was
+            built from; that source's bank donors are then not used on top of the map's own ones.
+            None disables it.
+
+    Examples:
+        >>> import numpy as np
+        >>> from diffmix_aug.data.sample import NucleiSample
+        >>> inst = np.zeros((96, 96), np.int32); inst[40:52, 40:52] = 1; inst[60:64, 60:64] = 2
+        >>> typ = np.where(inst == 1, 2, np.where(inst == 2, 1, 0)).astype(np.int32)
+        >>> s = NucleiSample(np.zeros((96, 96, 3), np.uint8), inst, typ)
+        >>> lms = LabelMapSampler("balance", major_fraction=1.0)
+        >>> out = lms(s, np.random.default_rng(0))
+        >>> out.report["balance"]["converted"], np.unique(out.type_map).tolist()
+        ({1: 1}, [0, 1])
+    """
+
+    def __init__(
+        self,
+        mode: str = "both",
+        donors: DonorBank | None = None,
+        num_classes: int = 5,
+        rare_classes: Iterable[int] = (1,),
+        *,
+        max_shift: int = 15,
+        p_shift: float = 0.3,
+        border_margin: int = 32,
+        symmetric: bool = False,
+        overlap: str = "overwrite",
+        max_overlap: float = 0.2,
+        max_tries: int = 10,
+        major_fraction: float = 0.8,
+        size_ratio: float = 2.3,
+        border: int = 30,
+        target_distribution: Mapping[int, float] | Sequence[float] | None = None,
+        use_own_donors: bool = True,
+        source_key: str | None = "index",
+    ) -> None:
+        self.mode = check_choice("mode", mode, MODES)
+        if donors is not None and not isinstance(donors, DonorBank):
+            raise TypeError(f"`donors` must be a DonorBank or None, got {type(donors).__name__}; "
+                            "build one with DonorBank.from_dataset(dataset)")
+        self.donors = donors
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.rare_classes = tuple(int(c) for c in rare_classes)
+        bad = [c for c in self.rare_classes if not 0 < c < num_classes]
+        if not self.rare_classes or bad:
+            raise ValueError(f"`rare_classes` must be non-empty ids in 1..{num_classes - 1}, got {self.rare_classes}")
+        self.enlarge_kwargs = dict(max_shift=max_shift, p_shift=p_shift, border_margin=border_margin,
+                                   symmetric=symmetric, overlap=overlap, max_overlap=max_overlap, max_tries=max_tries)
+        self.balance_kwargs = dict(rare_classes=self.rare_classes, major_fraction=major_fraction,
+                                   size_ratio=size_ratio, border=border, target_distribution=target_distribution,
+                                   use_own_donors=use_own_donors)
+        self.source_key = source_key
+        # validate the keyword arguments once, on an empty map
+        empty = np.zeros((1, 1), np.int32)
+        draw_enlarge_params(np.random.default_rng(0), empty, **self.enlarge_kwargs)
+        draw_balance_params(np.random.default_rng(0), empty, empty, None, **self.balance_kwargs)
+
+    def __repr__(self) -> str:
+        return (f"LabelMapSampler(mode={self.mode!r}, donors={None if self.donors is None else len(self.donors)}, "
+                f"num_classes={self.num_classes}, rare_classes={self.rare_classes})")
+
+    def _maps(self, sample: Any) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(sample, tuple):
+            return sample[0], sample[1]
+        return sample.inst_map, sample.type_map
+
+    def _source(self, sample: Any) -> int | None:
+        meta = getattr(sample, "meta", None)
+        if self.source_key is None or not isinstance(meta, dict) or self.source_key not in meta:
+            return None
+        return int(meta[self.source_key])
+
+    def _run(self, rng: np.random.Generator | None, sample: Any, params: LabelMapParams | None) -> LabelMapResult:
+        inst, typ = self._maps(sample)
+        report: dict[str, Any] = {}
+        bp = ep = None
+        if self.mode in ("balance", "both"):
+            bp = params.balance if params is not None else draw_balance_params(
+                rng, inst, typ, self.donors, exclude_source=self._source(sample), **self.balance_kwargs)
+            inst, typ, report["balance"] = apply_balance(inst, typ, bp, self.donors)
+        if self.mode in ("enlarge", "both"):
+            ep = params.enlarge if params is not None else draw_enlarge_params(rng, inst, **self.enlarge_kwargs)
+            inst, typ, report["enlarge"] = apply_enlarge(inst, typ, ep)
+        return LabelMapResult(inst, typ, self.mode, report, LabelMapParams(self.mode, bp, ep))
+
+    def get_params(self, rng: np.random.Generator, sample: Any) -> LabelMapParams:
+        """Draw the parameters for ``sample`` (``NucleiSample`` or ``(inst_map, type_map)``).
+
+        In ``"both"`` mode the balanced map is built to draw the enlarging parameters for it.
+        """
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"`rng` must be a numpy.random.Generator, got {type(rng).__name__}; "
+                            "use np.random.default_rng(seed)")
+        return self._run(rng, sample, None).params  # type: ignore[return-value]
+
+    def apply(self, sample: Any, params: LabelMapParams) -> LabelMapResult:
+        """Apply drawn parameters (deterministic)."""
+        if not isinstance(params, LabelMapParams) or params.mode != self.mode:
+            raise ValueError(f"`params` must be LabelMapParams of mode {self.mode!r}, got "
+                             f"{getattr(params, 'mode', type(params).__name__)!r}")
+        return self._run(None, sample, params)
+
+    def __call__(self, sample: Any, rng: np.random.Generator) -> LabelMapResult:
+        """Draw and apply in one pass (no double work in ``"both"`` mode)."""
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"`rng` must be a numpy.random.Generator, got {type(rng).__name__}; "
+                            "use np.random.default_rng(seed)")
+        return self._run(rng, sample, None)
