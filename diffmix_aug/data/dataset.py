@@ -8,12 +8,13 @@ each process (only paths travel to spawned DataLoader workers).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._checks import check_positive_int
+from .._checks import check_choice, check_positive_int
 from .classes import DatasetInfo
 from .sample import NucleiSample
 
@@ -32,18 +33,163 @@ class _SampleList:
     def __call__(self, i: int) -> NucleiSample:
         return self.samples[i]
 
+    def shape(self, i: int) -> tuple[int, int]:
+        return self.samples[i].shape
+
 
 class _Generated:
-    """Source over a picklable ``fn(i) -> NucleiSample``."""
+    """Source over a picklable ``fn(i) -> NucleiSample`` (all items assumed to share fn(0)'s shape)."""
 
     def __init__(self, fn: Callable[[int], NucleiSample], n: int) -> None:
         self.fn, self.n = fn, n
+        self._shape: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return self.n
 
     def __call__(self, i: int) -> NucleiSample:
         return self.fn(i)
+
+    def shape(self, i: int) -> tuple[int, int]:
+        if self._shape is None:
+            self._shape = self.fn(0).shape
+        return self._shape
+
+
+class _ConsepTiles:
+    """Source over CoNSeP/GLySAC ``(image, .mat)`` pairs; reads one tile per call."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], info: DatasetInfo, merge: bool) -> None:
+        self.pairs, self.info, self.merge = pairs, info, merge
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __call__(self, i: int) -> NucleiSample:
+        from .readers import read_consep_tile
+
+        return read_consep_tile(*self.pairs[i], info=self.info, merge=self.merge)
+
+    def shape(self, i: int) -> tuple[int, int]:
+        from .readers import image_shape
+
+        return image_shape(self.pairs[i][0])
+
+
+class _NpyFiles:
+    """Source over HoVer-Net patch ``.npy`` files, memory-mapped per read."""
+
+    def __init__(self, paths: list[Path], num_classes: int | None) -> None:
+        self.paths, self.num_classes = paths, num_classes
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __call__(self, i: int) -> NucleiSample:
+        from .readers import read_hovernet_npy
+
+        return read_hovernet_npy(self.paths[i], mmap=True, num_classes=self.num_classes)
+
+    def shape(self, i: int) -> tuple[int, int]:
+        from .readers import check_array_file
+
+        return check_array_file(self.paths[i], 3, None, "HoVer-Net patch")[:2]  # type: ignore[return-value]
+
+
+class _ArrayPair:
+    """Source over a pair of stacked ``.npy`` arrays (PanNuke or CoNIC), memory-mapped lazily.
+
+    Only the paths are pickled; each process opens its own read-only memory maps on first access.
+    """
+
+    def __init__(self, images: Path, labels: Path, kind: str, n: int, hw: tuple[int, int],
+                 num_classes: int) -> None:
+        self.images, self.labels, self.kind, self.n, self.hw = images, labels, kind, n, hw
+        self.num_classes = num_classes
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _open(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = (np.load(self.images, mmap_mode="r", allow_pickle=False),
+                            np.load(self.labels, mmap_mode="r", allow_pickle=False))
+        return self._arrays
+
+    def __call__(self, i: int) -> NucleiSample:
+        from .readers import conic_to_maps, pannuke_to_maps, to_uint8_image
+
+        images, labels = self._open()
+        where = f"{self.images}[{i}]"
+        image = to_uint8_image(np.asarray(images[i]), where)
+        convert = pannuke_to_maps if self.kind == "pannuke" else conic_to_maps
+        inst, typ = convert(np.asarray(labels[i]), f"{self.labels}[{i}]")
+        return NucleiSample(image, inst, typ, num_classes=self.num_classes,
+                            meta={"source": self.kind, "file": str(self.images), "index": i})
+
+    def shape(self, i: int) -> tuple[int, int]:
+        return self.hw
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+class _Tiled:
+    """HoVer-Net windows (:func:`patch_origins`) over every item of another source.
+
+    Mirror mode reflects the image and both maps, so a nucleus cut by the border reappears
+    mirrored with the same id, as in HoVer-Net's saved patches. The last full item read is cached
+    per process, so iterating in order reads each tile once.
+    """
+
+    def __init__(self, base: Any, win: tuple[int, int], step: tuple[int, int], mode: str) -> None:
+        from .patches import patch_origins
+
+        self.base, self.win, self.step, self.mode = base, win, step, mode
+        by_shape: dict[tuple[int, int], np.ndarray] = {}
+        counts = np.zeros(len(base), np.int64)
+        self._origins: list[np.ndarray] = []
+        for i in range(len(base)):
+            hw = tuple(base.shape(i))
+            if hw not in by_shape:
+                by_shape[hw] = patch_origins(hw, win, step, mode)
+            self._origins.append(by_shape[hw])
+            counts[i] = len(by_shape[hw])
+        self._offsets = np.r_[0, np.cumsum(counts)]
+        self._cache: tuple[int, NucleiSample] | None = None
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __call__(self, i: int) -> NucleiSample:
+        from .patches import crop_reflect
+
+        item = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        k = i - int(self._offsets[item])
+        if self._cache is None or self._cache[0] != item:
+            self._cache = (item, self.base(item))
+        full = self._cache[1]
+        y, x = (int(v) for v in self._origins[item][k])
+        h, w = self.win
+        return NucleiSample.trusted(
+            np.ascontiguousarray(crop_reflect(full.image, y, x, h, w)),
+            np.ascontiguousarray(crop_reflect(full.inst_map, y, x, h, w)),
+            np.ascontiguousarray(crop_reflect(full.type_map, y, x, h, w)),
+            meta={**full.meta, "item": item, "patch": k, "origin": (y, x)},
+        )
+
+    def shape(self, i: int) -> tuple[int, int]:
+        return self.win
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cache": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
 
 class NucleiDataset(torch.utils.data.Dataset):
@@ -83,6 +229,90 @@ class NucleiDataset(torch.utils.data.Dataset):
         if not callable(fn):
             raise TypeError(f"`fn` must be callable index -> NucleiSample, got {type(fn).__name__}")
         return cls(_Generated(fn, check_positive_int("n", n)), info)
+
+    @classmethod
+    def from_consep_dir(cls, root: str | Path, dataset: str = "consep", merge: bool = True, *,
+                        patch_size: int | Sequence[int] | None = None, step: int | Sequence[int] | None = None,
+                        mode: str = "mirror") -> NucleiDataset:
+        """CoNSeP/GLySAC split folder ``root/Images/*.png|tif`` + ``root/Labels/*.mat``.
+
+        Args:
+            root: e.g. ``CoNSeP/Train``.
+            dataset: ``"consep"`` or ``"glysac"`` (class names and merge table).
+            merge: Merge raw classes (CoNSeP 7 -> 4, GLySAC 10 -> 3). Without merging the
+                dataset's ``info`` keeps merged names, so prefer ``merge=True``.
+            patch_size, step, mode: Optional HoVer-Net tiling (:meth:`tiled`), e.g. 540 / 164.
+        """
+        from .classes import get_dataset_info
+        from .readers import find_consep_pairs
+
+        check_choice("dataset", dataset, ("consep", "glysac"))
+        info = get_dataset_info(dataset)
+        ds = cls(_ConsepTiles(find_consep_pairs(root), info, merge), info)
+        return ds.tiled(patch_size, step, mode) if patch_size is not None else ds
+
+    @classmethod
+    def from_hovernet_npy_dir(cls, directory: str | Path, info: DatasetInfo, pattern: str = "*.npy", *,
+                              patch_size: int | Sequence[int] | None = None,
+                              step: int | Sequence[int] | None = None, mode: str = "mirror") -> NucleiDataset:
+        """Every HoVer-Net patch ``.npy`` (``[H, W, 5]``) in ``directory`` matching ``pattern``, sorted."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"HoVer-Net patch directory not found: {directory}")
+        paths = sorted(directory.glob(pattern))
+        if not paths:
+            raise FileNotFoundError(f"no files matching {pattern!r} in {directory}")
+        ds = cls(_NpyFiles(paths, info.num_classes), info)
+        return ds.tiled(patch_size, step, mode) if patch_size is not None else ds
+
+    @classmethod
+    def from_pannuke(cls, images_npy: str | Path, masks_npy: str | Path, info: DatasetInfo | None = None, *,
+                     patch_size: int | Sequence[int] | None = None, step: int | Sequence[int] | None = None,
+                     mode: str = "mirror") -> NucleiDataset:
+        """A PanNuke fold: ``images.npy [N, H, W, 3]`` and ``masks.npy [N, H, W, 6]`` (memory-mapped)."""
+        return cls._from_array_pair(images_npy, masks_npy, "pannuke", 6, info, patch_size, step, mode)
+
+    @classmethod
+    def from_conic(cls, images_npy: str | Path, labels_npy: str | Path, info: DatasetInfo | None = None, *,
+                   patch_size: int | Sequence[int] | None = None, step: int | Sequence[int] | None = None,
+                   mode: str = "mirror") -> NucleiDataset:
+        """CoNIC/Lizard arrays: ``images.npy [N, H, W, 3]`` and ``labels.npy [N, H, W, 2]`` (memory-mapped)."""
+        return cls._from_array_pair(images_npy, labels_npy, "conic", 2, info, patch_size, step, mode)
+
+    @classmethod
+    def _from_array_pair(cls, images_npy, labels_npy, kind, channels, info, patch_size, step, mode):
+        from .classes import get_dataset_info
+        from .readers import check_array_file
+
+        info = info if info is not None else get_dataset_info(kind)
+        img_shape = check_array_file(images_npy, 4, None, f"{kind} images")
+        if img_shape[-1] not in (3, 4):
+            raise ValueError(f"{images_npy}: expected images [N, H, W, 3], got shape {img_shape}")
+        lab_shape = check_array_file(labels_npy, 4, channels, f"{kind} labels")
+        if lab_shape[:3] != img_shape[:3]:
+            raise ValueError(f"{images_npy} has shape {img_shape} but {labels_npy} has {lab_shape}; "
+                             "expected the same N, H, W")
+        source = _ArrayPair(Path(images_npy), Path(labels_npy), kind, img_shape[0], img_shape[1:3], info.num_classes)
+        ds = cls(source, info)
+        return ds.tiled(patch_size, step, mode) if patch_size is not None else ds
+
+    def tiled(self, patch_size: int | Sequence[int], step: int | Sequence[int] | None = None,
+              mode: str = "mirror") -> NucleiDataset:
+        """A dataset of HoVer-Net windows over every item (``extract_patches`` semantics).
+
+        Args:
+            patch_size: Window ``(h, w)`` or int (HoVer-Net: 540).
+            step: Step ``(h, w)`` or int; default ``patch_size`` (no overlap). HoVer-Net: 164.
+            mode: ``"mirror"`` or ``"valid"``.
+
+        Note:
+            Item shapes are read up front from file headers (no pixel data).
+        """
+        from .patches import _pair
+
+        win = _pair("patch_size", patch_size)
+        stp = _pair("step", step if step is not None else win)
+        return NucleiDataset(_Tiled(self._source, win, stp, mode), self.info)
 
     # ------------------------------------------------------------------ protocol
     @property
