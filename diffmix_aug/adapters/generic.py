@@ -1,0 +1,157 @@
+"""Adapters for plain datasets: ``NucleiDataset`` (items are ``NucleiSample``), dicts and tuples.
+
+Dict and tuple items are described by ``keys``: the dict keys (or tuple positions) of the image,
+the instance map and the type map. The first item read is kept as a template, so synthetic items
+copy its container, key order, array library (numpy / torch), layout (HWC / CHW), dtype and, for
+float images, its value range ([0, 1] or [0, 255]). Other entries are copied from the template.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.sample import NucleiSample
+from .base import Adapter, is_albumentations
+
+__all__ = ["MappingAdapter", "NucleiSampleAdapter", "SequenceAdapter"]
+
+
+class NucleiSampleAdapter(Adapter):
+    """Items are :class:`NucleiSample`; the flag goes into ``sample.meta["is_synthetic"]``."""
+
+    name = "nuclei"
+
+    @classmethod
+    def matches(cls, base: Any) -> bool:
+        return hasattr(base, "class_stats") or type(base).__name__ == "NucleiDataset"
+
+    def read_raw(self, base: Any, index: int) -> NucleiSample:
+        item = base[index]
+        if not isinstance(item, NucleiSample):
+            raise TypeError(f"adapter 'nuclei' expects base[i] to be a NucleiSample, got {type(item).__name__}; "
+                            "pass keys=(...) or adapter='dict'/'tuple'")
+        return item
+
+    def synthetic_item(self, base, index, image, inst_map, type_map):
+        return NucleiSample.trusted(image, inst_map, type_map, meta={"index": index})
+
+    def mark(self, item, is_synthetic):
+        if isinstance(item, NucleiSample):
+            item = NucleiSample.trusted(item.image, item.inst_map, item.type_map,
+                                        meta={**item.meta, "is_synthetic": bool(is_synthetic)})
+            return item
+        return super().mark(item, is_synthetic)
+
+    def apply_transform(self, transform, item):
+        if is_albumentations(transform) and isinstance(item, NucleiSample):
+            out = transform(image=item.image, masks=[item.inst_map, item.type_map])
+            inst, typ = out["masks"]
+            return NucleiSample.trusted(out["image"], np.asarray(inst), np.asarray(typ), meta=item.meta)
+        return transform(item)
+
+
+def _to_numpy_image(x: Any) -> np.ndarray:
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = np.moveaxis(a, 0, -1)
+    if a.dtype.kind == "f":
+        a = a * 255.0 if a.size and float(a.max()) <= 1.0 else a
+        a = np.clip(np.rint(a), 0, 255)
+    return a.astype(np.uint8)
+
+
+def _to_numpy_map(x: Any) -> np.ndarray:
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if a.ndim == 3:
+        a = a[0] if a.shape[0] == 1 else a[..., 0]
+    return a.astype(np.int32)
+
+
+def _like(value: np.ndarray, template: Any, *, image: bool) -> Any:
+    """Convert a numpy HWC / HW array to the template's library, layout and dtype."""
+    t_np = template.detach().cpu().numpy() if isinstance(template, torch.Tensor) else np.asarray(template)
+    out = value
+    if image:
+        if t_np.ndim == 3 and t_np.shape[0] in (1, 3) and t_np.shape[-1] not in (1, 3):
+            out = np.moveaxis(out, -1, 0)
+        if t_np.dtype.kind == "f":
+            out = out.astype(t_np.dtype)
+            if t_np.size and float(t_np.max()) <= 1.0:
+                out = out / np.asarray(255.0, t_np.dtype)
+    elif t_np.ndim == 3:
+        out = out[None] if t_np.shape[0] == 1 else out[..., None]
+    out = np.ascontiguousarray(out.astype(t_np.dtype, copy=False))
+    return torch.from_numpy(out) if isinstance(template, torch.Tensor) else out
+
+
+class _KeyedAdapter(Adapter):
+    def __init__(self, keys: Sequence[Any]) -> None:
+        if len(keys) != 3:
+            raise ValueError(f"`keys` must name (image, inst_map, type_map), got {keys!r}")
+        self.keys = tuple(keys)
+        self._template: Any = None
+
+    def _get(self, item: Any) -> tuple[Any, Any, Any]:
+        try:
+            return tuple(item[k] for k in self.keys)  # type: ignore[return-value]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise ValueError(f"base item of type {type(item).__name__} has no entries {self.keys!r} ({exc!r}); "
+                             "pass keys=(image_key, inst_key, type_key)") from exc
+
+    def read_raw(self, base, index):
+        item = base[index]
+        if self._template is None:
+            self._template = item
+        img, inst, typ = self._get(item)
+        return NucleiSample.trusted(_to_numpy_image(img), _to_numpy_map(inst), _to_numpy_map(typ),
+                                    meta={"index": index})
+
+    def _fill(self, base, index, image, inst_map, type_map) -> dict[Any, Any]:
+        if self._template is None:
+            self._template = base[index]
+        t_img, t_inst, t_typ = self._get(self._template)
+        return {self.keys[0]: _like(image, t_img, image=True), self.keys[1]: _like(inst_map, t_inst, image=False),
+                self.keys[2]: _like(type_map, t_typ, image=False)}
+
+    def apply_transform(self, transform, item):
+        if not is_albumentations(transform):
+            return transform(item)
+        img, inst, typ = self._get(item)
+        out = transform(image=img, masks=[inst, typ])
+        new = dict(item) if isinstance(item, dict) else list(item)
+        new[self.keys[0]] = out["image"]
+        new[self.keys[1]], new[self.keys[2]] = out["masks"]
+        return new if isinstance(item, dict) else type(item)(new)
+
+
+class MappingAdapter(_KeyedAdapter):
+    """Items are dicts; ``keys`` are the image / instance / type keys."""
+
+    name = "dict"
+
+    def __init__(self, keys: Sequence[Any] = ("image", "inst_map", "type_map")) -> None:
+        super().__init__(keys)
+
+    def synthetic_item(self, base, index, image, inst_map, type_map):
+        fill = self._fill(base, index, image, inst_map, type_map)
+        return {k: fill[k] if k in fill else copy.deepcopy(v) for k, v in self._template.items()
+                if k != "is_synthetic"}
+
+
+class SequenceAdapter(_KeyedAdapter):
+    """Items are tuples or lists; ``keys`` are the positions of image / instance / type."""
+
+    name = "tuple"
+
+    def __init__(self, keys: Sequence[int] = (0, 1, 2)) -> None:
+        super().__init__(keys)
+
+    def synthetic_item(self, base, index, image, inst_map, type_map):
+        fill = self._fill(base, index, image, inst_map, type_map)
+        out = [fill[i] if i in fill else copy.deepcopy(v) for i, v in enumerate(self._template)]
+        return type(self._template)(out)
