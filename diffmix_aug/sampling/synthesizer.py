@@ -85,12 +85,11 @@ class Synthesizer:
             cuda_graph: See the class.
             **sampler_kwargs: :class:`~diffmix_aug.sampling.ddim.DDIMSampler` arguments (strength, ...).
         """
-        from ..sdm import load_sdm
+        from ..sdm.checkpoint import load_sdm
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        loaded = load_sdm(path, device=device)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model = load_sdm(path, device=device)
         return cls(model, DDIMSampler(**sampler_kwargs), device=device, precision=precision or "fp32",
                    cuda_graph=cuda_graph)
 

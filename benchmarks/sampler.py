@@ -1,0 +1,285 @@
+"""Benchmark: the reference DDIM sampler vs the fast one, per precision, eager vs CUDA graph, per batch size.
+
+Every row is measured in the same run, interleaved with its reference, on random weights of an SDM preset.
+To keep a CPU run to minutes the loop runs ``--steps`` (two short step counts, e.g. 1 and 3); the
+per-step time is the difference quotient of the two (so per-batch setup, e.g. the hoisted SPADE
+modulations, is separated out), and the per-patch time is extrapolated to DiffMix's 55 steps:
+``(setup + 55 x step) / batch``. The network cost does not depend on the timestep, so this is exact up
+to noise. Outputs of the fast fp32 path are compared with the reference on the same noise.
+
+    python benchmarks/sampler.py                       # CPU defaults: tiny@64 (batches 1,4,8,16), small@128 (batch 4)
+    python benchmarks/sampler.py --device cuda         # GPU defaults: paper@256, fp32/fp16/bf16, eager and graph
+
+Writes ``benchmarks/results/sampler_<device>.json`` (machine, torch version, config, median and spread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffmix_aug._io import atomic_write_text
+from diffmix_aug.sampling import DDIMSampler, ReferenceDDIMSampler
+from diffmix_aug.sdm import build_sdm
+
+PUBLIC_S_PER_PATCH = 12.7  # public DiffMix sampler, width 32, 64x64, batch 4, 2 cores (issue 5)
+STEPS_PER_PATCH = 55
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_sdm(preset: str, size: int, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    """An SDM preset with random weights everywhere (zero-initialised layers get small noise)."""
+    torch.manual_seed(seed)
+    model = build_sdm(preset, 6, image_size=max(size, 64) if preset == "tiny" else 256)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+    return model.eval().to(device)
+
+
+def inputs(batch: int, size: int, device: torch.device, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.rand((batch, 3, size, size), generator=gen) * 2 - 1
+    types = torch.randint(0, 5, (batch, size, size), generator=gen)
+    cond = torch.nn.functional.one_hot(types, 6).permute(0, 3, 1, 2).float()
+    noise = torch.randn((batch, 3, size, size), generator=gen)
+    return x0.to(device), cond.to(device), noise.to(device)
+
+
+def make_sampler(mode: dict, steps: int):
+    kw = dict(num_steps=100, strength=(steps + 0.5) / 100)
+    if mode["kind"] == "reference":
+        return ReferenceDDIMSampler(**kw)
+    return DDIMSampler(**kw, precision=mode["precision"], cuda_graph=mode["graph"],
+                       channels_last=mode.get("channels_last", False))
+
+
+def mode_name(mode: dict) -> str:
+    if mode["kind"] == "reference":
+        return "reference-fp32"
+    return f"fast-{mode['precision']}" + ("-graph" if mode["graph"] else "") + ("-nhwc" if mode.get("channels_last") else "")
+
+
+def count_flops(model, mode: dict, batch: int, size: int, device: torch.device) -> dict:
+    """FLOPs (2 per multiply-add, convs and matmuls) of one step and of the per-batch setup."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x0, cond, _ = inputs(batch, size, device)
+    t = torch.full((batch,), 500, dtype=torch.long, device=device)
+    sampler = make_sampler({**mode, "graph": False}, 1)
+    with torch.no_grad():
+        if mode["kind"] == "reference":
+            with FlopCounterMode(display=False) as fc:
+                model(x0, t, cond)
+                model(x0, t, torch.zeros_like(cond))
+            return {"step": fc.get_total_flops(), "setup": 0}
+        den = sampler.denoiser_for(model, x0)
+        with FlopCounterMode(display=False) as fc_setup:
+            prepared = den.prepare(cond)
+        with FlopCounterMode(display=False) as fc:
+            den(x0, t, prepared)
+    return {"step": fc.get_total_flops(), "setup": fc_setup.get_total_flops()}
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured dense matmul rate, TFLOP/s."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    reps = 20 if device.type == "cuda" else 3
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e12
+
+
+def timed_sample(sampler, model, x0, cond, noise, device) -> tuple[float, torch.Tensor, int]:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    t0 = time.perf_counter()
+    out = sampler.sample(model, x0, cond, noise=noise)
+    _sync(device)
+    elapsed = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return elapsed, out, peak
+
+
+def bench_case(preset: str, size: int, batch: int, modes: list[dict], args, device, model, pbar) -> list[dict]:
+    """All modes for one (preset, size, batch), interleaved over repeats."""
+    s1, s2 = args.steps
+    x0, cond, noise = inputs(batch, size, device)
+    samplers = {mode_name(m): (m, make_sampler(m, s1), make_sampler(m, s2)) for m in modes}
+    outs = {}
+    for name, (_, a, b) in samplers.items():  # warm-up (and graph capture)
+        outs[name] = a.sample(model, x0, cond, noise=noise)
+        b.sample(model, x0, cond, noise=noise)
+    times = {name: {"t1": [], "t2": [], "peak": []} for name in samplers}
+    for _ in range(args.repeats):
+        for name, (_, a, b) in samplers.items():
+            t1, _, p1 = timed_sample(a, model, x0, cond, noise, device)
+            t2, _, p2 = timed_sample(b, model, x0, cond, noise, device)
+            times[name]["t1"].append(t1)
+            times[name]["t2"].append(t2)
+            times[name]["peak"].append(max(p1, p2))
+            pbar.update(1)
+    ref_out = outs.get("reference-fp32")
+    rows = []
+    for name, (_mode, a, _) in samplers.items():
+        t1, t2 = times[name]["t1"], times[name]["t2"]
+        steps = [(y - x) / (s2 - s1) for x, y in zip(t1, t2)]
+        setups = [max(x - s1 * st, 0.0) for x, st in zip(t1, steps)]
+        step, setup = statistics.median(steps), statistics.median(setups)
+        per_patch = (setup + STEPS_PER_PATCH * step) / batch
+        row = {
+            "preset": preset, "size": size, "batch": batch, "mode": name,
+            "path": getattr(a, "last_run", {}).get("path", "eager"),
+            "ms_per_step": 1e3 * step, "ms_per_step_min": 1e3 * min(steps), "ms_per_step_max": 1e3 * max(steps),
+            "setup_ms": 1e3 * setup, "s_per_patch_55": per_patch, "patches_per_s": 1.0 / per_patch,
+            "peak_memory_bytes": max(times[name]["peak"]),
+            "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
+        }
+        if ref_out is not None:
+            diff = (outs[name] - ref_out)
+            row["max_abs_diff_vs_reference"] = float(diff.abs().max())
+            row["rel_err_vs_reference"] = float(diff.norm() / ref_out.norm())
+        rows.append(row)
+    ref = next((r for r in rows if r["mode"] == "reference-fp32"), None)
+    for r in rows:
+        if ref is not None:
+            r["speedup_vs_reference"] = ref["s_per_patch_55"] / r["s_per_patch_55"]
+    return rows
+
+
+def default_plan(device: torch.device) -> tuple[list[tuple[str, int, list[int]]], list[dict]]:
+    if device.type == "cuda":
+        cases = [("paper", 256, [1, 4, 8, 16])]
+        modes = [{"kind": "reference"}]
+        for p in ("fp32", "fp16", "bf16"):
+            modes += [{"kind": "fast", "precision": p, "graph": False, "channels_last": True},
+                      {"kind": "fast", "precision": p, "graph": True, "channels_last": True}]
+        return cases, modes
+    cases = [("tiny", 64, [1, 4, 8, 16]), ("small", 128, [4])]
+    modes = [{"kind": "reference"}, {"kind": "fast", "precision": "fp32", "graph": False},
+             {"kind": "fast", "precision": "bf16", "graph": False}]
+    return cases, modes
+
+
+def parse_cases(text: str, batches: list[int] | None) -> list[tuple[str, int, list[int]]]:
+    out = []
+    for item in text.split(","):
+        preset, size = item.split(":")
+        out.append((preset, int(size), batches or [4]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cases", default=None, help="preset:size list, e.g. 'tiny:64,small:128'")
+    parser.add_argument("--batches", default=None, help="comma list of batch sizes (with --cases)")
+    parser.add_argument("--precisions", default=None, help="fast-path precisions, e.g. 'fp32,bf16'")
+    parser.add_argument("--steps", default="1,3", help="two step counts; per-step time is their difference")
+    parser.add_argument("--repeats", type=int, default=None, help="default 3 on CUDA, 2 on CPU")
+    parser.add_argument("--no-flops", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    args.steps = [int(s) for s in args.steps.split(",")]
+    if len(args.steps) != 2 or not 0 < args.steps[0] < args.steps[1]:
+        parser.error("--steps needs two increasing positive counts, e.g. 1,3")
+    args.repeats = args.repeats or (3 if device.type == "cuda" else 2)
+    cases, modes = default_plan(device)
+    if args.cases:
+        cases = parse_cases(args.cases, [int(b) for b in args.batches.split(",")] if args.batches else None)
+    elif args.batches:
+        cases = [(p, s, [int(b) for b in args.batches.split(",")]) for p, s, _ in cases]
+    if args.precisions:
+        keep = set(args.precisions.split(","))
+        modes = [m for m in modes if m["kind"] == "reference" or m["precision"] in keep]
+    if device.type != "cuda":
+        modes = [m for m in modes if not m.get("graph")]
+
+    machine = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
+    peaks = {"fp32": matmul_peak(device, torch.float32)}
+    if device.type == "cuda":
+        peaks.update(fp16=matmul_peak(device, torch.float16), bf16=matmul_peak(device, torch.bfloat16))
+    rows: list[dict] = []
+    total = sum(len(b) for _, _, b in cases) * len(modes) * args.repeats
+    with tqdm(total=total, desc="sampler bench", unit="run") as pbar:
+        for preset, size, batches in cases:
+            model = random_sdm(preset, size, device)
+            flops = {} if args.no_flops else {mode_name(m): count_flops(model, m, 1, size, device) for m in modes}
+            for batch in batches:
+                for row in bench_case(preset, size, batch, modes, args, device, model, pbar):
+                    f = flops.get(row["mode"])
+                    if f:
+                        row["gflop_per_step_per_image"] = f["step"] / 1e9
+                        row["gflop_setup_per_image"] = f["setup"] / 1e9
+                        row["achieved_tflops"] = f["step"] * batch / (row["ms_per_step"] / 1e3) / 1e12
+                        prec = row["mode"].split("-")[1]
+                        row["fraction_of_matmul_peak"] = row["achieved_tflops"] / peaks.get(prec, peaks["fp32"])
+                    rows.append(row)
+            del model
+
+    goals = {}
+    for r in rows:
+        if r["preset"] == "small" and r["size"] == 128 and r["batch"] == 4 and r["mode"] == "fast-fp32":
+            goals["cpu_small128_b4_fast_vs_reference"] = {"ratio": r.get("speedup_vs_reference"), "goal": 2.0,
+                                                          "max_abs_diff": r.get("max_abs_diff_vs_reference")}
+        if r["preset"] == "tiny" and r["size"] == 64 and r["batch"] == 4 and r["mode"].startswith("fast"):
+            goals[f"cpu_tiny64_b4_{r['mode']}_vs_public_12.7s"] = {
+                "s_per_patch": r["s_per_patch_55"], "ratio": PUBLIC_S_PER_PATCH / r["s_per_patch_55"], "goal": 2.0}
+        if r["preset"] == "paper" and r["size"] == 256 and r["batch"] == 8 and r["mode"] != "reference-fp32":
+            goals[f"gpu_paper256_b8_{r['mode']}"] = {"ratio": r.get("speedup_vs_reference"), "goal_ratio": 5.0,
+                                                     "patches_per_s": r["patches_per_s"], "goal_patches_per_s": 1.5}
+
+    header = (f"{'preset':>6} {'size':>4} {'B':>3} {'mode':<20} {'ms/step':>9} {'setup ms':>9} {'s/patch':>8} "
+              f"{'patch/s':>8} {'x ref':>6} {'TFLOP/s':>8} {'maxdiff':>9}")
+    print(header)
+    for r in rows:
+        print(f"{r['preset']:>6} {r['size']:>4} {r['batch']:>3} {r['mode']:<20} {r['ms_per_step']:9.1f} "
+              f"{r['setup_ms']:9.1f} {r['s_per_patch_55']:8.3f} {r['patches_per_s']:8.3f} "
+              f"{r.get('speedup_vs_reference', float('nan')):6.2f} {r.get('achieved_tflops', float('nan')):8.4f} "
+              f"{r.get('max_abs_diff_vs_reference', float('nan')):9.2e}")
+    print("goals:", json.dumps(goals, indent=1))
+    report = {"benchmark": "sampler", "machine": machine, "matmul_peak_tflops": peaks,
+              "config": {"steps_measured": args.steps, "steps_per_patch": STEPS_PER_PATCH, "repeats": args.repeats,
+                         "cases": cases, "modes": [mode_name(m) for m in modes],
+                         "method": "per-step = (T(s2) - T(s1)) / (s2 - s1); per-patch = (setup + 55 step) / B"},
+              "results": rows, "goals": goals}
+    out = Path(args.out or Path(__file__).parent / "results" / f"sampler_{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(report, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
