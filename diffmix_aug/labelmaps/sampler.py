@@ -160,9 +160,10 @@ class LabelMapSampler:
         report: dict[str, Any] = {}
         bp = ep = None
         if self.mode in ("balance", "both"):
+            info = None if isinstance(sample, tuple) else getattr(sample, "info", None)  # NucleiSample caches it
             bp = params.balance if params is not None else draw_balance_params(
-                rng, inst, typ, self.donors, exclude_source=self._source(sample), **self.balance_kwargs)
-            inst, typ, report["balance"] = apply_balance(inst, typ, bp, self.donors)
+                rng, inst, typ, self.donors, exclude_source=self._source(sample), info=info, **self.balance_kwargs)
+            inst, typ, report["balance"] = apply_balance(inst, typ, bp, self.donors, info)
         if self.mode in ("enlarge", "both"):
             ep = params.enlarge if params is not None else draw_enlarge_params(rng, inst, **self.enlarge_kwargs)
             inst, typ, report["enlarge"] = apply_enlarge(inst, typ, ep)
