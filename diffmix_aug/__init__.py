@@ -35,6 +35,9 @@ _EXPORTS: dict[str, str] = {
     "panoptic_quality": "diffmix_aug.metrics",
     "classification_stats": "diffmix_aug.metrics",
     "build_sdm": "diffmix_aug.sdm.presets",
+    "ReferenceDDIMSampler": "diffmix_aug.sampling.reference",
+    "DDIMSampler": "diffmix_aug.sampling.ddim",
+    "Synthesizer": "diffmix_aug.sampling.synthesizer",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
