@@ -38,6 +38,8 @@ _EXPORTS: dict[str, str] = {
     "ReferenceDDIMSampler": "diffmix_aug.sampling.reference",
     "DDIMSampler": "diffmix_aug.sampling.ddim",
     "Synthesizer": "diffmix_aug.sampling.synthesizer",
+    "ReplayCache": "diffmix_aug.cache",
+    "DiffMixDataset": "diffmix_aug.dataset",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -81,6 +81,7 @@ class ReplayCache:
         cache_dir: Optional on-disk store (HoVer-Net ``.npy`` patches) that warm-starts the cache.
         name: File-name prefix of this cache's patches in ``cache_dir`` (make it unique per rank).
         candidates: How many filled slots a reader samples before taking the least reused one.
+        warm_start: Load the newest patches of ``cache_dir`` at construction.
 
     Raises:
         ValueError / TypeError: bad arguments (the message names the field).
@@ -99,6 +100,7 @@ class ReplayCache:
         cache_dir: str | os.PathLike[str] | None = None,
         name: str = "diffmix",
         candidates: int = 3,
+        warm_start: bool = True,
     ) -> None:
         self.capacity = check_positive_int("capacity", capacity)
         if (not isinstance(patch_shape, (tuple, list)) or len(patch_shape) != 2
@@ -137,7 +139,7 @@ class ReplayCache:
         self.cache_dir: Path | None = None
         if cache_dir is not None:
             self.cache_dir = self._probe_dir(Path(cache_dir))
-            if self.cache_dir is not None:
+            if self.cache_dir is not None and warm_start:
                 self._warm_start()
 
     # ------------------------------------------------------------------ plumbing

@@ -31,7 +31,7 @@ from .cache import ReplayCache
 from .data.sample import NucleiSample
 from .producer import Producer, ProducerError, derive_seed
 
-__all__ = ["MODES", "DiffMixDataset", "Schedule", "load_diffmix_config"]
+__all__ = ["MODES", "DiffMixDataset", "Schedule", "build_label_sampler", "load_diffmix_config"]
 
 #: DiffMix-B, DiffMix-E and DiffMix (both) of the paper's ablation
 MODES = ("balance", "enlarge", "both")
@@ -84,6 +84,18 @@ class _RawView(Sequence):
 
     def __getitem__(self, index: int) -> NucleiSample:  # type: ignore[override]
         return self.adapter.read_raw(self.base, int(index))
+
+
+def build_label_sampler(source: Sequence[NucleiSample], mode: str, num_classes: int,
+                        rare_classes: Sequence[int], donors: Any = None) -> Any:
+    """The default ``LabelMapSampler`` for ``mode``, with a ``DonorBank`` of ``source`` when balancing."""
+    from .labelmaps.sampler import LabelMapSampler
+
+    if donors is None and mode != "enlarge":
+        from .labelmaps.donors import DonorBank
+
+        donors = DonorBank.from_dataset(source, tuple(rare_classes))
+    return LabelMapSampler(mode=mode, donors=donors, num_classes=num_classes, rare_classes=tuple(rare_classes))
 
 
 def _rank() -> int:
@@ -216,14 +228,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
         return int(patch_size[0]), int(patch_size[1])
 
     def _default_label_sampler(self, donors: Any) -> Any:
-        from .labelmaps.sampler import LabelMapSampler
-
-        if donors is None and self.mode != "enlarge":
-            from .labelmaps.donors import DonorBank
-
-            donors = DonorBank.from_dataset(self._raw, self.rare_classes)
-        return LabelMapSampler(mode=self.mode, donors=donors, num_classes=self.num_classes,
-                               rare_classes=self.rare_classes)
+        return build_label_sampler(self._raw, self.mode, self.num_classes, self.rare_classes, donors)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> DiffMixDataset:
