@@ -59,9 +59,12 @@ def encode_condition(type_map: np.ndarray, inst_map: np.ndarray, num_classes: in
         raise ValueError(f"`type_map` values must lie in 0..{num_classes - 1} (num_classes={num_classes} counts the "
                          f"background), got range {type_map.min()}..{type_map.max()}")
     h, w = type_map.shape
-    out = np.zeros((num_classes + 1, h, w), np.float32)
-    # one-hot by fancy indexing: out[type, y, x] = 1
-    out[type_map.reshape(-1), np.repeat(np.arange(h), w), np.tile(np.arange(w), h)] = 1.0
+    out = np.empty((num_classes + 1, h, w), np.float32)
+    # one-hot by broadcast comparison (no index arrays): out[c] = (type_map == c)
+    classes = np.arange(num_classes)
+    if num_classes - 1 <= np.iinfo(type_map.dtype).max:  # compare in the map's own dtype (no upcast)
+        classes = classes.astype(type_map.dtype)
+    out[:num_classes] = type_map[None] == classes[:, None, None]
     out[num_classes] = instance_edges(inst_map)
     return out
 
@@ -103,6 +106,9 @@ def encode_condition_torch(
     if type_maps.numel() and (int(type_maps.min()) < 0 or int(type_maps.max()) >= num_classes):
         raise ValueError(f"`type_maps` values must lie in 0..{num_classes - 1}, got range "
                          f"{int(type_maps.min())}..{int(type_maps.max())}")
-    onehot = torch.nn.functional.one_hot(type_maps.long(), num_classes).permute(0, 3, 1, 2)
-    edges = instance_edges_torch(inst_maps).unsqueeze(1)
-    return torch.cat([onehot, edges], dim=1).to(dtype)
+    n, h, w = type_maps.shape
+    # scatter straight into the output dtype (no int64 one-hot intermediate)
+    out = torch.zeros((n, num_classes + 1, h, w), dtype=dtype, device=type_maps.device)
+    out.scatter_(1, type_maps.long().unsqueeze(1), 1)
+    out[:, num_classes] = instance_edges_torch(inst_maps).to(dtype)
+    return out

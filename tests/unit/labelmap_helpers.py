@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,10 @@ HE_NUM_CLASSES = 6
 HE_RARE = (2,)
 
 
-def load_he_patches() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``[(image uint8 [256, 256, 3], inst int32, type int32)]`` of the three real patches."""
+@lru_cache(maxsize=1)
+def load_he_patches() -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
+    """``((image uint8 [256, 256, 3], inst int32, type int32), ...)`` of the three real patches
+    (cached: do not modify the arrays)."""
     import scipy.io as sio
     from PIL import Image
 
@@ -25,7 +28,7 @@ def load_he_patches() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         mat = sio.loadmat(HE_DIR / f"patch{k}.mat")
         image = np.asarray(Image.open(HE_DIR / f"patch{k}.png").convert("RGB"))
         out.append((image, mat["inst_map"].astype(np.int32), mat["type_map"].astype(np.int32)))
-    return out
+    return tuple(out)
 
 
 def maps_from_seed(seed: int, size: int = 64, n_nuclei: int | None = None) -> tuple[np.ndarray, np.ndarray]:

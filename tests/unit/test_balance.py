@@ -171,6 +171,21 @@ def test_real_patches_against_reference():
         _check_report(inst, typ, out_i, out_t, rep, p, bank)
 
 
+@settings(max_examples=10, deadline=None)
+@given(seed=SEEDS, k=st.integers(0, 2), fraction=st.sampled_from([0.5, 0.8, 1.0]),
+       ratio=st.sampled_from([1.5, 2.3, 4.0]))
+def test_properties_on_real_maps(seed, k, fraction, ratio):
+    patches = load_he_patches()
+    bank = DonorBank.from_maps([(i, t) for _, i, t in patches], rare_classes=HE_RARE)
+    _, inst, typ = patches[k]
+    kw = dict(rare_classes=HE_RARE, major_fraction=fraction, size_ratio=ratio, exclude_source=k)
+    p = draw_balance_params(np.random.default_rng(seed), inst, typ, bank, **kw)
+    out_i, out_t, rep = apply_balance(inst, typ, p, bank)
+    _check_report(inst, typ, out_i, out_t, rep, p, bank, size_ratio=ratio)
+    again = balance_label_map(inst, typ, bank, np.random.default_rng(seed), **kw)
+    np.testing.assert_array_equal(again[0], out_i)
+
+
 def test_donor_bank_contents_pickle_and_order():
     maps = [maps_from_seed(s, n_nuclei=25) for s in range(5)]
     bank = DonorBank.from_maps(maps, rare_classes=(1,), border=6)

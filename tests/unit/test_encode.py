@@ -38,6 +38,15 @@ def test_matches_loop_and_per_nucleus_reference(seed, num_classes):
     np.testing.assert_array_equal(out, reference_encode(typ, inst, num_classes))
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint32, np.int64])
+def test_any_integer_dtype(dtype):
+    inst, typ = maps_from_seed(3, size=20)
+    np.testing.assert_array_equal(encode_condition(typ.astype(dtype), inst.astype(dtype), 5),
+                                  loop_encode(typ, inst, 5))
+    big = encode_condition(typ.astype(np.uint8), inst, 300)  # more classes than uint8 holds
+    assert big.shape == (301, 20, 20) and big[:300].sum() == 400
+
+
 def test_numpy_and_torch_agree_on_a_batch():
     maps = [maps_from_seed(s, size=48) for s in range(4)]
     ref = np.stack([encode_condition(t, i, 5) for i, t in maps])

@@ -84,6 +84,21 @@ def test_avoid_preserves_type_area_multiset_unless_dropped(seed):
     assert int(out_i.max()) == kept.size
 
 
+@settings(max_examples=10, deadline=None)
+@given(seed=SEEDS, k=st.integers(0, 2), max_shift=st.sampled_from([3, 15]))
+def test_properties_on_real_maps(seed, k, max_shift):
+    _, inst, typ = load_he_patches()[k]
+    p = draw_enlarge_params(np.random.default_rng(seed), inst, max_shift=max_shift, overlap="avoid",
+                            max_overlap=0.0)
+    out_i, out_t, rep = apply_enlarge(inst, typ, p)
+    _check_valid(out_i, out_t)
+    assert _multiset(out_i, out_t) == _multiset(inst, typ, p.ids[~p.dropped])
+    assert rep["dropped_ids"] == p.ids[p.dropped].tolist()
+    o2 = enlarge_label_map(inst, typ, np.random.default_rng(seed), max_shift=max_shift, overlap="avoid",
+                           max_overlap=0.0)
+    np.testing.assert_array_equal(o2[0], out_i)
+
+
 def test_overwrite_later_wins_and_reports_vanished():
     inst = np.zeros((40, 40), np.int32)
     inst[10:14, 10:14] = 1
