@@ -145,6 +145,7 @@ def draw_enlarge_params(
     overlap: str = "overwrite",
     max_overlap: float = 0.2,
     max_tries: int = 10,
+    info: Any = None,
 ) -> EnlargeParams:
     """Draw the per-nucleus shifts of an enlarging map.
 
@@ -161,6 +162,8 @@ def draw_enlarge_params(
         max_overlap: With ``"avoid"``, the largest fraction of a moved nucleus' own area that may
             be covered by nuclei placed before it (or pushed out of the image).
         max_tries: With ``"avoid"``, draws per nucleus before it is put back (or dropped).
+        info: ``inst_map``'s :class:`~diffmix_aug.data.sample.InstanceInfo` if already at hand
+            (``NucleiSample.info``); spares the pixel grouping in ``"overwrite"`` mode.
 
     Returns:
         :class:`EnlargeParams`.
@@ -173,10 +176,11 @@ def draw_enlarge_params(
     max_overlap = check_in_range("max_overlap", max_overlap, 0.0, 1.0)
     check_positive_int("max_tries", max_tries)
     h, w = inst_map.shape
-    g = group_pixels(inst_map)
+    g = group_pixels(inst_map) if info is None or overlap == "avoid" else info
     n = g.ids.size
     m = border_margin
-    fixed = ~((g.bboxes[:, 0] >= m) & (g.bboxes[:, 1] >= m) & (g.bboxes[:, 2] <= h - m) & (g.bboxes[:, 3] <= w - m))
+    bb = g.bboxes
+    fixed = ~((bb[:, 0] >= m) & (bb[:, 1] >= m) & (bb[:, 2] <= h - m) & (bb[:, 3] <= w - m))
     shifts = _draw_shifts(rng, n, max_shift, p_shift, symmetric)
     shifts[fixed] = 0
     dropped = np.zeros(n, bool)
@@ -210,7 +214,7 @@ def draw_enlarge_params(
             shifts[k] = placed[:2]
             reverted[k] = t == max_tries
             occ[placed[2]] = True
-    return EnlargeParams((h, w), g.ids, shifts, fixed, dropped, reverted, overlap)
+    return EnlargeParams((h, w), g.ids.astype(np.int32), shifts, fixed, dropped, reverted, overlap)
 
 
 def apply_enlarge(
@@ -249,29 +253,36 @@ def apply_enlarge(
     rank[order] = np.arange(n)
     kept = ~params.dropped
     areas = np.where(kept, g.areas, 0)
-    sel = np.repeat(kept, g.areas)
-    pix = g.pos[sel]
-    ys, xs = np.divmod(pix, w)
-    ys = ys + np.repeat(params.shifts[:, 0], areas)
-    xs = xs + np.repeat(params.shifts[:, 1], areas)
-    inb = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-    target = ys[inb] * w + xs[inb]
+    pix = g.pos if kept.all() else g.pos[np.repeat(kept, g.areas)]
+    dy, dx = params.shifts[:, 0].astype(np.int64), params.shifts[:, 1].astype(np.int64)
+    bb = g.bboxes
+    clips = kept & ((bb[:, 0] + dy < 0) | (bb[:, 2] + dy > h) | (bb[:, 1] + dx < 0) | (bb[:, 3] + dx > w))
     # value painted = paint priority + 1; "overwrite": last painted wins, "avoid": first wins
     prio = rank if params.overlap == "overwrite" else (n - 1 - rank)
-    val = np.repeat(prio + 1, areas)[inb]
-    canvas = np.zeros(h * w, np.int64)
-    np.maximum.at(canvas, target, val)
-    # priority -> instance index, then instance index -> new contiguous id (original-id order)
-    inst_of = np.zeros(n + 1, np.int64)
-    inst_of[prio + 1] = np.arange(n)
-    k_map = inst_of[canvas]
-    present = np.zeros(n, bool)
-    present[k_map[canvas > 0]] = True
+    val = np.repeat(prio + 1, areas)
+    if clips.any():  # some nucleus leaves the image: drop its outside pixels
+        ys, xs = np.divmod(pix, w)
+        ys = ys + np.repeat(dy, areas)
+        xs = xs + np.repeat(dx, areas)
+        inb = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+        target, val = ys[inb] * w + xs[inb], val[inb]
+    else:
+        target = pix + np.repeat(dy * w + dx, areas)
+    canvas = np.zeros(h * w, np.int32)
+    np.maximum.at(canvas, target, val.astype(np.int32))
+    # painted value -> instance index -> new contiguous id (original-id order) and type
+    present_val = np.zeros(n + 1, bool)
+    present_val[canvas[target]] = True  # every winning value sits on some painted pixel
+    present = present_val[prio + 1]  # per instance index
     new_id = np.zeros(n, np.int32)
     new_id[present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)
-    fg = canvas > 0
-    out_inst = np.where(fg, new_id[k_map], 0).astype(np.int32).reshape(h, w)
-    out_type = np.where(fg, g.types[k_map], 0).astype(np.int32).reshape(h, w)
+    lut_id = np.zeros(n + 1, np.int32)
+    lut_type = np.zeros(n + 1, np.int32)
+    lut_id[prio + 1] = new_id
+    lut_type[prio + 1] = g.types
+    out_inst = lut_id[canvas].reshape(h, w)
+    out_type = lut_type[canvas].reshape(h, w)
+    n_fg = int(np.count_nonzero(canvas))
     moved = (params.shifts != 0).any(axis=1)
     report = {
         "moved": int(moved.sum()),
@@ -279,7 +290,7 @@ def apply_enlarge(
         "dropped_ids": g.ids[params.dropped].tolist(),
         "reverted_ids": g.ids[params.reverted].tolist(),
         "vanished_ids": g.ids[kept & ~present].tolist(),
-        "overwritten_pixels": int(target.size - fg.sum()),
+        "overwritten_pixels": int(target.size - n_fg),
     }
     return out_inst, out_type, report
 

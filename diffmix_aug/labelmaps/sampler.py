@@ -165,7 +165,9 @@ class LabelMapSampler:
                 rng, inst, typ, self.donors, exclude_source=self._source(sample), info=info, **self.balance_kwargs)
             inst, typ, report["balance"] = apply_balance(inst, typ, bp, self.donors, info)
         if self.mode in ("enlarge", "both"):
-            ep = params.enlarge if params is not None else draw_enlarge_params(rng, inst, **self.enlarge_kwargs)
+            info = None if self.mode == "both" or isinstance(sample, tuple) else getattr(sample, "info", None)
+            ep = params.enlarge if params is not None else draw_enlarge_params(
+                rng, inst, info=info, **self.enlarge_kwargs)
             inst, typ, report["enlarge"] = apply_enlarge(inst, typ, ep)
         return LabelMapResult(inst, typ, self.mode, report, LabelMapParams(self.mode, bp, ep))
 

@@ -136,6 +136,13 @@ def test_fixed_seed_and_json_replay():
     np.testing.assert_array_equal(apply_enlarge(inst, typ, p)[0], apply_enlarge(inst, typ, p2)[0])
 
 
+def test_precomputed_info_gives_the_same_params():
+    inst, _ = maps_from_seed(4, n_nuclei=20)
+    a = draw_enlarge_params(np.random.default_rng(2), inst, border_margin=4)
+    b = draw_enlarge_params(np.random.default_rng(2), inst, border_margin=4, info=instance_info(inst))
+    assert a.to_dict() == b.to_dict()
+
+
 def test_empty_map():
     z = np.zeros((16, 16), np.int32)
     i, t = enlarge_label_map(z, z, np.random.default_rng(0), overlap="avoid")
