@@ -49,7 +49,8 @@ class BalanceParams:
         shape: ``(H, W)`` of the target map.
         selected: ``int32 [k]`` the drawn majors, in draw order.
         majors: ``int32 [k]`` the same, in processing order (ascending area).
-        major_areas: ``int64 [k]`` their dilated areas (``size1`` of the reference).
+        major_areas: ``int64 [k]`` their dilated areas (``size1`` of the reference); 0 where the
+            area was not needed (target reached, pool exhausted, or no donor could fit its box).
         pool: ``int64 [p]`` donor references in pool order.
         assign_major: ``int32 [a]`` converted majors, in processing order.
         assign_donor: ``int64 [a]`` the donor reference used for each.
