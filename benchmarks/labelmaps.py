@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from diffmix_aug.data.remap import remap_label
-from diffmix_aug.labelmaps.balance import BalanceParams, apply_balance, draw_balance_params
+from diffmix_aug.labelmaps.balance import BalanceParams, balance_label_map, draw_balance_params
 from diffmix_aug.labelmaps.donors import DonorBank
 from diffmix_aug.labelmaps.encode import encode_condition
 from diffmix_aug.labelmaps.enlarge import EnlargeParams, apply_enlarge, draw_enlarge_params
@@ -276,12 +276,11 @@ def run(n_maps: int, repeats: int, size: int, seed: int) -> dict[str, Any]:
                     lambda i, t, p: reference_enlarge(i, t, p),
                     [(s.inst_map, s.type_map) for s in samples],
                     [(s.inst_map, s.type_map, p) for s, p in zip(samples, e_params)]),
-        "balance": (lambda i, t, k: apply_balance(i, t, draw_balance_params(rng, i, t, bank, exclude_source=k), bank),
+        "balance": (lambda i, t, k: balance_label_map(i, t, bank, rng, exclude_source=k),
                     lambda i, t, p: reference_balance(i, t, bank, p),
                     [(s.inst_map, s.type_map, k) for k, s in enumerate(samples)],
                     [(s.inst_map, s.type_map, p) for s, p in zip(samples, b_params)]),
-        "balance_many": (lambda i, t, k: apply_balance(i, t, draw_balance_params(
-                             rng, i, t, bank2, rare_classes=(2,), exclude_source=k), bank2),
+        "balance_many": (lambda i, t, k: balance_label_map(i, t, bank2, rng, rare_classes=(2,), exclude_source=k),
                          lambda i, t, p: reference_balance(i, t, bank2, p),
                          [(s.inst_map, s.type_map, k) for k, s in enumerate(samples)],
                          [(s.inst_map, s.type_map, p) for s, p in zip(samples, b2_params)]),
