@@ -261,17 +261,6 @@ def paste_window(cy: float, cx: float, h: int, w: int) -> tuple[int, int]:
     return math.floor(round(cy) - h / 2), math.floor(round(cx) - w / 2)
 
 
-def donor_mask(inst_map: np.ndarray, donors: DonorBank | None, ref: int, info=None) -> np.ndarray:
-    """The box-cropped bool mask of donor reference ``ref`` (bank index, or ``-id`` of ``inst_map``)."""
-    if ref >= 0:
-        return donors.masks[ref]
-    if info is None:
-        info = instance_info(inst_map)
-    k = int(np.searchsorted(info.ids, -ref))
-    y0, x0, y1, x1 = (int(v) for v in info.bboxes[k])
-    return inst_map[y0:y1, x0:x1] == -ref
-
-
 def apply_balance(
     inst_map: np.ndarray, type_map: np.ndarray, params: BalanceParams, donors: DonorBank | None,
     info: InstanceInfo | None = None,
