@@ -9,6 +9,7 @@ import sys
 # subcommand -> module in diffmix_aug.commands (see its __init__ for the contract)
 COMMANDS: dict[str, str] = {
     "demo": "diffmix_aug.commands.demo",
+    "train-sdm": "diffmix_aug.commands.train_sdm",
     "synthesize": "diffmix_aug.commands.synthesize",
 }
 

@@ -1,0 +1,171 @@
+"""SDM weights on disk: safetensors only (no pickles), checked against the config they claim.
+
+Two layouts (``docs/architecture.md``):
+
+* training directory: ``model.safetensors``, ``ema.safetensors``, ``config.json`` (and
+  ``train_state.pt``, see :mod:`diffmix_aug.train.checkpoint`);
+* inference export: one ``.safetensors`` file whose metadata has ``format = "diffmix_aug.sdm/1"``,
+  ``config`` (the :class:`SDMConfig` JSON), ``num_classes`` and ``dataset``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_write_bytes
+from .config import SDMConfig
+from .unet import SDMUNet
+
+__all__ = ["EXPORT_FORMAT", "export_sdm", "load_sdm", "load_state_dict_checked", "read_safetensors",
+           "read_sdm_metadata", "write_safetensors"]
+
+EXPORT_FORMAT = "diffmix_aug.sdm/1"
+
+
+def write_safetensors(path: str | os.PathLike[str], state: dict[str, torch.Tensor],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Atomically write tensors (made contiguous, on CPU) and string metadata."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read tensors and metadata; a missing or corrupt file raises ``ValueError`` naming it."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            metadata = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except Exception as exc:  # safetensors raises its own error types for truncated / garbled files
+        raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc}); the file is "
+                         "corrupt or truncated: re-export or restore it") from exc
+    return tensors, metadata
+
+
+def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike[str]
+                            ) -> None:
+    """``model.load_state_dict`` with an error that names ``source`` and every key / shape mismatch."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) e.g. {unexpected[:3]}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es) e.g. {shapes[:3]}")
+        raise ValueError(f"{os.fspath(source)}: weights do not match the model config ({'; '.join(parts)}); "
+                         "the checkpoint belongs to a different config")
+    with torch.no_grad():
+        for k, v in expected.items():
+            v.copy_(state[k].to(v.dtype))
+
+
+def _config_from_json(text: str, source: Path) -> SDMConfig:
+    try:
+        return SDMConfig.from_dict(json.loads(text))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{source}: invalid SDM config ({exc})") from exc
+
+
+def read_sdm_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"config": SDMConfig, "num_classes": int, "dataset": str | None, "step": int | None}`` of a
+    training directory or an export file, without reading the weights."""
+    path = Path(path)
+    if path.is_dir():
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path}: missing; {path} is not an SDM training directory")
+        try:
+            data = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{cfg_path}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict) or "sdm" not in data:
+            raise ValueError(f"{cfg_path}: expected a training config.json with an 'sdm' section")
+        config = _config_from_json(json.dumps(data["sdm"]), cfg_path)
+        return {"config": config, "num_classes": int(data.get("num_classes", config.label_channels - 1)),
+                "dataset": data.get("dataset"), "step": data.get("step")}
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such SDM checkpoint (expected a training directory or an export)")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = dict(fh.metadata() or {})
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+    if meta.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{path}: metadata format is {meta.get('format')!r}, expected {EXPORT_FORMAT!r}; "
+                         "create the file with diffmix_aug.train.export_sdm")
+    config = _config_from_json(meta.get("config", "null"), path)
+    step = meta.get("step")
+    return {"config": config, "num_classes": int(meta.get("num_classes", config.label_channels - 1)),
+            "dataset": meta.get("dataset") or None, "step": int(step) if step not in (None, "") else None}
+
+
+def load_sdm(path: str | os.PathLike[str], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+             *, use_ema: bool = True) -> SDMUNet:
+    """Load an SDM from a training directory (EMA weights by default) or an export file.
+
+    Args:
+        path: Training directory or ``.safetensors`` export.
+        device: Target device.
+        dtype: Parameter dtype (float32 unless told otherwise, whatever the file stores).
+        use_ema: Training directory only: load ``ema.safetensors`` (else ``model.safetensors``).
+
+    Returns:
+        The model in eval mode, with ``model.checkpoint_info`` = :func:`read_sdm_metadata`'s dict.
+    """
+    path = Path(path)
+    info = read_sdm_metadata(path)
+    weights = (path / ("ema.safetensors" if use_ema else "model.safetensors")) if path.is_dir() else path
+    state, _ = read_safetensors(weights)
+    model = SDMUNet(info["config"])
+    load_state_dict_checked(model, state, weights)
+    model.checkpoint_info = info
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def export_sdm(source: str | os.PathLike[str] | SDMUNet, out: str | os.PathLike[str], *, use_ema: bool = True,
+               dtype: torch.dtype = torch.float16, num_classes: int | None = None, dataset: str | None = None
+               ) -> Path:
+    """Write an inference export (one safetensors file with ``format = "diffmix_aug.sdm/1"``).
+
+    Args:
+        source: Training directory (EMA weights by default) or a model.
+        out: Destination ``.safetensors``.
+        use_ema: Training directory only: export the EMA weights.
+        dtype: Stored floating dtype (float16 halves the size; :func:`load_sdm` returns float32).
+        num_classes: Default: the training run's, or ``label_channels - 1``.
+        dataset: Dataset name stored in the metadata (default: the training run's).
+    """
+    step = None
+    if isinstance(source, SDMUNet):
+        model = source
+    else:
+        model = load_sdm(source, use_ema=use_ema)
+        info = model.checkpoint_info
+        num_classes = num_classes if num_classes is not None else info["num_classes"]
+        dataset = dataset if dataset is not None else info["dataset"]
+        step = info["step"]
+    num_classes = num_classes if num_classes is not None else model.label_channels - 1
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    metadata = {"format": EXPORT_FORMAT, "config": model.config.to_json(), "num_classes": str(int(num_classes)),
+                "dataset": dataset or "", "step": "" if step is None else str(int(step))}
+    write_safetensors(out, state, metadata)
+    return Path(out)
