@@ -24,7 +24,6 @@ dropped to background, so every instance is one connected piece).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -110,8 +109,8 @@ def make_toy_dataset(
 
     n = check_positive_int("n", n)
     size = check_positive_int("size", size)
-    if not 16 <= size <= _RAMP.size:
-        raise ValueError(f"`size` must be in [16, {_RAMP.size}] pixels (nuclei are up to ~20 px long), got {size}")
+    if not 16 <= size <= _MAX_SIZE:
+        raise ValueError(f"`size` must be in [16, {_MAX_SIZE}] pixels (nuclei are up to ~20 px long), got {size}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
     freqs = _normalise_frequencies(class_frequencies)
@@ -167,7 +166,7 @@ def _blur3(x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------- nuclei
 _HARM_K = np.arange(2, 6)
 _N_ANGLES = 128
-_RAMP = np.arange(4096, dtype=np.float64)
+_MAX_SIZE = 4096
 _ANGLES = (np.arange(_N_ANGLES) + 0.5) * (2 * np.pi / _N_ANGLES) - np.pi
 _TABLE = {  # per-class parameter columns, indexed by class id (row 0 unused)
     name: np.array([0.0] + [_SHAPES[c][i] if np.isscalar(_SHAPES[c][i]) else 0.0 for c in (1, 2, 3, 4)])
@@ -178,6 +177,10 @@ for _i, _name in ((0, "a"), (1, "ratio"), (3, "lobes"), (4, "h")):
     _TABLE[_name + "_hi"] = np.array([0.0] + [float(_SHAPES[c][_i][1]) for c in (1, 2, 3, 4)])
 
 _TABLE32 = {k: v.astype(np.float32) for k, v in _TABLE.items()}
+# Largest distance of a boundary point from the centre: a * (1 + sum of harmonic amplitudes) + 1.
+_HALF = int(np.ceil(max(
+    _TABLE["a_hi"][c] * (1 + _TABLE["rough"][c] * (np.sum(1 / np.sqrt(_HARM_K - 1)) + (1.0 if c == 1 else 0.0))) + 1
+    for c in (1, 2, 3, 4)))) + 1
 
 
 def _uniform(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -222,27 +225,35 @@ def _draw_candidates(rng: np.random.Generator, classes: np.ndarray, size: int, c
             "h": _uniform(rng, _TABLE["h_lo"][classes], _TABLE["h_hi"][classes])}
 
 
-def _nucleus_mask(cy: float, cx: float, a: float, b: float, theta: float, amp: np.ndarray, phase: np.ndarray,
-                  h: int, w: int) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
-    """Rasterise one nucleus: ``((y0, x0, y1, x1), bool mask)`` clipped to the patch, or None."""
-    r = a * (1 + amp.sum()) + 1
-    y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 2, h)
-    x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 2, w)
-    if y1 <= y0 or x1 <= x0:
-        return None
-    yy = _RAMP[y0:y1, None] - cy
-    xx = _RAMP[None, x0:x1] - cx
-    c, s = math.cos(theta), math.sin(theta)
+def _candidate_masks(cand: dict[str, np.ndarray], sel: np.ndarray | slice = slice(None),
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rasterise the candidates ``sel`` at once, each on its own ``R x R`` window (``R = 2 * _HALF + 1``).
+
+    Returns:
+        ``(y0 int64 [m], x0 int64 [m], masks bool [m, R, R])``: window corners (may lie outside the
+        patch) and the nucleus masks inside them.
+    """
+    cand = {k: v[sel] for k, v in cand.items()}
+    m = cand["a"].size
+    size = 2 * _HALF + 1
+    if m == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.copy(), np.zeros((0, size, size), dtype=bool)
+    y0 = np.floor(cand["cy"]).astype(np.int64) - _HALF
+    x0 = np.floor(cand["cx"]).astype(np.int64) - _HALF
+    ramp = np.arange(size, dtype=np.float64)
+    yy = (y0 - cand["cy"])[:, None, None] + ramp[None, :, None]
+    xx = (x0 - cand["cx"])[:, None, None] + ramp[None, None, :]
+    c, s = np.cos(cand["theta"])[:, None, None], np.sin(cand["theta"])[:, None, None]
+    a, b = cand["a"][:, None, None], cand["b"][:, None, None]
     u = xx * (c / a) + yy * (s / a)
     v = yy * (c / b) - xx * (s / b)
     # Boundary radius r(phi) = 1 + sum_k amp_k cos(k phi + phase_k), tabulated on _N_ANGLES angles.
-    bound_lut = 1 + amp @ np.cos(_HARM_K[:, None] * _ANGLES[None] + phase[:, None])
+    table = 1 + np.einsum("mk,mkn->mn", cand["amp"],
+                          np.cos(_HARM_K[None, :, None] * _ANGLES[None, None] + cand["phase"][:, :, None]))
     idx = ((np.arctan2(v, u) + np.pi) * (_N_ANGLES / (2 * np.pi))).astype(np.int64) % _N_ANGLES
-    bound = bound_lut[idx]
-    mask = u * u + v * v < bound * bound
-    if not mask.any():
-        return None
-    return (y0, x0, y1, x1), mask
+    bound = np.take_along_axis(table, idx.reshape(m, -1), 1).reshape(idx.shape)
+    return y0, x0, u * u + v * v < bound * bound
 
 
 def make_toy_sample(rng: np.random.Generator, size: int, class_frequencies: Sequence[float] = DEFAULT_CLASS_FREQUENCIES,
@@ -287,15 +298,23 @@ def make_toy_sample(rng: np.random.Generator, size: int, class_frequencies: Sequ
     kept: list[int] = []
     occluded: dict[int, tuple[int, int, int, int]] = {}
     boxes: list[tuple[int, int, int, int]] = []
-    cols = [cand[k].tolist() for k in ("cy", "cx", "a", "b", "theta")]
+    first_y0, first_x0, first_masks = _candidate_masks(cand, slice(0, None, 2))  # second tries: on demand
+    span = 2 * _HALF + 1
     for j in range(n_target * 2):
         if j % 2 == 1 and kept and kept[-1] == j - 1:
             continue  # the first try of this nucleus was placed
-        r = _nucleus_mask(cols[0][j], cols[1][j], cols[2][j], cols[3][j], cols[4][j], cand["amp"][j],
-                          cand["phase"][j], h, w)
-        if r is None:
+        if j % 2 == 0:
+            gy, gx, window = int(first_y0[j // 2]), int(first_x0[j // 2]), first_masks[j // 2]
+        else:
+            wy, wx, wm = _candidate_masks(cand, slice(j, j + 1))
+            gy, gx, window = int(wy[0]), int(wx[0]), wm[0]
+        y0, y1, x0, x1 = max(gy, 0), min(gy + span, h), max(gx, 0), min(gx + span, w)
+        if y1 <= y0 or x1 <= x0:
             continue
-        box, mask = r
+        mask = window[y0 - gy:y1 - gy, x0 - gx:x1 - gx]
+        if not mask.any():
+            continue
+        box = (y0, x0, y1, x1)
         local = inst[box[0]:box[2], box[1]:box[3]]
         under = local[mask]
         hit = under[under > 0]
