@@ -3,7 +3,8 @@
 Dict and tuple items are described by ``keys``: the dict keys (or tuple positions) of the image,
 the instance map and the type map. The first item read is kept as a template, so synthetic items
 copy its container, key order, array library (numpy / torch), layout (HWC / CHW), dtype and, for
-float images, its value range ([0, 1] or [0, 255]). Other entries are copied from the template.
+float images, its value range ([0, 1] or [0, 255]), and its height and width (a synthetic patch of
+another size is mirror-padded or centre-cropped). Other entries are copied from the template.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from ..data.sample import NucleiSample
-from .base import Adapter, is_albumentations
+from .base import Adapter, fit_to_shape, is_albumentations
 
 __all__ = ["MappingAdapter", "NucleiSampleAdapter", "SequenceAdapter"]
 
@@ -115,6 +116,9 @@ class _KeyedAdapter(Adapter):
         if self._template is None:
             self._template = base[index]
         t_img, t_inst, t_typ = self._get(self._template)
+        hw = _to_numpy_map(t_inst).shape
+        if image.shape[:2] != hw:  # synthetic patch size differs from the base's: mirror-pad / crop
+            image, inst_map, type_map = (fit_to_shape(a, hw) for a in (image, inst_map, type_map))
         return {self.keys[0]: _like(image, t_img, image=True), self.keys[1]: _like(inst_map, t_inst, image=False),
                 self.keys[2]: _like(type_map, t_typ, image=False)}
 

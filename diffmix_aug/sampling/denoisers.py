@@ -27,10 +27,14 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 
 def autocast_context(device: torch.device, precision: str):
-    """``torch.autocast`` for fp16 / bf16 on ``device``; a no-op context for fp32."""
+    """``torch.autocast`` for fp16 / bf16 on ``device``; a no-op context for fp32.
+
+    The weight-cast cache is off: each weight is used once per step anyway, and a cache that is freed
+    when the context exits is unsafe inside a CUDA-graph capture.
+    """
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
+    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision], cache_enabled=False)
 
 
 def nbytes(tensors) -> int:

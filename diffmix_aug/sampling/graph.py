@@ -163,6 +163,7 @@ class StepGraphs:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: a capture on the producer thread must not break the training thread's CUDA calls
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             fn()
         return _Entry(graph, static_x, static_k, static_noise, flatten_tensors(conditioning), conditioning)

@@ -270,3 +270,13 @@ def test_bad_inputs(cls):
         s.sample(model, x0.numpy(), cond)
     with pytest.raises(ValueError, match="3 channels"):
         s.sample(model, cond, cond)
+
+
+@pytest.mark.slow
+def test_torch_compile_option_matches_eager():
+    model, (x0, cond) = ConvModel(), make_inputs(2, 8)
+    eager = DDIMSampler(num_steps=10, strength=0.3).sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
+    s = DDIMSampler(num_steps=10, strength=0.3, compile=True)
+    out = s.sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
+    assert s.last_run["path"] == "compiled"
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=0)
