@@ -1,0 +1,276 @@
+"""The downstream training loop and evaluation, identical for every ablation arm.
+
+Only the training dataset differs between arms. Items may be ``NucleiSample``-like objects
+(``.image``, ``.inst_map``, ``.type_map``), dicts with ``img``/``image``, ``inst_map`` and
+``type_map``, or dicts that already hold HoVer-Net targets (``img``, ``np_map``, ``hv_map``,
+``tp_map``, as HoVer-Net's FileLoader returns). Items with label maps get the same random
+dihedral augmentation (flips, 90-degree rotations; parameters drawn first from the loop's
+generator) and then HoVer-Net's ``gen_targets``; items with ready targets are used as they are.
+
+Evaluation runs the network on held-out patches, HoVer-Net's post-processing, and returns the
+paper's Table-1 numbers: Dice, AJI, DQ, SQ, PQ (mean over images, as ``compute_stats`` prints),
+AJI+, and the pooled detection F1, type accuracy and per-type F1 (``classification_stats``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffmix_aug._checks import check_positive_int
+from diffmix_aug.metrics import aji, aji_plus, classification_stats, dice, pair_table, panoptic_quality
+
+from .losses import hovernet_loss
+from .net import build_network
+from .postproc import TOY_POSTPROC, process
+from .targets import crop_to_shape, gen_targets
+
+__all__ = ["HarnessConfig", "evaluate", "predict", "prepare_item", "raw_maps", "train"]
+
+
+@dataclass
+class HarnessConfig:
+    """Everything that defines a downstream run (the same for every arm).
+
+    Attributes:
+        iterations: optimiser steps (the fixed budget).
+        batch_size: patches per step.
+        lr: Adam learning rate (HoVer-Net: 1e-4 with an ImageNet encoder; the small net trains
+            from scratch and uses 1e-3 with a cosine decay).
+        width / depth: :class:`~benchmarks.downstream.net.SmallHoVerNet` size.
+        net: ``"small"`` or ``"monai"``.
+        augment: dihedral augmentation of items with label maps.
+        seed: seeds the weights, the item order and the augmentation.
+        num_workers: DataLoader workers.
+        eval_batch: batch size of inference.
+        postproc: keyword arguments of :func:`~benchmarks.downstream.postproc.proc_np_hv`.
+        device: torch device.
+    """
+
+    iterations: int = 300
+    batch_size: int = 8
+    lr: float = 1e-3
+    width: int = 16
+    depth: int = 3
+    net: str = "small"
+    augment: bool = True
+    seed: int = 0
+    num_workers: int = 0
+    eval_batch: int = 16
+    postproc: dict[str, Any] = field(default_factory=lambda: dict(TOY_POSTPROC))
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def raw_maps(item: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(image uint8 [H,W,3], inst_map int32 [H,W], type_map int32 [H,W])`` of an item, or None."""
+    if isinstance(item, dict):
+        img = item.get("img", item.get("image"))
+        if img is None or "inst_map" not in item:
+            return None
+        inst = np.asarray(item["inst_map"])
+        typ = np.asarray(item.get("type_map", np.zeros_like(inst)))
+    elif hasattr(item, "inst_map") and hasattr(item, "image"):
+        img, inst, typ = item.image, item.inst_map, item.type_map
+    else:
+        return None
+    return np.asarray(img, np.uint8), np.asarray(inst, np.int32), np.asarray(typ, np.int32)
+
+
+def _dihedral(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    x = np.rot90(x, k, axes=(0, 1))
+    return np.ascontiguousarray(x[:, ::-1] if flip else x)
+
+
+def prepare_item(item: Any, params: tuple[int, bool] | None, out_shape: tuple[int, int] | None = None) -> dict:
+    """Turn one dataset item into HoVer-Net's sample dict.
+
+    Args:
+        item: see the module docstring.
+        params: ``(k rotations, flip)`` drawn by the caller, or None for no augmentation.
+        out_shape: target (mask) shape; default: the image shape.
+
+    Returns:
+        ``{"img": uint8 [H,W,3], "np_map": int32 [h,w], "hv_map": float32 [h,w,2], "tp_map": int32 [h,w]}``.
+    """
+    maps = raw_maps(item)
+    if maps is None:
+        if isinstance(item, dict) and {"img", "np_map", "hv_map"} <= set(item):
+            out = {k: np.asarray(item[k]) for k in ("img", "np_map", "hv_map")}
+            out["tp_map"] = np.asarray(item.get("tp_map", np.zeros_like(out["np_map"])))
+            return out
+        raise TypeError(f"dataset item must be a NucleiSample-like object or a dict with img/inst_map/type_map "
+                        f"or img/np_map/hv_map/tp_map, got {type(item).__name__}")
+    img, inst, typ = maps
+    if params is not None:
+        k, flip = params
+        img, inst, typ = (_dihedral(a, k, flip) for a in (img, inst, typ))
+    shape = tuple(out_shape or inst.shape)
+    tg = gen_targets(inst, shape)
+    return {"img": img, "np_map": tg["np_map"], "hv_map": tg["hv_map"],
+            "tp_map": np.ascontiguousarray(crop_to_shape(typ, shape)).astype(np.int32)}
+
+
+class _Prepared(torch.utils.data.Dataset):
+    """Wraps the arm's dataset; augmentation parameters come from a per-item seed of the loop."""
+
+    def __init__(self, base: Any, seed: int, augment: bool, out_shape: tuple[int, int] | None):
+        self.base, self.seed, self.augment, self.out_shape = base, seed, augment, out_shape
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        params = None
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+            params = (int(rng.integers(4)), bool(rng.integers(2)))
+        out = prepare_item(self.base[index], params, self.out_shape)
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+
+
+def _output_shape(model: torch.nn.Module, hw: tuple[int, int], device: str) -> tuple[int, int]:
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        out = model(torch.zeros(1, 3, *hw, device=device))
+        model.train(was)
+    return tuple(out["np"].shape[-2:])
+
+
+def train(dataset: Any, num_types: int, config: HarnessConfig | None = None, *, progress: bool = True,
+          desc: str = "train") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train a fresh network on ``dataset`` for exactly ``config.iterations`` steps.
+
+    Args:
+        dataset: map-style dataset of items (module docstring).
+        num_types: type classes including background.
+        config: :class:`HarnessConfig`.
+        progress: show a tqdm bar.
+        desc: progress-bar label.
+
+    Returns:
+        ``(model in eval mode, history)`` with the loss curve, seconds and samples seen.
+    """
+    from tqdm import tqdm
+
+    config = config or HarnessConfig()
+    check_positive_int("config.iterations", config.iterations)
+    if len(dataset) == 0:
+        raise ValueError("`dataset` is empty; the downstream harness needs at least one training item")
+    torch.manual_seed(config.seed)
+    model = build_network(config.net, num_types, **({"width": config.width, "depth": config.depth}
+                                                     if config.net == "small" else {})).to(config.device)
+    first = prepare_item(dataset[0], None)
+    hw = tuple(first["img"].shape[:2])
+    out_shape = _output_shape(model, hw, config.device)
+    prepared = _Prepared(dataset, config.seed, config.augment, None if out_shape == hw else out_shape)
+    gen = torch.Generator().manual_seed(config.seed)
+    loader = torch.utils.data.DataLoader(prepared, batch_size=config.batch_size, shuffle=True,
+                                         drop_last=len(dataset) >= config.batch_size, generator=gen, num_workers=config.num_workers)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.iterations) / config.iterations)))
+    model.train()
+    losses: list[float] = []
+    step, epoch, seen = 0, 0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=config.iterations, desc=desc, disable=not progress, leave=False)
+    while step < config.iterations:
+        prepared.epoch = epoch
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        for batch in loader:
+            imgs = batch["img"].to(config.device).permute(0, 3, 1, 2).float()
+            out = model(imgs)
+            loss, _ = hovernet_loss(out, batch["np_map"].to(config.device), batch["hv_map"].to(config.device),
+                                    batch["tp_map"].to(config.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            seen += imgs.shape[0]
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if step >= config.iterations:
+                break
+        epoch += 1
+    bar.close()
+    model.eval()
+    history = {"loss": losses, "seconds": time.perf_counter() - t0, "samples": seen, "epochs": epoch,
+               "output_shape": list(out_shape)}
+    return model, history
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: Sequence[np.ndarray], config: HarnessConfig | None = None) -> list[dict]:
+    """Run the network and the post-processing on ``uint8 [H, W, 3]`` images.
+
+    Returns:
+        One dict per image from :func:`~benchmarks.downstream.postproc.process` (``inst_map``,
+        ``type_map``, ``inst_centroid``, ``inst_type``), at the network's output size.
+    """
+    config = config or HarnessConfig()
+    model.eval()
+    results = []
+    for start in range(0, len(images), config.eval_batch):
+        chunk = np.stack([np.asarray(im, np.uint8) for im in images[start:start + config.eval_batch]])
+        x = torch.from_numpy(chunk).to(config.device).permute(0, 3, 1, 2).float()
+        out = model(x)
+        np_prob = torch.softmax(out["np"], 1)[:, 1].cpu().numpy()
+        hv = out["hv"].permute(0, 2, 3, 1).cpu().numpy()
+        tp = torch.softmax(out["tp"], 1).permute(0, 2, 3, 1).cpu().numpy() if "tp" in out else None
+        for i in range(chunk.shape[0]):
+            results.append(process(np_prob[i], hv[i], None if tp is None else tp[i], **config.postproc))
+    return results
+
+
+def evaluate(model: torch.nn.Module, items: Sequence[Any], config: HarnessConfig | None = None,
+             type_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """Table-1 metrics of ``model`` on held-out items (anything :func:`raw_maps` reads).
+
+    Args:
+        model: trained network.
+        items: held-out items with label maps (real patches, or synthetic ones with the maps they
+            were conditioned on, for label fidelity).
+        config: harness config (post-processing, batch, device).
+        type_ids: types scored by per-type F1 (default: the sorted unique GT types).
+
+    Returns:
+        ``{"dice", "aji", "aji_plus", "dq", "sq", "pq"`` (means over images), ``"f1_detection",
+        "accuracy", "f1_per_type": {type: F1}, "n_images", "n_true", "n_pred"}``.
+    """
+    from diffmix_aug.data.sample import instance_info
+
+    maps = [raw_maps(it) for it in items]
+    if any(m is None for m in maps):
+        raise TypeError("evaluation items need image, inst_map and type_map (NucleiSample-like or dicts)")
+    preds = predict(model, [m[0] for m in maps], config)
+    rows, true_pts, pred_pts = [], [], []
+    for (_, inst, typ), pred in zip(maps, preds):
+        out_shape = pred["inst_map"].shape
+        inst = np.ascontiguousarray(crop_to_shape(inst, out_shape))
+        typ = np.ascontiguousarray(crop_to_shape(typ, out_shape))
+        tab = pair_table(inst, pred["inst_map"])
+        dq, sq, pq = panoptic_quality(tab)
+        rows.append([dice(inst, pred["inst_map"]), aji(tab), aji_plus(tab), dq, sq, pq])
+        info = instance_info(inst, typ)
+        true_pts.append({"inst_centroid": info.centroids, "inst_type": info.types})
+        pred_pts.append({"inst_centroid": pred["inst_centroid"], "inst_type": pred["inst_type"]})
+    mean = np.mean(np.asarray(rows, np.float64), 0) if rows else np.full(6, np.nan)
+    cls = classification_stats(true_pts, pred_pts, type_ids=type_ids)
+    res = dict(zip(["dice", "aji", "aji_plus", "dq", "sq", "pq"], (float(v) for v in mean)))
+    res.update(f1_detection=cls["f1_detection"], accuracy=cls["accuracy"], f1_per_type=cls["f1_per_type"],
+               n_images=len(rows), n_true=cls["tp"] + cls["fn"], n_pred=cls["tp"] + cls["fp"])
+    return res

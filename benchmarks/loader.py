@@ -1,0 +1,196 @@
+"""Loader throughput: the base dataset alone vs DiffMixDataset (warm cache, live producer).
+
+Run::
+
+    python -m benchmarks.loader              # table + benchmarks/results/loader.json
+    python -m benchmarks.loader --quick      # fewer items and repeats (smoke run)
+
+Three loaders over the same base, each at ``num_workers`` 0 and 2, measured in one run:
+
+- ``base``: the base dataset alone: toy 64x64 patches generated per item (standing in for a
+  file read) plus a flip / brightness augmentation, returned as dicts of numpy arrays;
+- ``warm``: ``DiffMixDataset(base, None, cache_dir=...)`` serving patches from a cache warm-started
+  from disk (no producer), ``synthetic_ratio=0.5``;
+- ``live``: ``DiffMixDataset(base, <tiny SDM Synthesizer on CPU>)`` with its producer thread
+  running while the loader is read.
+
+Two measurements per loader: items/s over whole epochs (median and spread of ``--repeats`` runs;
+ratio vs ``base`` at the same ``num_workers``), and the consumer's wait per step in a training
+loop whose step is simulated by a sleep of ``--step-ms`` (a GPU-bound step leaves the host CPU
+idle). Goals: ``warm`` keeps >= 0.95 of base items/s; with ``live`` the extra wait per step over
+``base`` stays < 1 % of the step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from diffmix_aug.data.toy import make_toy_dataset
+from diffmix_aug.dataset import DiffMixDataset
+
+RESULTS = Path(__file__).parent / "results"
+SIZE = 64
+
+
+class AugmentedToy(torch.utils.data.Dataset):
+    """A typical user dataset: load a patch, augment it, return a dict of arrays."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.data = make_toy_dataset(n, SIZE, seed)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.data[i]
+        rng = np.random.default_rng(i)
+        img, inst, typ = s.image, s.inst_map, s.type_map
+        if rng.random() < 0.5:
+            img, inst, typ = img[:, ::-1], inst[:, ::-1], typ[:, ::-1]
+        img = np.clip(img.astype(np.int16) + int(rng.integers(-26, 27)), 0, 255).astype(np.uint8)
+        return {"image": np.ascontiguousarray(img), "inst_map": np.ascontiguousarray(inst),
+                "type_map": np.ascontiguousarray(typ)}
+
+
+def tiny_synthesizer(image_size: int):
+    from diffmix_aug.sampling.ddim import DDIMSampler
+    from diffmix_aug.sampling.synthesizer import Synthesizer
+    from diffmix_aug.sdm import build_sdm
+
+    torch.manual_seed(0)
+    model = build_sdm("tiny", num_label_channels=6, image_size=image_size)
+    return Synthesizer(model, DDIMSampler(num_steps=4, strength=0.5), device="cpu")
+
+
+def items_per_s(ds, workers: int, batch: int, epochs: int) -> float:
+    loader = DataLoader(ds, batch_size=batch, num_workers=workers, persistent_workers=workers > 0)
+    for _ in loader:  # warm-up epoch: worker start-up, templates
+        pass
+    t0 = time.perf_counter()
+    n = 0
+    for e in range(epochs):
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(e + 1)
+        for b in loader:
+            n += len(b["image"])
+    dt = time.perf_counter() - t0
+    del loader
+    return n / dt
+
+
+def wait_per_step(ds, workers: int, batch: int, steps: int, step_s: float) -> float:
+    """Median seconds the training loop waits for the next batch."""
+    loader = DataLoader(ds, batch_size=batch, num_workers=workers, persistent_workers=workers > 0)
+    waits = []
+    it = iter(loader)
+    next(it)
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        try:
+            next(it)
+        except StopIteration:
+            it = iter(loader)
+            next(it)
+        waits.append(time.perf_counter() - t0)
+        time.sleep(step_s)  # the (GPU-bound) training step
+    del it, loader
+    return statistics.median(waits)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm.auto import tqdm
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--items", type=int, default=256)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--step-ms", type=float, default=100.0)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS / "loader.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.items, args.epochs, args.repeats, args.steps = 64, 1, 1, 10
+    torch.set_num_threads(1)
+    base = AugmentedToy(args.items)
+    synth = tiny_synthesizer(64)
+    cache_dir = Path(tempfile.mkdtemp(prefix="diffmix_bench_"))
+    # fill an on-disk store once (the offline mode), so that "warm" has no producer at all
+    with DiffMixDataset(base, synth, cache_capacity=32, cache_dir=cache_dir, patch_size=64, batch_size=8,
+                        cooperative=True, start=False) as filler:
+        filler.producer.step(4)
+
+    def make(kind: str):
+        if kind == "base":
+            return base
+        if kind == "warm":
+            return DiffMixDataset(base, None, synthetic_ratio=0.5, cache_capacity=32, cache_dir=cache_dir,
+                                  patch_size=64, num_classes=5)
+        return DiffMixDataset(base, synth, synthetic_ratio=0.5, cache_capacity=32, patch_size=64, batch_size=4,
+                              warmup="block", warmup_items=4)
+
+    rows = []
+    jobs = [(k, w) for w in (0, 2) for k in ("base", "warm", "live")]
+    for kind, workers in tqdm(jobs, desc="loader benchmark"):
+        speeds, waits = [], []
+        for _ in range(args.repeats):
+            ds = make(kind)
+            try:
+                speeds.append(items_per_s(ds, workers, args.batch, args.epochs))
+                waits.append(wait_per_step(ds, workers, args.batch, args.steps, args.step_ms / 1000))
+                writes = ds.cache.writes if kind == "live" else None
+            finally:
+                if ds is not base:
+                    ds.close()
+        rows.append({"loader": kind, "num_workers": workers, "items_per_s": summary(speeds),
+                     "wait_s": summary(waits), "producer_writes_last_run": writes})
+    for r in rows:
+        ref = next(x for x in rows if x["loader"] == "base" and x["num_workers"] == r["num_workers"])
+        r["ratio_vs_base"] = r["items_per_s"]["median"] / ref["items_per_s"]["median"]
+        r["extra_wait_fraction_of_step"] = (r["wait_s"]["median"] - ref["wait_s"]["median"]) / (args.step_ms / 1000)
+    result = {
+        "benchmark": "loader", "machine": platform.node(), "processor": platform.processor(),
+        "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+        "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                   "patch": SIZE, "synthetic_patch": 64, "synthesizer": "tiny SDM, 4 DDIM steps, CPU, 1 thread"},
+        "rows": rows,
+        "goals": {
+            "warm_ratio_ge_0.95": all(r["ratio_vs_base"] >= 0.95 for r in rows if r["loader"] == "warm"),
+            "live_extra_wait_lt_1pct": all(r["extra_wait_fraction_of_step"] < 0.01 for r in rows if r["loader"] == "live"),
+        },
+    }
+    print(f"{'loader':<8}{'workers':>8}{'items/s':>10}{'(min-max)':>18}{'vs base':>9}{'wait/step':>11}{'extra wait':>12}")
+    for r in rows:
+        s = r["items_per_s"]
+        spread = "({:.0f}-{:.0f})".format(s["min"], s["max"])
+        print(f"{r['loader']:<8}{r['num_workers']:>8}{s['median']:>10.1f}{spread:>18}"
+              f"{r['ratio_vs_base']:>9.2f}{r['wait_s']['median'] * 1000:>9.2f}ms"
+              f"{r['extra_wait_fraction_of_step']:>11.2%}")
+    print("goals:", result["goals"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from diffmix_aug._io import atomic_write_text
+
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
