@@ -110,10 +110,12 @@ def build_arm(arm: str, train_ds: Any, info: Any, seed: int, args: argparse.Name
     """The training dataset of ``arm`` (same base patches for every arm)."""
     if arm == "baseline":
         return train_ds
-    border = max(2, min(30, args.size // 8))
     if arm == "gradmix":
         from diffmix_aug.baselines.gradmix import GradMix
         from diffmix_aug.labelmaps.donors import DonorBank
+        from diffmix_aug.labelmaps.sampler import borders_for_patch
+
+        border = min(30, borders_for_patch(args.size)["border"])  # the reference 30 px at >= 256 px
 
         donors = DonorBank.from_dataset(train_ds, info.rare_classes, border=border, keep_images=True)
         return GradMixDataset(train_ds, GradMix(donors, info.rare_classes, border=border), args.synthetic_ratio, seed)
@@ -121,6 +123,7 @@ def build_arm(arm: str, train_ds: Any, info: Any, seed: int, args: argparse.Name
         raise ValueError(f"arm {arm!r} needs an SDM checkpoint: pass --sdm PATH (a diffmix_aug.sdm export)")
     from diffmix_aug.dataset import DiffMixDataset
 
+    # the default label sampler scales the reference border bands (set for 256 px) to the patch size
     return DiffMixDataset(train_ds, synth, mode=DIFFMIX_MODES[arm], synthetic_ratio=args.synthetic_ratio,
                           seed=seed, cooperative=True, cooperative_every=args.batch_size, batch_size=args.batch_size)
 

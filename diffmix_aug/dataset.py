@@ -87,15 +87,28 @@ class _RawView(Sequence):
 
 
 def build_label_sampler(source: Sequence[NucleiSample], mode: str, num_classes: int,
-                        rare_classes: Sequence[int], donors: Any = None) -> Any:
-    """The default ``LabelMapSampler`` for ``mode``, with a ``DonorBank`` of ``source`` when balancing."""
-    from .labelmaps.sampler import LabelMapSampler
+                        rare_classes: Sequence[int], donors: Any = None,
+                        patch_size: int | tuple[int, int] | None = None) -> Any:
+    """The default ``LabelMapSampler`` for ``mode``, with a ``DonorBank`` of ``source`` when balancing.
 
+    The border bands are the reference code's (30 px balancing, 32 px enlarging), which it sets for
+    256 px patches. On smaller patches (``patch_size`` below 256) they are scaled down with
+    :func:`~diffmix_aug.labelmaps.sampler.borders_for_patch`; otherwise no nucleus of a 64 px patch
+    would ever be balanced or moved.
+    """
+    from .labelmaps.sampler import REFERENCE_PATCH, LabelMapSampler, borders_for_patch
+
+    borders: dict[str, int] = {}
+    if patch_size is not None:
+        side = min(patch_size) if isinstance(patch_size, (tuple, list)) else int(patch_size)
+        if side < REFERENCE_PATCH:
+            borders = borders_for_patch(side)
     if donors is None and mode != "enlarge":
         from .labelmaps.donors import DonorBank
 
-        donors = DonorBank.from_dataset(source, tuple(rare_classes))
-    return LabelMapSampler(mode=mode, donors=donors, num_classes=num_classes, rare_classes=tuple(rare_classes))
+        donors = DonorBank.from_dataset(source, tuple(rare_classes), **({"border": borders["border"]} if borders else {}))
+    return LabelMapSampler(mode=mode, donors=donors, num_classes=num_classes, rare_classes=tuple(rare_classes),
+                           **borders)
 
 
 def _rank() -> int:
@@ -228,7 +241,8 @@ class DiffMixDataset(torch.utils.data.Dataset):
         return int(patch_size[0]), int(patch_size[1])
 
     def _default_label_sampler(self, donors: Any) -> Any:
-        return build_label_sampler(self._raw, self.mode, self.num_classes, self.rare_classes, donors)
+        return build_label_sampler(self._raw, self.mode, self.num_classes, self.rare_classes, donors,
+                                   patch_size=self.cache.patch_shape)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> DiffMixDataset:

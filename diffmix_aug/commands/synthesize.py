@@ -117,7 +117,7 @@ def synthesize(cfg: dict[str, Any], out: Path, num: int | None = None, *, progre
                         warm_start=False)
     if cache.cache_dir is None:
         raise OSError(f"cannot write to --out {str(out)!r}")
-    sampler = build_label_sampler(source, mode, num_classes, rare)
+    sampler = build_label_sampler(source, mode, num_classes, rare, patch_size=size)
     producer = Producer(cache, synth, source, sampler, batch_size=batch, seed=int(dm.get("seed", 0)), rank=rank,
                         rare_classes=rare if mode != "enlarge" else ())
     written = 0

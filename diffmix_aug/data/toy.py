@@ -7,7 +7,8 @@ merged CoNSeP scheme (``get_dataset_info("toy")``):
 ====  ==============  ================================================================
 id    name            look
 ====  ==============  ================================================================
-1     miscellaneous   rare (~2.5 %); medium-large, lobulated/irregular, mottled stain
+1     miscellaneous   rare (~2.5 %); medium-sized, below epithelial and spindle nuclei (so
+                      balancing can paste it over them), lobulated/irregular, mottled stain
 2     inflammatory    small, round, very dark (lymphocyte-like), scattered or in groups
 3     epithelial      larger pale oval vesicular nuclei with a dark rim, in clusters over
                       purple-ish cytoplasm
@@ -46,7 +47,7 @@ _BG_OD = np.array([0.07, 0.10, 0.06])  # slide background / light scatter
 # Per class: (semi-axis a range, b/a ratio range, boundary roughness, lobes, H density range,
 # chromatin amplitude, rim strength). Sizes in pixels, roughly 20x magnification.
 _SHAPES = {
-    1: ((6.0, 8.5), (0.65, 0.95), 0.12, (2, 4), (0.95, 1.35), 0.45, 0.15),
+    1: ((3.4, 4.8), (0.65, 0.95), 0.12, (2, 4), (0.95, 1.35), 0.45, 0.15),
     2: ((2.8, 3.8), (0.80, 1.00), 0.04, (2, 3), (1.55, 2.00), 0.12, 0.05),
     3: ((5.0, 7.0), (0.55, 0.80), 0.05, (2, 3), (0.55, 0.80), 0.30, 0.45),
     4: ((6.5, 10.5), (0.22, 0.36), 0.05, (2, 3), (1.05, 1.40), 0.20, 0.10),

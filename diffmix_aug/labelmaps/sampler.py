@@ -24,9 +24,30 @@ from .balance import BalanceParams, apply_balance, draw_balance_params
 from .donors import DonorBank
 from .enlarge import EnlargeParams, apply_enlarge, draw_enlarge_params
 
-__all__ = ["LabelMapParams", "LabelMapResult", "LabelMapSampler"]
+__all__ = ["LabelMapParams", "LabelMapResult", "LabelMapSampler", "borders_for_patch"]
 
 MODES = ("balance", "enlarge", "both")
+REFERENCE_PATCH = 256  # the reference code's patch side, for which border=30 and border_margin=32 are set
+
+
+def borders_for_patch(patch_size: int) -> dict[str, int]:
+    """The reference border bands (30 px balancing, 32 px enlarging at 256 px) scaled to ``patch_size``.
+
+    The reference values leave no interior on small patches (a 64 px patch minus 30 px on each
+    side), so balancing and enlarging become no-ops there. Pass the result to
+    :class:`LabelMapSampler` (``LabelMapSampler(mode, **borders_for_patch(64))``) and ``border`` to
+    :meth:`DonorBank.from_dataset`.
+
+    Returns:
+        ``{"border": int, "border_margin": int}``, each at least 2 px.
+
+    Examples:
+        >>> borders_for_patch(256), borders_for_patch(64)
+        ({'border': 30, 'border_margin': 32}, {'border': 8, 'border_margin': 8})
+    """
+    size = check_positive_int("patch_size", patch_size)
+    return {"border": max(2, round(30 * size / REFERENCE_PATCH)),
+            "border_margin": max(2, round(32 * size / REFERENCE_PATCH))}
 
 
 @dataclass(frozen=True, eq=False)

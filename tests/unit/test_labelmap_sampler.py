@@ -117,3 +117,26 @@ def test_bad_arguments(data):
         lms(ds[0], 0)
     with pytest.raises(ValueError, match="mode"):
         lms.apply(ds[0], LabelMapParams("balance"))
+
+
+def test_borders_scale_below_the_reference_patch_and_the_default_sampler_uses_them():
+    from diffmix_aug.dataset import build_label_sampler
+    from diffmix_aug.labelmaps.sampler import borders_for_patch
+
+    assert borders_for_patch(256) == {"border": 30, "border_margin": 32}  # the reference values
+    assert borders_for_patch(64) == {"border": 8, "border_margin": 8}
+    assert borders_for_patch(8) == {"border": 2, "border_margin": 2}
+    with pytest.raises(ValueError, match="patch_size"):
+        borders_for_patch(0)
+    ds = make_toy_dataset(16, 64, 0)
+    small = build_label_sampler(ds, "both", 5, (1,), patch_size=(64, 64))
+    assert small.balance_kwargs["border"] == 8 and small.enlarge_kwargs["border_margin"] == 8
+    assert small.donors.border == 8
+    large = build_label_sampler(ds, "enlarge", 5, (1,), patch_size=512)
+    assert large.enlarge_kwargs["border_margin"] == 32 and large.balance_kwargs["border"] == 30
+    # at 64 px the reference bands leave no interior nucleus; the scaled ones balance for real
+    rng = np.random.default_rng(0)
+    converted = sum(sum(small(ds[i], rng).report["balance"]["converted"].values()) for i in range(len(ds)))
+    reference = LabelMapSampler("balance", donors=DonorBank.from_dataset(ds, (1,)), num_classes=5)
+    unchanged = sum(sum(reference(ds[i], rng).report["balance"]["converted"].values()) for i in range(len(ds)))
+    assert converted > 0 and unchanged == 0
