@@ -11,7 +11,9 @@ batch size and seeds; only the training dataset differs:
   GradMix (``diffmix_aug.baselines.gradmix``), decided and drawn from ``(seed, epoch, index)``;
 - ``diffmix-b`` / ``diffmix-e`` / ``diffmix``: ``DiffMixDataset(base, Synthesizer.from_checkpoint(sdm),
   mode="balance" / "enlarge" / "both", synthetic_ratio=...)`` (cooperative producer: synchronous,
-  reproducible, single process).
+  reproducible, single process). About ``--fresh-patches`` SDM patches (default: as many as there are
+  training patches, the size of the paper's offline pool) are synthesised per run, evenly over the
+  run; the replay cache serves them in between, so a CPU run stays within minutes.
 
 Evaluation is on the held-out split (toy: a differently seeded toy set; CoNSeP/GLySAC: ``Test``,
 tiled into non-overlapping ``--patch-size`` windows; PanNuke: the ``test`` fold). Results are the
@@ -125,7 +127,9 @@ def build_arm(arm: str, train_ds: Any, info: Any, seed: int, args: argparse.Name
 
     # the default label sampler scales the reference border bands (set for 256 px) to the patch size
     return DiffMixDataset(train_ds, synth, mode=DIFFMIX_MODES[arm], synthetic_ratio=args.synthetic_ratio,
-                          seed=seed, cooperative=True, cooperative_every=args.batch_size, batch_size=args.batch_size)
+                          seed=seed, cooperative=True, batch_size=args.batch_size,
+                          cooperative_every=synthesis_interval(args.iterations, args.batch_size, args.fresh_patches),
+                          cache_capacity=max(args.fresh_patches, args.batch_size))
 
 
 # ----------------------------------------------------------------------------------- label fidelity
@@ -240,6 +244,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--depth", type=int, default=None)
     ap.add_argument("--ddim-steps", type=int, default=None)
     ap.add_argument("--synthetic-ratio", type=float, default=0.5)
+    ap.add_argument("--fresh-patches", type=int, default=None,
+                    help="SDM patches synthesised per diffmix run (default: one per training patch, like the "
+                         "paper's offline pool); the replay cache serves them again in between")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--net", choices=("small", "monai"), default="small")
     ap.add_argument("--device", default="cpu")
@@ -256,7 +263,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--arms must be a comma-separated subset of {list(ARMS)}, got {args.arms!r}")
     if args.seeds < 1:
         ap.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.fresh_patches is None:
+        args.fresh_patches = args.n_train
+    if args.fresh_patches < 1:
+        ap.error(f"--fresh-patches must be >= 1, got {args.fresh_patches}")
     return args
+
+
+def synthesis_interval(iterations: int, batch_size: int, fresh_patches: int) -> int:
+    """Items served between two synthesis batches so that a run synthesises about ``fresh_patches``."""
+    batches = max(1, math.ceil(fresh_patches / batch_size))
+    return max(1, (iterations * batch_size) // batches)
 
 
 def run(args: argparse.Namespace) -> dict:

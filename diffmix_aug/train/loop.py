@@ -227,6 +227,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, max_steps: int | None, 
                 _save(out, model, ema, optimizer, scaler, step, gen, run_config, rank, world)
             if rank == 0 and tc.sample_interval and step % tc.sample_interval == 0 and step < total:
                 _sample_grid(out, ema, tables, data, tc, step)
+            if step >= total:
+                break  # before the loader fetches a batch that would not be trained on
     wall = time.perf_counter() - t_start
     if bar is not None:
         bar.close()
