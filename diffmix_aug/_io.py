@@ -19,7 +19,9 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[io.I
     """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
 
     A crash or exception leaves ``path`` untouched (either the old content or absent) and
-    removes the temporary file.
+    removes the temporary file. The file gets the permissions a plain ``open`` would give it
+    (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``, so colleagues on a shared
+    cluster can read checkpoints and patches.
 
     Args:
         path: Final destination.
@@ -34,12 +36,27 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[io.I
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS tells it (Linux), else by a quick toggle."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

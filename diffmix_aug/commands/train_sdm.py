@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="override train.device")
     parser.add_argument("--data-root", type=str, default=None, help="override data.data_root")
     parser.add_argument("--export", type=Path, default=None,
-                        help="after training, write an fp16 inference export (EMA weights) to this .safetensors")
+                        help="after training, write an fp16 inference export to this .safetensors")
+    parser.add_argument("--export-weights", choices=("ema", "model"), default="ema",
+                        help="which weights --export writes: the EMA copy (default) or the raw model")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -54,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
             summary["loss_first"] = sum(result.losses[:k]) / k
             summary["loss_last"] = sum(result.losses[-k:]) / k
         if args.export is not None:
-            summary["export"] = str(export_sdm(result.out_dir, args.export))
+            summary["export"] = str(export_sdm(result.out_dir, args.export, use_ema=args.export_weights == "ema"))
         print(json.dumps(summary))
     return 0

@@ -124,6 +124,9 @@ class TrainLoopConfig:
         batch_size: Per-process batch.
         stages: Consecutive stages (paper: stage 1 at 1e-4 / drop 0, fine-tune at 2e-5 / drop 0.2).
         ema_rate: EMA decay, updated after every successful step.
+        ema_warmup: Ramp the decay as ``min(ema_rate, (1 + step) / (10 + step))`` (diffusers' convention;
+            needed for short runs, see :func:`~diffmix_aug.train.loop.ema_decay`). False is the
+            reference code's plain EMA.
         grad_clip: Max global grad norm, or None.
         amp: ``"auto"`` (fp16 autocast + GradScaler on CUDA, fp32 on CPU), ``"fp16"``, ``"bf16"``, ``"none"``.
         seed: Seed of data order, crops, timesteps, noise and label dropout.
@@ -138,6 +141,7 @@ class TrainLoopConfig:
     batch_size: int = 16
     stages: tuple = field(default_factory=_default_stages)
     ema_rate: float = 0.9999
+    ema_warmup: bool = True
     grad_clip: float | None = None
     amp: str = "auto"
     seed: int = 0
@@ -158,6 +162,8 @@ class TrainLoopConfig:
         object.__setattr__(self, "stages", stages)
         check_positive_int("train.batch_size", self.batch_size)
         check_probability("train.ema_rate", self.ema_rate)
+        if not isinstance(self.ema_warmup, bool):
+            raise TypeError(f"`train.ema_warmup` must be true or false, got {self.ema_warmup!r}")
         check_choice("train.amp", self.amp, ("auto", "fp16", "bf16", "none"))
         check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
         for name in ("log_interval", "sample_interval", "save_interval"):

@@ -86,6 +86,20 @@ def _materialise(dataset: Any) -> Any:
     return NucleiDataset.from_samples([dataset[i] for i in range(len(dataset))], dataset.info)
 
 
+def ema_decay(rate: float, step: int, warmup: bool) -> float:
+    """EMA decay of the update after ``step`` earlier optimizer steps.
+
+    Without warmup this is ``rate`` (the reference code's plain EMA). With warmup it is
+    ``min(rate, (1 + step) / (10 + step))`` (the convention of diffusers' ``EMAModel`` and TF's
+    ``ExponentialMovingAverage(num_updates=...)``): a plain 0.999 EMA after 2,000 steps still holds
+    0.999^2000 = 13 % of the initial weights, whose zero output convolutions shrink every predicted
+    noise by that much; with warmup the initial weights are gone after a few steps.
+    """
+    if not warmup:
+        return rate
+    return min(rate, (1.0 + step) / (10.0 + step))
+
+
 @torch.no_grad()
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, rate: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
@@ -209,7 +223,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, max_steps: int | None, 
             optimizer.zero_grad(set_to_none=True)
             stepped = _backward_step(loss, optimizer, scaler, model, tc.grad_clip)
             if stepped:
-                _ema_update(ema, model, tc.ema_rate)
+                _ema_update(ema, model, ema_decay(tc.ema_rate, step, tc.ema_warmup))
             step += 1
             value = float(loss.detach())
             losses.append(value)

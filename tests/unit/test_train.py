@@ -234,3 +234,21 @@ def test_cli_trains_and_writes_grid(tmp_path, one_thread):
 
     grid = imread(out / "samples" / "step_0000002.png")
     assert grid.shape[:2] == (3 * 32, 2 * 32)
+
+
+def test_ema_warmup_ramps_the_decay_and_forgets_the_initial_weights():
+    from diffmix_aug.train.loop import ema_decay
+
+    assert ema_decay(0.999, 0, True) == pytest.approx(0.1)
+    assert ema_decay(0.999, 10, True) == pytest.approx(11 / 20)
+    assert ema_decay(0.999, 10**6, True) == 0.999
+    assert ema_decay(0.999, 0, False) == 0.999
+    # the weight the initial parameters keep after 2,000 updates: plain EMA vs warmup
+    plain = np.prod([ema_decay(0.999, s, False) for s in range(2000)])
+    ramped = np.prod([ema_decay(0.999, s, True) for s in range(2000)])
+    assert plain == pytest.approx(0.999**2000) and plain > 0.13
+    assert ramped < 1e-6
+    with pytest.raises(TypeError, match="ema_warmup"):
+        TrainConfig.from_dict({"train": {"ema_warmup": "yes"}})
+    assert load_train_config("diffmix_aug/configs/sdm_paper_consep.yaml").train.ema_warmup is False
+    assert load_train_config("diffmix_aug/configs/sdm_tiny.yaml").train.ema_warmup is True
