@@ -15,6 +15,7 @@ raise it too. ``close()``, the context manager and interpreter exit stop the thr
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import traceback
 import weakref
@@ -74,6 +75,8 @@ class Producer:
         rare_classes: Classes to favour when the cache lacks them (balance modes).
         bias_candidates: Source candidates scored per patch for the rare-class bias (1 = uniform).
         idle_timeout: Seconds the thread waits for a read before overwriting an unread patch anyway.
+        cpu_nice: ``nice`` increment of the producer thread when it synthesises on the CPU (Linux), so
+            that DataLoader workers and the training step keep priority; 0 disables it.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class Producer:
         rare_classes: Sequence[int] = (),
         bias_candidates: int = 4,
         idle_timeout: float = 5.0,
+        cpu_nice: int = 10,
     ) -> None:
         if not callable(synthesizer):
             raise TypeError(f"`synthesizer` must be callable (images, inst_maps, type_maps, generator), "
@@ -105,6 +109,7 @@ class Producer:
         self.rare_classes = tuple(int(c) for c in rare_classes)
         self.bias_candidates = check_positive_int("bias_candidates", bias_candidates)
         self.idle_timeout = float(idle_timeout)
+        self.cpu_nice = check_positive_int("cpu_nice", cpu_nice, allow_zero=True)
         self.batches = 0
         #: seq -> metadata of the latest patches (``item_info`` falls back to it after eviction)
         self.history: OrderedDict[int, dict[str, Any]] = OrderedDict()
@@ -221,6 +226,7 @@ class Producer:
 
     def _run(self) -> None:
         try:
+            self._lower_priority()
             while not self._stop.is_set():
                 got = 0
                 while got < self.batch_size and not self._stop.is_set():
@@ -236,6 +242,20 @@ class Producer:
         finally:
             with self._cond:
                 self._cond.notify_all()
+
+    def _lower_priority(self) -> None:
+        """Make a CPU producer thread yield to the DataLoader workers and the training step.
+
+        Synthesis on the CPU competes with the workers for the same cores; a consumer that waits on
+        late originals loses more than a producer that makes fewer fresh patches (the cache replays).
+        Linux applies ``nice`` per thread (and to the OpenMP threads it starts later); elsewhere this
+        is a no-op. A CUDA producer keeps its priority: it must launch kernels on time.
+        """
+        if self._stream is not None or self.cpu_nice <= 0 or not hasattr(os, "setpriority"):
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.cpu_nice))
 
     def check(self) -> None:
         """Re-raise a failure of the background thread (the original is ``__cause__``)."""

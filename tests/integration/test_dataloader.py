@@ -294,3 +294,25 @@ def test_synthesize_command_shards_and_warm_starts(tmp_path, monkeypatch, capsys
     assert loader[0]["hv_map"].shape == (16, 16, 2)
     warm = ReplayCache(8, (32, 32), cache_dir=out)
     assert len(warm) == 5 and warm.slot_meta(0)["mode"] == "balance"
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="per-thread nice is a Linux feature")
+def test_cpu_producer_thread_yields_to_workers():
+    seen = []
+
+    class RecordingSynth(NoiseSynth):
+        def __call__(self, images, *args, **kwargs):
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return super().__call__(images, *args, **kwargs)
+
+    base_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with DiffMixDataset(toy(4), RecordingSynth(), synthetic_ratio=1.0, cache_capacity=4, batch_size=2,
+                        warmup=2) as ds:
+        assert ds.producer.wait_for(2, timeout=30)
+    assert seen and all(n == min(19, base_nice + 10) for n in seen)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base_nice  # the caller is untouched
+    with pytest.raises(ValueError, match="cpu_nice"):
+        from diffmix_aug.cache import ReplayCache
+        from diffmix_aug.producer import Producer
+
+        Producer(ReplayCache(2, (8, 8)), NoiseSynth(), [toy(1)[0]], cpu_nice=-1)
