@@ -52,7 +52,7 @@ EXTRA_COLS = ("aji_plus", "f1_detection", "accuracy")
 
 PRESETS = {  # (n_train, n_test, size, iterations, batch, width, depth, ddim steps)
     "quick": dict(n_train=24, n_test=8, size=64, iterations=30, batch_size=4, width=8, depth=2, ddim_steps=5),
-    "full": dict(n_train=96, n_test=24, size=64, iterations=250, batch_size=8, width=8, depth=2, ddim_steps=20),
+    "full": dict(n_train=96, n_test=64, size=64, iterations=600, batch_size=8, width=16, depth=2, ddim_steps=20),
 }
 
 
