@@ -153,6 +153,9 @@ class DiffMixDataset(torch.utils.data.Dataset):
         num_classes: Classes counting the background (default: the synthesizer's / base's).
         batch_size: Synthesizer batch size.
         policy, max_reuse, inst_dtype: :class:`ReplayCache` options.
+        producer_priority: CPU scheduling of the producer thread when it synthesises on the CPU:
+            ``"idle"`` (only on idle cores, so workers and the training step never wait for it),
+            ``"low"`` (nice +10) or ``"normal"`` (see :class:`~diffmix_aug.producer.Producer`).
         start: Start the producer now (else on the first item or :meth:`start`).
     """
 
@@ -182,6 +185,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
         policy: str = "fifo",
         max_reuse: int = 8,
         inst_dtype: str = "int32",
+        producer_priority: str = "idle",
         start: bool = True,
     ) -> None:
         self.base = base
@@ -216,7 +220,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
         self._producer: Producer | None = None
         if synthesizer is not None:
             self._producer = Producer(self.cache, synthesizer, self._raw, label_sampler, batch_size=batch_size,
-                                      seed=self.seed, rank=self.rank,
+                                      seed=self.seed, rank=self.rank, cpu_priority=producer_priority,
                                       rare_classes=self.rare_classes if self.mode != "enlarge" else ())
         # shared with workers: [epoch, items served in the main process (cooperative clock)]
         self._control = torch.zeros(2, dtype=torch.int64).share_memory_()
@@ -423,7 +427,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
 
 _CONFIG_KEYS = {"mode", "synthetic_ratio", "seed", "schedule", "cache_capacity", "cache_dir", "patch_size",
                 "warmup", "warmup_items", "cooperative", "cooperative_every", "rare_classes", "num_classes",
-                "batch_size", "policy", "max_reuse", "inst_dtype", "adapter", "keys"}
+                "batch_size", "policy", "max_reuse", "inst_dtype", "adapter", "keys", "producer_priority"}
 
 
 def load_diffmix_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:

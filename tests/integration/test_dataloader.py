@@ -296,23 +296,31 @@ def test_synthesize_command_shards_and_warm_starts(tmp_path, monkeypatch, capsys
     assert len(warm) == 5 and warm.slot_meta(0)["mode"] == "balance"
 
 
-@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="per-thread nice is a Linux feature")
-def test_cpu_producer_thread_yields_to_workers():
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="per-thread scheduling is a Linux feature")
+@pytest.mark.parametrize("priority", ["idle", "low", "normal"])
+def test_cpu_producer_thread_yields_to_workers(priority):
     seen = []
 
     class RecordingSynth(NoiseSynth):
         def __call__(self, images, *args, **kwargs):
-            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            tid = threading.get_native_id()
+            seen.append((os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)))
             return super().__call__(images, *args, **kwargs)
 
-    base_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    me = threading.get_native_id()
+    before = (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me))
     with DiffMixDataset(toy(4), RecordingSynth(), synthetic_ratio=1.0, cache_capacity=4, batch_size=2,
-                        warmup=2) as ds:
+                        warmup=2, producer_priority=priority) as ds:
         assert ds.producer.wait_for(2, timeout=30)
-    assert seen and all(n == min(19, base_nice + 10) for n in seen)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base_nice  # the caller is untouched
-    with pytest.raises(ValueError, match="cpu_nice"):
-        from diffmix_aug.cache import ReplayCache
-        from diffmix_aug.producer import Producer
+    expected = {"idle": (os.SCHED_IDLE, before[1]), "low": (before[0], min(19, before[1] + 10)),
+                "normal": before}[priority]
+    assert seen and all(s == expected for s in seen), (seen, expected)
+    assert (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me)) == before  # the caller is untouched
 
-        Producer(ReplayCache(2, (8, 8)), NoiseSynth(), [toy(1)[0]], cpu_nice=-1)
+
+def test_producer_priority_is_validated():
+    from diffmix_aug.cache import ReplayCache
+    from diffmix_aug.producer import Producer
+
+    with pytest.raises(ValueError, match="cpu_priority"):
+        Producer(ReplayCache(2, (8, 8)), NoiseSynth(), [toy(1)[0]], cpu_priority="nice")
