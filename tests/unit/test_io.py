@@ -32,6 +32,5 @@ def test_failure_keeps_the_old_file_and_removes_the_temporary(tmp_path):
         raise RuntimeError("disk full")
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
-    with pytest.raises(ValueError, match="mode"):
-        with atomic_open(path, "a"):
-            pass
+    with pytest.raises(ValueError, match="mode"), atomic_open(path, "a"):
+        pass
