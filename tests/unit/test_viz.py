@@ -108,7 +108,7 @@ def test_save_class_histogram(tmp_path):
 def test_demo_data_part(tmp_path, capsys):
     from diffmix_aug.cli import main
 
-    assert main(["demo", "--out", str(tmp_path), "--n", "6", "--size", "32", "--seed", "1"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--n", "6", "--size", "32", "--seed", "1", "--data-only"]) == 0
     for name in ("toy_preview.png", "class_histogram.png", "class_stats.json"):
         assert (tmp_path / name).is_file()
     out = capsys.readouterr().out
