@@ -167,13 +167,24 @@ def _types_from_inst_type(inst: np.ndarray, inst_type: np.ndarray, path: Path) -
 
 
 def _integral(arr: np.ndarray, source: str) -> np.ndarray:
+    """Cast label values to int32 after checking they are whole, finite and in [0, 2**31 - 1]."""
     if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
-            raise ValueError(f"{source} must hold whole numbers, got non-integral values ({arr.dtype})")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{source} must hold finite whole numbers, got NaN/inf values ({arr.dtype}); "
+                             "fix the label file")
+        if (arr != np.round(arr)).any():
+            raise ValueError(f"{source} must hold whole numbers, got non-integral values ({arr.dtype}); "
+                             "label ids and types must be integers")
     elif arr.dtype.kind not in "iub":
         raise TypeError(f"{source} must be numeric, got dtype {arr.dtype}")
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"{source} must be >= 0, got minimum {arr.min()}")
+    if arr.size and arr.dtype.kind != "b":
+        lo, hi = arr.min(), arr.max()
+        if lo < 0:
+            raise ValueError(f"{source} must be >= 0, got minimum {lo}")
+        limit = np.iinfo(np.int32).max
+        if (int(hi) if arr.dtype.kind in "iu" else float(hi)) > limit:
+            raise ValueError(f"{source} values must fit in int32 (0..{limit}), got maximum {hi} ({arr.dtype}); "
+                             "relabel the ids contiguously (e.g. remap_label) before saving")
     return arr.astype(np.int32)
 
 

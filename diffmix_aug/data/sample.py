@@ -198,8 +198,16 @@ class NucleiSample:
 
     def crop(self, y: int, x: int, h: int, w: int) -> NucleiSample:
         """Crop ``[y:y+h, x:x+w]`` (views where possible); ids are kept as they are."""
+        for name, v in (("y", y), ("x", x), ("h", h), ("w", w)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"crop `{name}` must be an int, got {type(v).__name__} ({v!r}); pass whole pixel counts")
+        y, x, h, w = int(y), int(x), int(h), int(w)
+        if h <= 0 or w <= 0:
+            raise ValueError(f"crop size must be positive, got h={h}, w={w}; pass h >= 1 and w >= 1 "
+                             f"(the sample is {self.shape})")
         if y < 0 or x < 0 or y + h > self.shape[0] or x + w > self.shape[1]:
-            raise ValueError(f"crop window (y={y}, x={x}, h={h}, w={w}) lies outside the sample of shape {self.shape}")
+            raise ValueError(f"crop window (y={y}, x={x}, h={h}, w={w}) lies outside the sample of shape {self.shape}; "
+                             f"need 0 <= y <= {self.shape[0]} - h and 0 <= x <= {self.shape[1]} - w")
         out = NucleiSample.__new__(NucleiSample)
         out.image = self.image[y:y + h, x:x + w]
         out.inst_map = self.inst_map[y:y + h, x:x + w]

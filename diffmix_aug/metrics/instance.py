@@ -86,7 +86,8 @@ def _compact(name: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return flat.astype(np.int64), np.zeros(0, np.int64)
     lo, hi = int(flat.min()), int(flat.max())
     if lo < 0:
-        raise ValueError(f"`{name}` ids must be >= 0 (0 = background), got minimum {lo}")
+        raise ValueError(f"`{name}` ids must be >= 0 (0 = background), got minimum {lo}; "
+                         "pass an instance map with non-negative integer ids")
     if hi <= 4 * flat.size + 1024:
         counts = np.bincount(flat, minlength=1)
         present = np.flatnonzero(counts[1:]) + 1
@@ -148,8 +149,11 @@ def dice(true: np.ndarray, pred: np.ndarray) -> float:
     Returns:
         Float in [0, 1]; 1.0 when both maps are empty (HoVer-Net: NaN).
     """
-    check_array("true", true, ndim=2, dtype_kind="iub")
-    check_array("pred", pred, ndim=2, dtype_kind="iub")
+    for name, x in (("true", true), ("pred", pred)):
+        check_array(name, x, ndim=2, dtype_kind="iub")
+        if x.size and x.dtype.kind == "i" and int(x.min()) < 0:
+            raise ValueError(f"`{name}` ids must be >= 0 (0 = background), got minimum {int(x.min())}; "
+                             "pass an instance map with non-negative integer ids")
     if true.shape != pred.shape:
         raise ValueError(f"`true` and `pred` must have the same shape, got {true.shape} and {pred.shape}")
     t = true > 0
