@@ -89,9 +89,24 @@ class Synthesizer:
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = load_sdm(path, device=device)
-        return cls(model, DDIMSampler(**sampler_kwargs), device=device, precision=precision or "fp32",
-                   cuda_graph=cuda_graph)
+        model = load_sdm(path, device=device)  # raises ValueError naming the file on NaN / inf weights
+        synth = cls(model, DDIMSampler(**sampler_kwargs), device=device, precision=precision or "fp32",
+                    cuda_graph=cuda_graph)
+        synth.checkpoint = os.fspath(path)
+        return synth
+
+    checkpoint: str | None = None  # the file or directory ``from_checkpoint`` loaded, for error messages
+
+    def _check_finite_output(self, out: torch.Tensor) -> None:
+        """Raise ``ValueError`` when the denoised batch holds NaN / inf (it would decode to black images)."""
+        finite = torch.isfinite(out)
+        if not bool(finite.all()):
+            bad = sorted({int(i) for i in (~finite).flatten(1).any(1).nonzero().flatten().tolist()})
+            src = f"checkpoint {self.checkpoint}" if self.checkpoint else "the model (no checkpoint path known)"
+            raise ValueError(f"Synthesizer: the denoised batch holds non-finite (NaN/inf) values in sample(s) "
+                             f"{bad[:8]} of {out.shape[0]}; expected finite images from {src}. The weights are "
+                             "corrupt or diverged, or the precision overflows: re-export the checkpoint or try "
+                             "precision='fp32'")
 
     def __repr__(self) -> str:
         return (f"Synthesizer(device={str(self.device)!r}, precision={self.precision!r}, "
@@ -142,6 +157,7 @@ class Synthesizer:
                                               torch.from_numpy(np.ascontiguousarray(inst_maps)).to(dev),
                                               self.num_classes)
                 out = self.sampler.sample(self.model, x0, cond, generator=generator)
+                self._check_finite_output(out)
                 out = ((out + 1.0) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
                 result = out.cpu().numpy()
             if self._stream is not None:

@@ -21,7 +21,7 @@ from .._io import atomic_write_bytes
 from .config import SDMConfig
 from .unet import SDMUNet
 
-__all__ = ["EXPORT_FORMAT", "export_sdm", "load_sdm", "load_state_dict_checked", "read_safetensors",
+__all__ = ["EXPORT_FORMAT", "check_finite_state", "export_sdm", "load_sdm", "load_state_dict_checked", "read_safetensors",
            "read_sdm_metadata", "write_safetensors"]
 
 EXPORT_FORMAT = "diffmix_aug.sdm/1"
@@ -71,9 +71,23 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tenso
             parts.append(f"{len(shapes)} shape mismatch(es) e.g. {shapes[:3]}")
         raise ValueError(f"{os.fspath(source)}: weights do not match the model config ({'; '.join(parts)}); "
                          "the checkpoint belongs to a different config")
+    check_finite_state(state, source)
     with torch.no_grad():
         for k, v in expected.items():
             v.copy_(state[k].to(v.dtype))
+    check_finite_state(expected, source, what="after casting to the model dtype")
+
+
+def check_finite_state(state: dict[str, torch.Tensor], source: str | os.PathLike[str], what: str = "") -> None:
+    """Raise ``ValueError`` naming ``source`` and the first parameter holding NaN / inf values."""
+    for k, v in state.items():
+        if v.is_floating_point() or v.is_complex():
+            finite = torch.isfinite(v)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise ValueError(f"{os.fspath(source)}: parameter {k!r} {what + ' ' if what else ''}holds {bad} of "
+                                 f"{v.numel()} non-finite (NaN/inf) values; expected finite weights: the "
+                                 "checkpoint is corrupt or training diverged, restore or re-export a good copy")
 
 
 def _config_from_json(text: str, source: Path) -> SDMConfig:
