@@ -249,14 +249,17 @@ class ReplayCache:
     def pick(self, rng: np.random.Generator) -> int | None:
         """Choose a filled slot: among ``candidates`` random filled slots, the least reused one.
 
-        Slots that reached ``max_reuse`` are avoided while others exist. Returns None when empty.
+        Slots that reached ``max_reuse`` are never picked. Returns None when the cache is empty or
+        every filled slot has been served ``max_reuse`` times (the consumer then serves an original).
         """
         n = self._np
         filled = np.flatnonzero(n["seq"] >= 0)
         if filled.size == 0:
             return None
         fresh = filled[n["reuse"][filled] < self.max_reuse]
-        pool = fresh if fresh.size else filled
+        if fresh.size == 0:
+            return None  # every patch was served max_reuse times: the caller serves an original
+        pool = fresh
         cand = pool if pool.size <= self.candidates else pool[rng.integers(0, pool.size, size=self.candidates)]
         return int(cand[np.argmin(n["reuse"][cand])])
 
@@ -373,8 +376,9 @@ class ReplayCache:
         """Everything needed to resume: counters, per-slot records and (optionally) the pixels.
 
         Args:
-            contents: Include the patches themselves. Without them the per-slot metadata (seed,
-                label-map parameters, source index) lets the producer regenerate them.
+            contents: Include the patches themselves. Without them a resumed cache starts empty
+                (the producer refills it; an empty slot is never served), and the per-slot
+                metadata (seed, label-map parameters, source index) is kept in the state.
         """
         n = self._np
         state: dict[str, Any] = {
@@ -400,6 +404,17 @@ class ReplayCache:
                 self._tensors[key].copy_(torch.as_tensor(state[key]))
         for key in ("seq", "reuse", "hist"):
             self._tensors[key].copy_(torch.as_tensor(state[key]))
+        if "image" not in state:
+            # saved without the pixels: the slots are empty (never served), the producer refills
+            # them; their records stay in the saved state's metadata only
+            n["seq"][:] = -1
+            n["reuse"][:] = 0
+            n["hist"][:] = 0
+            if self._credits is not None:
+                for _ in range(self.capacity):  # every slot may be written again
+                    if not self._credits.acquire(timeout=0):
+                        break
+                self.release_credit(self.capacity)
         n["version"][:] += n["version"] & 1  # even again
         for s, meta in enumerate(state["meta"]):
             blob = json.dumps(meta, default=_json_default).encode()[: self.meta_bytes]

@@ -17,6 +17,7 @@ item, with the label-map parameters and seed that made it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = ["MODES", "DiffMixDataset", "Schedule", "build_label_sampler", "load_d
 #: DiffMix-B, DiffMix-E and DiffMix (both) of the paper's ablation
 MODES = ("balance", "enlarge", "both")
 _WARMUPS = ("none", "block")
+_log = logging.getLogger("diffmix_aug")
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,12 @@ class DiffMixDataset(torch.utils.data.Dataset):
         batch_size: Synthesizer batch size.
         policy, max_reuse, inst_dtype: :class:`ReplayCache` options.
         producer_priority: CPU scheduling of the producer thread when it synthesises on the CPU:
-            ``"idle"`` (only on idle cores, so workers and the training step never wait for it),
-            ``"low"`` (nice +10) or ``"normal"`` (see :class:`~diffmix_aug.producer.Producer`).
+            ``"auto"`` (default: only on idle cores, so workers and the training step never wait
+            for it, raised to nice +10 when a batch starves on a busy host), ``"idle"`` (idle cores
+            only, may starve), ``"low"`` (nice +10) or ``"normal"`` (see
+            :class:`~diffmix_aug.producer.Producer`).
+        warmup_timeout: Seconds ``warmup="block"`` (or an int) waits for its patches before it
+            raises ``TimeoutError`` naming the cause.
         start: Start the producer now (else on the first item or :meth:`start`).
     """
 
@@ -185,7 +191,8 @@ class DiffMixDataset(torch.utils.data.Dataset):
         policy: str = "fifo",
         max_reuse: int = 8,
         inst_dtype: str = "int32",
-        producer_priority: str = "idle",
+        producer_priority: str = "auto",
+        warmup_timeout: float = 600.0,
         start: bool = True,
     ) -> None:
         self.base = base
@@ -199,6 +206,10 @@ class DiffMixDataset(torch.utils.data.Dataset):
         self.cooperative_every = check_positive_int("cooperative_every", cooperative_every)
         if isinstance(warmup, bool) or not (warmup in _WARMUPS or isinstance(warmup, int)):
             raise ValueError(f"`warmup` must be 'none', 'block' or an int number of patches, got {warmup!r}")
+        if isinstance(warmup_timeout, bool) or not isinstance(warmup_timeout, (int, float)) \
+                or not warmup_timeout > 0:
+            raise ValueError(f"`warmup_timeout` must be a positive number of seconds, got {warmup_timeout!r}")
+        self.warmup_timeout = float(warmup_timeout)
         self.rank = _rank()
         self._raw = _RawView(base, self.adapter)
         info = getattr(base, "info", None)
@@ -225,6 +236,10 @@ class DiffMixDataset(torch.utils.data.Dataset):
         # shared with workers: [epoch, items served in the main process (cooperative clock)]
         self._control = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._served = torch.full((len(base),), -2, dtype=torch.int64).share_memory_()
+        # per index: epoch of its last serve and whether that serve asked for a synthetic item
+        self._served_epoch = torch.full((len(base),), -1, dtype=torch.int64).share_memory_()
+        self._asked = torch.zeros((len(base),), dtype=torch.bool).share_memory_()
+        self._warned_epochs: set[int] = set()
         self._warmup = warmup
         self._warmup_items = warmup_items
         self._started = False
@@ -263,17 +278,28 @@ class DiffMixDataset(torch.utils.data.Dataset):
             if self.cooperative:
                 while len(self.cache) < k:
                     self._producer.step()
-            else:
-                self._producer.wait_for(k)
+            elif not self._producer.wait_for(k, timeout=self.warmup_timeout):
+                self._producer.check()
+                rate = self._producer.patches_per_second()
+                raise TimeoutError(
+                    f"warmup: waited {self.warmup_timeout:.0f} s for {k} synthetic patches, the producer made "
+                    f"{len(self.cache)} (rate {'unknown' if rate is None else f'{rate:.3f}/s'}, "
+                    f"producer_priority={self._producer.cpu_priority!r}); the host is too busy or the SDM "
+                    "too large for this device: raise warmup_timeout, lower warmup_items, use "
+                    "warmup='none' or a GPU synthesizer")
         return self
 
     def close(self) -> None:
-        """Stop the producer and release the cache (idempotent; also run at interpreter exit)."""
+        """Stop the producer and release the cache (idempotent; also run at interpreter exit).
+
+        Returns within about 2 s even while a synthesis call runs (it stops at its next denoising
+        step); no patch reaches the cache afterwards.
+        """
         if self._closed:
             return
         self._closed = True
         if self._producer is not None:
-            self._producer.close()
+            self._producer.close(timeout=2.0)
         self.cache.close()
 
     def __enter__(self) -> DiffMixDataset:
@@ -301,8 +327,48 @@ class DiffMixDataset(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------------ epochs and decisions
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch (visible to running workers, persistent ones included)."""
-        self._control[0] = check_positive_int("epoch", epoch, allow_zero=True)
+        """Set the epoch (visible to running workers, persistent ones included).
+
+        Before moving on it checks the finished epoch's :meth:`stats` (a warning when the served
+        synthetic share fell below half of what was asked).
+        """
+        epoch = check_positive_int("epoch", epoch, allow_zero=True)
+        if epoch != self.epoch:
+            self.stats(self.epoch)
+        self._control[0] = epoch
+
+    def stats(self, epoch: int | None = None) -> dict[str, Any]:
+        """What the loader delivered in ``epoch`` (default: the current one), over all workers.
+
+        Returns:
+            ``{"epoch", "items", "synthetic_asked", "synthetic_served", "served_share",
+            "distinct_patches", "mean_reuse", "max_reuse", "producer_patches_per_s",
+            "cache_filled"}``. ``synthetic_asked`` counts items whose deterministic decision was
+            synthetic; ``synthetic_served`` those that got a cached patch (the others were served
+            as originals: empty cache or every patch at ``max_reuse``). ``mean_reuse`` /
+            ``max_reuse`` are serves per distinct patch in this epoch. A warning is logged once per
+            epoch when fewer than half of the asked items were served synthetic.
+        """
+        e = self.epoch if epoch is None else int(epoch)
+        mask = (self._served_epoch == e).numpy()
+        seqs = self._served.numpy()[mask]
+        asked = int(self._asked.numpy()[mask].sum())
+        syn = seqs[seqs >= 0]
+        counts = np.unique(syn, return_counts=True)[1] if syn.size else np.zeros(0, np.int64)
+        rate = self._producer.patches_per_second() if self._producer is not None else None
+        out = {"epoch": e, "items": int(mask.sum()), "synthetic_asked": asked, "synthetic_served": int(syn.size),
+               "served_share": float(syn.size / asked) if asked else None,
+               "distinct_patches": int(counts.size), "mean_reuse": float(counts.mean()) if counts.size else 0.0,
+               "max_reuse": int(counts.max()) if counts.size else 0, "producer_patches_per_s": rate,
+               "cache_filled": len(self.cache) if not self._closed else None}
+        if asked and syn.size < asked / 2 and e not in self._warned_epochs:
+            self._warned_epochs.add(e)
+            _log.warning("DiffMixDataset epoch %d: %d of %d items asked for a synthetic patch got one "
+                         "(synthetic_ratio=%.2f; %d distinct patches, producer %s patches/s): the producer "
+                         "cannot keep up; use warmup='block', a GPU synthesizer, a larger max_reuse or a "
+                         "lower synthetic_ratio", e, syn.size, asked, self.ratio(e), counts.size,
+                         "n/a" if rate is None else f"{rate:.3f}")
+        return out
 
     @property
     def epoch(self) -> int:
@@ -356,7 +422,8 @@ class DiffMixDataset(torch.utils.data.Dataset):
             self._cooperative_tick()
         epoch = self.epoch
         item, seq = None, -1
-        if self.wants_synthetic(index, epoch):
+        asked = self.wants_synthetic(index, epoch)
+        if asked:
             rng = np.random.default_rng(derive_seed(self.seed, epoch, index, 0xCAC4E))
             slot = self.cache.pick(rng)
             patch = self.cache.read(slot) if slot is not None else None
@@ -366,6 +433,8 @@ class DiffMixDataset(torch.utils.data.Dataset):
         if item is None:
             item = self.base[index]
         self._served[index] = seq
+        self._served_epoch[index] = epoch
+        self._asked[index] = asked
         if self.transform is not None:
             item = self.adapter.apply_transform(self.transform, item)
         return self.adapter.mark(item, seq >= 0)
@@ -398,7 +467,8 @@ class DiffMixDataset(torch.utils.data.Dataset):
         try:
             return {"seed": self.seed, "rank": self.rank, "mode": self.mode,
                     "synthetic_ratio": self.synthetic_ratio, "control": self._control.clone(),
-                    "served": self._served.clone(), "cache": self.cache.state_dict(cache_contents),
+                    "served": self._served.clone(), "served_epoch": self._served_epoch.clone(),
+                    "asked": self._asked.clone(), "cache": self.cache.state_dict(cache_contents),
                     "producer": self._producer.state_dict() if self._producer is not None else None}
         finally:
             if lock is not None:
@@ -417,6 +487,9 @@ class DiffMixDataset(torch.utils.data.Dataset):
         try:
             self._control.copy_(torch.as_tensor(state["control"]))
             self._served.copy_(torch.as_tensor(state["served"]))
+            if "served_epoch" in state:
+                self._served_epoch.copy_(torch.as_tensor(state["served_epoch"]))
+                self._asked.copy_(torch.as_tensor(state["asked"]))
             self.cache.load_state_dict(state["cache"])
             if self._producer is not None and state.get("producer") is not None:
                 self._producer.load_state_dict(state["producer"])
@@ -427,7 +500,8 @@ class DiffMixDataset(torch.utils.data.Dataset):
 
 _CONFIG_KEYS = {"mode", "synthetic_ratio", "seed", "schedule", "cache_capacity", "cache_dir", "patch_size",
                 "warmup", "warmup_items", "cooperative", "cooperative_every", "rare_classes", "num_classes",
-                "batch_size", "policy", "max_reuse", "inst_dtype", "adapter", "keys", "producer_priority"}
+                "batch_size", "policy", "max_reuse", "inst_dtype", "adapter", "keys", "producer_priority",
+                "warmup_timeout"}
 
 
 def load_diffmix_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:

@@ -14,9 +14,12 @@ raise it too. ``close()``, the context manager and interpreter exit stop the thr
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import inspect
 import os
 import threading
+import time
 import traceback
 import weakref
 from collections import OrderedDict
@@ -29,19 +32,47 @@ import torch
 from ._checks import check_choice, check_positive_int
 from .cache import ReplayCache
 from .data.sample import NucleiSample
+from .sampling._base import SamplingInterrupted
 
-__all__ = ["CPU_PRIORITIES", "Producer", "ProducerError", "derive_seed"]
+__all__ = ["CPU_PRIORITIES", "Producer", "ProducerError", "derive_seed", "preload_imports"]
 
-CPU_PRIORITIES = ("idle", "low", "normal")
+CPU_PRIORITIES = ("auto", "idle", "low", "normal")
+
+#: modules the producer thread may import lazily; imported by :func:`preload_imports` first
+_HEAVY_MODULES = ("cv2", "scipy.ndimage", "safetensors", "tqdm")
 
 
 class ProducerError(RuntimeError):
     """The background producer failed; ``__cause__`` is the original exception."""
 
 
+class _Stopped(Exception):
+    """Raised inside a synthesis call when :meth:`Producer.close` asked it to stop."""
+
+
+def preload_imports() -> None:
+    """Import, in the calling thread, every heavy module the producer thread could import lazily.
+
+    A thread that imports a package while the main thread starts a spawn worker can corrupt the
+    worker's import state: while ``cv2`` loads, its package folder is briefly on ``sys.path`` and a
+    spawn worker started in that moment resolves ``typing`` to ``cv2/typing`` and dies, leaving
+    the parent blocked in ``popen_spawn_posix._launch`` for ever. Importing first removes the race.
+    """
+    import importlib
+
+    for name in _HEAVY_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
 def derive_seed(*keys: int) -> int:
-    """A 63-bit seed from integer keys (``numpy.random.SeedSequence``; order matters)."""
-    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFFFFFF for k in keys]).generate_state(2, np.uint64)[0] >> 1)
+    """A 63-bit seed from integer keys (``numpy.random.SeedSequence``; order matters).
+
+    The shift is done on a Python int: numpy 1.26 has no ``right_shift`` for a uint64 scalar and a
+    Python int (it casts them to float64).
+    """
+    state = np.random.SeedSequence([int(k) & 0xFFFFFFFFFFFF for k in keys]).generate_state(2, np.uint64)
+    return int(state[0]) >> 1
 
 
 def _fit(sample: NucleiSample, shape: tuple[int, int], rng: np.random.Generator) -> tuple[NucleiSample, tuple]:
@@ -78,8 +109,10 @@ class Producer:
         bias_candidates: Source candidates scored per patch for the rare-class bias (1 = uniform).
         idle_timeout: Seconds the thread waits for a read before overwriting an unread patch anyway.
         cpu_priority: Scheduling of the producer thread when it synthesises on the CPU (Linux):
-            ``"idle"`` (default, ``SCHED_IDLE``), ``"low"`` (nice +10) or ``"normal"``; see
-            :meth:`_lower_priority`.
+            ``"auto"`` (default: ``SCHED_IDLE`` with a starvation guard, see :meth:`_lower_priority`),
+            ``"idle"`` (``SCHED_IDLE`` only), ``"low"`` (nice +10) or ``"normal"``.
+        starve_after: Seconds a batch may take under ``"auto"`` before the producer's threads are
+            raised from ``SCHED_IDLE`` to nice +10 for the rest of that batch (busy hosts).
     """
 
     def __init__(
@@ -95,7 +128,8 @@ class Producer:
         rare_classes: Sequence[int] = (),
         bias_candidates: int = 4,
         idle_timeout: float = 5.0,
-        cpu_priority: str = "idle",
+        cpu_priority: str = "auto",
+        starve_after: float = 10.0,
     ) -> None:
         if not callable(synthesizer):
             raise TypeError(f"`synthesizer` must be callable (images, inst_maps, type_maps, generator), "
@@ -113,6 +147,16 @@ class Producer:
         self.bias_candidates = check_positive_int("bias_candidates", bias_candidates)
         self.idle_timeout = float(idle_timeout)
         self.cpu_priority = check_choice("cpu_priority", cpu_priority, CPU_PRIORITIES)
+        if isinstance(starve_after, bool) or not isinstance(starve_after, (int, float)) or not starve_after > 0:
+            raise ValueError(f"`starve_after` must be a positive number of seconds, got {starve_after!r}")
+        self.starve_after = float(starve_after)
+        self._accepts_stop = _accepts_keyword(synthesizer, "should_stop")
+        self._batch_started: float | None = None  # monotonic time the batch in flight began
+        self._boosted: list[int] = []  # thread ids raised from SCHED_IDLE by the watchdog
+        self._write_lock = threading.Lock()  # close() takes it: no cache write after close()
+        self._watchdog: threading.Thread | None = None
+        #: monotonic times of finished batches (patches/s in :meth:`stats`)
+        self.batch_times: list[float] = []
         self.batches = 0
         #: seq -> metadata of the latest patches (``item_info`` falls back to it after eviction)
         self.history: OrderedDict[int, dict[str, Any]] = OrderedDict()
@@ -127,7 +171,10 @@ class Producer:
         device = getattr(synthesizer, "device", None)
         if device is not None and torch.device(device).type == "cuda":
             self._stream = torch.cuda.Stream(device=torch.device(device))
+        _ALL_STOPS.add(self._stop)
         self._finalizer = weakref.finalize(self, _shutdown, self._stop, cache, self._thread_box)
+        if not _ALL_STOPS_REGISTERED:
+            _ALL_STOPS_REGISTERED.append(atexit.register(_stop_all))
 
     @property
     def _thread_box(self) -> list:
@@ -187,12 +234,20 @@ class Producer:
         gen = torch.Generator().manual_seed(bseed)
         args = (np.stack([it["image"] for it in items]), np.stack([it["inst"] for it in items]),
                 np.stack([it["type"] for it in items]))
-        if self._stream is not None:
-            with torch.cuda.stream(self._stream):
-                out = self.synthesizer(*args, generator=gen)
-            self._stream.synchronize()
-        else:
-            out = self.synthesizer(*args, generator=gen)
+        kwargs: dict[str, Any] = {"generator": gen}
+        if self._accepts_stop:
+            kwargs["should_stop"] = self._stop.is_set
+        try:
+            if self._stream is not None:
+                with torch.cuda.stream(self._stream):
+                    out = self.synthesizer(*args, **kwargs)
+                self._stream.synchronize()
+            else:
+                out = self.synthesizer(*args, **kwargs)
+        except SamplingInterrupted as exc:
+            raise _Stopped from exc
+        if self._stop.is_set():  # an uninterruptible synthesizer returned after close()
+            raise _Stopped
         out = np.asarray(out)
         if out.shape != args[0].shape or out.dtype != np.uint8:
             raise ValueError(f"synthesizer must return uint8 {args[0].shape}, got {out.dtype} {out.shape}")
@@ -201,31 +256,68 @@ class Producer:
         return items
 
     def step(self, n_batches: int = 1) -> int:
-        """Synchronously produce ``n_batches`` batches into the cache; returns patches written."""
+        """Synchronously produce ``n_batches`` batches into the cache; returns patches written.
+
+        Nothing is written once :meth:`close` has been called (a batch in flight is dropped).
+        """
         self.check()
         written = 0
         for _ in range(n_batches):
+            if self._stop.is_set():
+                break
             with self._lock:
-                items = self.make_batch(self.batches)
-                for it in items:
-                    seq = self.cache.write(it["image"], it["inst"], it["type"], it["meta"])
-                    self.history[seq] = {**it["meta"], "seq": seq}
+                self._batch_started = time.monotonic()
+                try:
+                    items = self.make_batch(self.batches)
+                except _Stopped:
+                    break
+                finally:
+                    self._batch_started = None
+                    self._restore_priority()
+                with self._write_lock:
+                    if self._stop.is_set():
+                        break
+                    for it in items:
+                        seq = self.cache.write(it["image"], it["inst"], it["type"], it["meta"])
+                        self.history[seq] = {**it["meta"], "seq": seq}
                 while len(self.history) > self.history_size:
                     self.history.popitem(last=False)
                 self.batches += 1
+                self.batch_times.append(time.monotonic())
+                del self.batch_times[:-64]
                 written += len(items)
             with self._cond:
                 self._cond.notify_all()
         return written
 
+    def patches_per_second(self) -> float | None:
+        """Recent production rate (over the last up to 64 batches), None before two batches."""
+        t = self.batch_times
+        if len(t) < 2 or t[-1] <= t[0]:
+            return None
+        return (len(t) - 1) * self.batch_size / (t[-1] - t[0])
+
     # ------------------------------------------------------------------ thread
     def start(self) -> Producer:
         """Start the background thread (idempotent)."""
         if self._thread is None:
+            if self._stop.is_set():
+                raise RuntimeError("this Producer was closed; build a new one")
+            preload_imports()
             self._thread = threading.Thread(target=self._run, name="diffmix-producer", daemon=True)
             self._thread_box.append(self._thread)
             self._thread.start()
+            if self.cpu_priority == "auto" and self._stream is None and hasattr(os, "SCHED_IDLE"):
+                self._watchdog = threading.Thread(target=self._watch, name="diffmix-watchdog", daemon=True)
+                self._watchdog.start()
         return self
+
+    def _watch(self) -> None:
+        """Starvation guard of ``"auto"``: raise a ``SCHED_IDLE`` batch that runs too long to nice +10."""
+        while not self._stop.wait(min(1.0, self.starve_after / 4)):
+            started = self._batch_started
+            if started is not None and not self._boosted and time.monotonic() - started > self.starve_after:
+                self._boosted = _raise_idle_threads(nice=10)
 
     def _run(self) -> None:
         try:
@@ -240,8 +332,11 @@ class Producer:
                     return
                 self.step()
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, never swallowed
+            if self._stop.is_set():
+                return  # closed under it (the cache may be gone): nothing to report
             self._exc = exc
-            self.cache.set_error("".join(traceback.format_exception(exc)))
+            with contextlib.suppress(Exception):
+                self.cache.set_error("".join(traceback.format_exception(exc)))
         finally:
             with self._cond:
                 self._cond.notify_all()
@@ -258,17 +353,27 @@ class Producer:
         ``"idle"`` (``SCHED_IDLE``) runs the thread only on otherwise idle cores and is preempted at
         once by a waking consumer; ``"low"`` adds 10 to its nice value, which on 2 cores still left
         the consumer ~2 ms per batch waiting for the niced thread's time slice to end (EEVDF);
-        ``"normal"`` changes nothing.
+        ``"normal"`` changes nothing. ``"auto"`` is ``"idle"`` with a guard: on a host whose
+        cores are all busy, ``SCHED_IDLE`` threads never run (measured: 0 new patches in 20,000
+        items), so a watchdog thread raises the producer's threads to nice +10 when a batch has run
+        longer than ``starve_after`` seconds, and they go back to ``SCHED_IDLE`` after the batch.
         """
         if self._stream is not None or self.cpu_priority == "normal" or not hasattr(os, "setpriority"):
             return
         tid = threading.get_native_id()
-        if self.cpu_priority == "idle" and hasattr(os, "SCHED_IDLE"):
+        if self.cpu_priority in ("idle", "auto") and hasattr(os, "SCHED_IDLE"):
             with contextlib.suppress(OSError):
                 os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
                 return
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
+
+    def _restore_priority(self) -> None:
+        """Put threads the watchdog raised back under ``SCHED_IDLE`` (after their batch)."""
+        tids, self._boosted = self._boosted, []
+        for tid in tids:
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
 
     def check(self) -> None:
         """Re-raise a failure of the background thread (the original is ``__cause__``)."""
@@ -287,15 +392,30 @@ class Producer:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop the thread and wait for it (a batch in flight is finished first)."""
+    def close(self, timeout: float = 2.0) -> bool:
+        """Stop the thread: the synthesis call in flight stops at its next step boundary.
+
+        Returns within about ``timeout`` seconds. After it returns no patch is written to the
+        cache. A synthesizer that cannot be interrupted (a plain callable without ``should_stop``)
+        is abandoned as a daemon thread, never joined for ever.
+
+        Returns:
+            True when the thread has ended, False when it was abandoned.
+        """
         self._stop.set()
-        self.cache.release_credit(self.batch_size)
+        deadline = time.monotonic() + float(timeout)
+        _raise_idle_threads(nice=0)  # a starved SCHED_IDLE thread must be able to reach the boundary
+        with contextlib.suppress(Exception):
+            self.cache.release_credit(self.batch_size)
         with self._cond:
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        got = self._write_lock.acquire(timeout=max(0.05, deadline - time.monotonic()))
+        if got:
+            self._write_lock.release()
         self._finalizer.detach()
+        return not self.alive
 
     def __enter__(self) -> Producer:
         return self.start()
@@ -311,10 +431,52 @@ class Producer:
         self.batches = int(state["batches"])
 
 
+#: the stop events of every producer alive: at interpreter exit all are set before any join, since
+#: producers sharing one synthesizer wait on each other's synthesis lock
+_ALL_STOPS: weakref.WeakSet[threading.Event] = weakref.WeakSet()
+_ALL_STOPS_REGISTERED: list = []  # holds the atexit hook once it is registered (lazily: no import side effect)
+
+
 def _shutdown(stop: threading.Event, cache: ReplayCache, box: list) -> None:
     """Finaliser / atexit hook: stop and join the thread without referencing the producer."""
     stop.set()
+    _raise_idle_threads(nice=0)
     with contextlib.suppress(Exception):  # best effort at interpreter exit
         cache.release_credit(8)
     for t in box:
-        t.join(5.0)
+        if t is not threading.current_thread():  # a GC pass run by the thread itself
+            t.join(5.0)
+
+
+def _stop_all() -> None:
+    """atexit hook (runs before the finalisers' joins): ask every live producer to stop."""
+    for stop in list(_ALL_STOPS):
+        stop.set()
+
+
+def _accepts_keyword(fn: Any, name: str) -> bool:
+    """Whether ``fn(..., name=...)`` is accepted (explicitly or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _raise_idle_threads(nice: int) -> list[int]:
+    """Move this process's ``SCHED_IDLE`` threads (the producer's) to ``SCHED_OTHER`` at ``nice``.
+
+    Returns the thread ids moved (Linux; elsewhere nothing is done and ``[]`` returned).
+    """
+    if not hasattr(os, "SCHED_IDLE") or not os.path.isdir("/proc/self/task"):
+        return []
+    moved = []
+    for name in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError, ValueError):
+            tid = int(name)
+            if os.sched_getscheduler(tid) == os.SCHED_IDLE:
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, tid, nice)
+                moved.append(tid)
+    return moved

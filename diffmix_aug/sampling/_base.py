@@ -150,6 +150,10 @@ class DDIMSettings:
                              f"entry of respaced index k at [k]), got {describe(step_noise)}")
 
 
+class SamplingInterrupted(RuntimeError):
+    """A sampling loop stopped at a step boundary because its ``should_stop()`` returned True."""
+
+
 def draw_normal(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """Standard normal float32 noise drawn on the generator's device, then moved to ``device``.
 

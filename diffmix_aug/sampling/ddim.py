@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .._checks import check_choice, check_positive_int, describe
-from ._base import DDIMSettings, draw_normal, draw_step_noise
+from ._base import DDIMSettings, SamplingInterrupted, draw_normal, draw_step_noise
 from .denoisers import PRECISIONS, make_denoiser
 
 __all__ = ["DDIMSampler", "DDIMStepOutput", "DDIMTables"]
@@ -268,6 +269,7 @@ class DDIMSampler(DDIMSettings):
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         step_noise: torch.Tensor | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> torch.Tensor:
         """Synthesize images from original patches and label maps.
 
@@ -280,6 +282,8 @@ class DDIMSampler(DDIMSettings):
                 ``generator`` when None.
             generator: Source of all randomness: start noise, then (eta > 0) one draw per step k = start..1.
             step_noise: Pre-drawn eta noise ``[num_inference_steps, N, 3, H, W]`` (entry k for index k).
+            should_stop: Polled between denoising steps (eager and compiled paths); when it returns
+                True the loop raises :class:`SamplingInterrupted` (a producer being closed).
 
         Returns:
             ``float32 [N, 3, H, W]`` in [-1, 1] (with ``clip_denoised``). Equal to the reference sampler
@@ -300,10 +304,10 @@ class DDIMSampler(DDIMSettings):
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
             sn = None if step_noise is None else step_noise[:, lo:hi]
-            outs.append(self._sample_chunk(model, x0[lo:hi], cond[lo:hi], noise[lo:hi], sn))
+            outs.append(self._sample_chunk(model, x0[lo:hi], cond[lo:hi], noise[lo:hi], sn, should_stop))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def _sample_chunk(self, model, x0, cond, noise, step_noise) -> torch.Tensor:
+    def _sample_chunk(self, model, x0, cond, noise, step_noise, should_stop=None) -> torch.Tensor:
         denoiser = self.denoiser_for(model, x0)
         abar = self.alphas_cumprod[self.start_index]
         x = (math.sqrt(abar) * x0.float() + math.sqrt(1.0 - abar) * noise.float()).contiguous()
@@ -326,6 +330,8 @@ class DDIMSampler(DDIMSettings):
                 self._compiled = torch.compile(self._loop_step, dynamic=False)
             step = self._compiled
         for _ in range(self.num_inference_steps):
+            if should_stop is not None and should_stop():
+                raise SamplingInterrupted("sampling stopped at a step boundary (should_stop() returned True)")
             step(denoiser, conditioning, x, k, step_noise)
         self.last_run["path"] = "compiled" if self.compile else "eager"
         return x

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ._base import DDIMSettings, draw_normal
+from ._base import DDIMSettings, SamplingInterrupted, draw_normal
 
 __all__ = ["ReferenceDDIMSampler"]
 
@@ -39,6 +39,7 @@ class ReferenceDDIMSampler(DDIMSettings):
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         step_noise: torch.Tensor | None = None,
+        should_stop=None,
     ) -> torch.Tensor:
         """Synthesize images from original patches and label maps.
 
@@ -68,6 +69,8 @@ class ReferenceDDIMSampler(DDIMSettings):
         x = math.sqrt(abar[start]) * x0 + math.sqrt(1.0 - abar[start]) * noise.float()
 
         for k in range(start, -1, -1):
+            if should_stop is not None and should_stop():  # ``() -> bool``, polled per step (producer close)
+                raise SamplingInterrupted("sampling stopped at a step boundary (should_stop() returned True)")
             t = torch.full((x.shape[0],), int(self.respaced_timesteps[k]), dtype=torch.long, device=x.device)
 
             eps_cond = model(x, t, cond)[:, :3].float()

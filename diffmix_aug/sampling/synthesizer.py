@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -131,7 +132,8 @@ class Synthesizer:
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, inst_maps: np.ndarray, type_maps: np.ndarray,
-                 generator: torch.Generator | None = None) -> np.ndarray:
+                 generator: torch.Generator | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> np.ndarray:
         """Synthesize one image per (image, label map) pair.
 
         Args:
@@ -140,6 +142,8 @@ class Synthesizer:
             type_maps: ``int [B, H, W]`` types in ``0..num_classes-1`` (0 = background).
             generator: ``torch.Generator`` for every random number (a CPU generator reproduces the same
                 output on any device); None uses torch's global generator.
+            should_stop: Polled between denoising steps; True stops the call with
+                :class:`~diffmix_aug.sampling.SamplingInterrupted` (used by the producer's ``close()``).
 
         Returns:
             ``uint8 [B, H, W, 3]``.
@@ -156,7 +160,8 @@ class Synthesizer:
                 cond = encode_condition_torch(torch.from_numpy(np.ascontiguousarray(type_maps)).to(dev),
                                               torch.from_numpy(np.ascontiguousarray(inst_maps)).to(dev),
                                               self.num_classes)
-                out = self.sampler.sample(self.model, x0, cond, generator=generator)
+                out = self.sampler.sample(self.model, x0, cond, generator=generator,
+                                          **({'should_stop': should_stop} if should_stop is not None else {}))
                 self._check_finite_output(out)
                 out = ((out + 1.0) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
                 result = out.cpu().numpy()

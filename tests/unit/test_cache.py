@@ -93,7 +93,7 @@ def test_pick_prefers_fresh_and_respects_max_reuse():
     for _ in range(6):  # spreads reuse evenly: never serves a slot twice before all once
         c.read(c.pick(rng))
     assert c._np["reuse"].tolist() == [2, 2, 2]
-    assert c.pick(rng) is not None  # everything at max_reuse: served anyway, never blocks
+    assert c.pick(rng) is None  # everything at max_reuse: the consumer serves an original, never blocks
     c._np["reuse"][1] = 0
     assert all(c.pick(rng) == 1 for _ in range(5))
     assert ReplayCache(2, (H, W)).pick(rng) is None
