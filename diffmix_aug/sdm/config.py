@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .._checks import check_in_range, check_positive_int
 
 __all__ = ["SDMConfig", "load_sdm_config"]
@@ -55,8 +57,21 @@ class SDMConfig:
 
     def __post_init__(self) -> None:
         # normalise sequences (YAML / JSON give lists) so the dataclass stays hashable and comparable
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
+        for name in ("channel_mult", "attention_resolutions"):
+            seq = getattr(self, name)
+            if not isinstance(seq, (list, tuple)) or any(
+                    isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0 for v in seq):
+                raise TypeError(f"`{name}` must be a list of positive ints, got {type(seq).__name__} {seq!r}; "
+                                "e.g. [1, 2, 4]")
+            object.__setattr__(self, name, tuple(int(v) for v in seq))
+        for name in ("use_scale_shift_norm", "resblock_updown", "learn_sigma", "use_checkpoint"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"`{name}` must be true or false, got {type(value).__name__} {value!r}")
+            object.__setattr__(self, name, bool(value))
+        if isinstance(self.num_head_channels, bool) or not isinstance(self.num_head_channels, (int, np.integer)):
+            raise TypeError(f"`num_head_channels` must be an int (> 0, or -1 to use num_heads), got "
+                            f"{type(self.num_head_channels).__name__} {self.num_head_channels!r}")
         for name in ("label_channels", "image_size", "in_channels", "model_channels", "num_res_blocks",
                      "spade_hidden", "num_groups", "num_heads"):
             check_positive_int(name, getattr(self, name))

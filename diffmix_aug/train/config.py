@@ -28,6 +28,11 @@ __all__ = ["DataConfig", "DiffusionConfig", "ModelConfig", "StageConfig", "Train
 DATASETS = ("toy", "consep", "glysac")
 
 
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be true or false, got {type(value).__name__} {value!r}")
+
+
 def _build(cls, data: Any, section: str):
     if data is None:
         data = {}
@@ -49,9 +54,25 @@ class ModelConfig:
     overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from ..sdm.config import SDMConfig
         from ..sdm.presets import PRESETS
 
         check_choice("model.preset", self.preset, PRESETS)
+        if self.image_size is not None:
+            check_positive_int("model.image_size", self.image_size)
+        if self.overrides is None:
+            object.__setattr__(self, "overrides", {})
+        if not isinstance(self.overrides, dict):
+            raise TypeError(f"`model.overrides` must be a mapping of SDMConfig fields, got "
+                            f"{type(self.overrides).__name__} {self.overrides!r}")
+        reserved = {"label_channels": "it is set from the dataset's classes",
+                    "image_size": "set `model.image_size` instead"}
+        valid = [k for k in SDMConfig.field_names() if k not in reserved]
+        unknown = sorted(str(k) for k in set(self.overrides) - set(valid))
+        if unknown:
+            why = "; ".join(f"{k}: {reserved[k]}" for k in unknown if k in reserved)
+            raise ValueError(f"unknown key(s) {unknown} in config section `model.overrides`"
+                             f"{' (' + why + ')' if why else ''}; valid keys are {valid}")
 
 
 @dataclass(frozen=True)
@@ -89,8 +110,17 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_choice("data.dataset", self.dataset, DATASETS)
+        if self.data_root is not None and not isinstance(self.data_root, (str, os.PathLike)):
+            raise TypeError(f"`data.data_root` must be a path string, got {type(self.data_root).__name__} "
+                            f"{self.data_root!r}")
         check_positive_int("data.crop_size", self.crop_size)
         check_positive_int("data.num_images", self.num_images)
+        check_positive_int("data.image_size", self.image_size)
+        check_positive_int("data.seed", self.seed, allow_zero=True)
+        _check_bool("data.augment", self.augment)
+        if self.dataset == "toy" and self.crop_size > self.image_size:
+            raise ValueError(f"`data.crop_size`={self.crop_size} must be <= `data.image_size`={self.image_size} "
+                             "for the toy dataset; lower crop_size or raise image_size")
         check_positive_int("data.num_workers", self.num_workers, allow_zero=True)
         if self.dataset != "toy" and not self.data_root:
             raise ValueError(f"`data.data_root` is required for dataset {self.dataset!r}: set it to the dataset "
@@ -107,6 +137,8 @@ class StageConfig:
     drop_rate: float = 0.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"`train.stages[].name` must be a non-empty string, got {self.name!r}")
         check_positive_int(f"stage {self.name!r} steps", self.steps)
         check_in_range(f"stage {self.name!r} lr", self.lr, 0.0, 1.0, low_inclusive=False)
         check_probability(f"stage {self.name!r} drop_rate", self.drop_rate)
@@ -155,15 +187,22 @@ class TrainLoopConfig:
     sample_guidance: float = 1.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.stages, (list, tuple)):
+            raise TypeError(f"`train.stages` must be a list of stages {{name, steps, lr, drop_rate}}, got "
+                            f"{type(self.stages).__name__} {self.stages!r}")
         stages = tuple(s if isinstance(s, StageConfig) else _build(StageConfig, s, "train.stages[]")
                        for s in self.stages)
         if not stages:
             raise ValueError("`train.stages` must hold at least one stage {name, steps, lr, drop_rate}")
         object.__setattr__(self, "stages", stages)
         check_positive_int("train.batch_size", self.batch_size)
-        check_probability("train.ema_rate", self.ema_rate)
-        if not isinstance(self.ema_warmup, bool):
-            raise TypeError(f"`train.ema_warmup` must be true or false, got {self.ema_warmup!r}")
+        check_in_range("train.ema_rate", self.ema_rate, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        _check_bool("train.ema_warmup", self.ema_warmup)
+        _check_bool("train.channels_last", self.channels_last)
+        check_positive_int("train.seed", self.seed, allow_zero=True)
+        check_positive_int("train.sample_count", self.sample_count)
+        check_positive_int("train.sample_steps", self.sample_steps)
+        check_in_range("train.sample_guidance", self.sample_guidance, 0.0, float("inf"), high_inclusive=False)
         check_choice("train.amp", self.amp, ("auto", "fp16", "bf16", "none"))
         check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
         for name in ("log_interval", "sample_interval", "save_interval"):
@@ -208,7 +247,10 @@ class TrainConfig:
                    diffusion=_build(DiffusionConfig, data.get("diffusion"), "diffusion"),
                    data=_build(DataConfig, data.get("data"), "data"),
                    train=_build(TrainLoopConfig, data.get("train"), "train"),
-                   out_dir=str(data.get("out_dir", "runs/sdm")))
+                   out_dir=_out_dir(data.get("out_dir", "runs/sdm")))
+
+    def __post_init__(self) -> None:
+        _out_dir(self.out_dir)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able nested dict (round-trips through :meth:`from_dict`)."""
@@ -225,6 +267,15 @@ class TrainConfig:
             else:
                 data[key] = value
         return TrainConfig.from_dict(data)
+
+
+def _out_dir(value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"`out_dir` must be a non-empty path string, got {type(value).__name__} {value!r}; "
+                        "e.g. out_dir: runs/sdm_tiny")
+    return value
 
 
 def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:

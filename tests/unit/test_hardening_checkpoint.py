@@ -1,4 +1,5 @@
-"""Issue 11 hardening: corrupted / non-finite SDM checkpoints fail at load, naming the file and parameter."""
+"""Issue 11 hardening: corrupted / non-finite SDM checkpoints fail at load naming the file and parameter;
+training / SDM configs reject out-of-range values and unknown keys."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from sampling_helpers import randomize_sdm
 
 from diffmix_aug.sampling import Synthesizer
-from diffmix_aug.sdm import build_sdm, export_sdm, load_sdm
+from diffmix_aug.sdm import SDMConfig, build_sdm, export_sdm, load_sdm, load_sdm_config
+from diffmix_aug.train import TrainConfig, load_train_config
 
 KW = dict(num_steps=5, strength=0.4)
 
@@ -115,3 +117,68 @@ def test_non_finite_output_without_checkpoint_says_so(tiny):
     synth = Synthesizer(model, device="cpu")
     with pytest.raises(ValueError, match=r"non-finite.*no checkpoint path known"):
         synth(*_maps())
+
+
+# --- training / SDM config ranges and unknown keys -------------------------------------------------
+
+@pytest.mark.parametrize("rate", [1.0, 0.0, 1.5, -0.1])
+def test_train_ema_rate_must_be_strictly_between_0_and_1(rate):
+    with pytest.raises(ValueError, match=r"`train\.ema_rate` must be in \(0\.0, 1\.0\), got"):
+        TrainConfig.from_dict({"train": {"ema_rate": rate}})
+
+
+@pytest.mark.parametrize("key", ["sample_count", "sample_steps"])
+@pytest.mark.parametrize("value", [-4, 0])
+def test_train_sample_counts_must_be_positive(key, value):
+    with pytest.raises(ValueError, match=rf"`train\.{key}` must be > 0, got {value}"):
+        TrainConfig.from_dict({"train": {key: value}})
+
+
+def test_train_other_bad_values_named():
+    with pytest.raises(ValueError, match=r"`train\.sample_guidance`"):
+        TrainConfig.from_dict({"train": {"sample_guidance": -1.0}})
+    with pytest.raises(TypeError, match=r"`train\.channels_last` must be true or false"):
+        TrainConfig.from_dict({"train": {"channels_last": "yes"}})
+    with pytest.raises(TypeError, match=r"`train\.stages` must be a list"):
+        TrainConfig.from_dict({"train": {"stages": {"name": "a", "steps": 1, "lr": 0.1}}})
+    with pytest.raises(ValueError, match=r"`data\.crop_size`=128 must be <= `data\.image_size`=96"):
+        TrainConfig.from_dict({"data": {"crop_size": 128}})
+    with pytest.raises(ValueError, match=r"`data\.image_size` must be > 0"):
+        TrainConfig.from_dict({"data": {"image_size": 0}})
+    with pytest.raises(TypeError, match=r"`out_dir` must be a non-empty path string, got NoneType"):
+        TrainConfig.from_dict({"out_dir": None})
+
+
+@pytest.mark.parametrize("section", ["model", "diffusion", "data", "train"])
+def test_every_train_section_rejects_unknown_keys_listing_valid_ones(section):
+    with pytest.raises(ValueError, match=rf"unknown key\(s\) \['bogus'\] in config section `{section}`; valid keys"):
+        TrainConfig.from_dict({section: {"bogus": 1}})
+
+
+def test_stage_and_model_overrides_reject_unknown_keys(tmp_path):
+    with pytest.raises(ValueError, match=r"`train\.stages\[\]`; valid keys are \['name', 'steps', 'lr', 'drop_rate'\]"):
+        TrainConfig.from_dict({"train": {"stages": [{"name": "a", "steps": 1, "lr": 0.1, "bogus": 0}]}})
+    with pytest.raises(ValueError, match=r"\['model_chanels'\] in config section `model\.overrides`.*model_channels"):
+        TrainConfig.from_dict({"model": {"overrides": {"model_chanels": 32}}})
+    with pytest.raises(ValueError, match=r"`model\.overrides`.*label_channels: it is set from the dataset"):
+        TrainConfig.from_dict({"model": {"overrides": {"label_channels": 4}}})
+    path = tmp_path / "t.yaml"
+    path.write_text("model: {preset: tiny, overrides: {dropuot: 0.1}}\n")
+    with pytest.raises(ValueError, match=r"t\.yaml: unknown key\(s\) \['dropuot'\]"):
+        load_train_config(path)
+
+
+def test_sdm_config_rejects_unknown_keys_and_bad_types(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown SDM config key\(s\) \['bogus'\]; valid keys are"):
+        SDMConfig.from_dict({"bogus": 1})
+    path = tmp_path / "s.yaml"
+    path.write_text("preset: tiny\nbogus: 1\n")
+    with pytest.raises(ValueError, match=r"\['bogus'\]; valid keys are"):
+        load_sdm_config(path)
+    with pytest.raises(TypeError, match=r"`learn_sigma` must be true or false, got str"):
+        SDMConfig(learn_sigma="no")
+    with pytest.raises(TypeError, match=r"`channel_mult` must be a list of positive ints"):
+        SDMConfig(channel_mult=(1, 1.5))
+    with pytest.raises(TypeError, match=r"`num_head_channels` must be an int"):
+        SDMConfig(num_head_channels=64.0)
+    assert SDMConfig.from_dict(SDMConfig().to_dict()) == SDMConfig()
