@@ -68,8 +68,25 @@ def _get(item: Any, key: str, i: int, which: str) -> np.ndarray:
 
 
 def _points(item: Any, i: int, which: str) -> tuple[np.ndarray, np.ndarray]:
-    cen = _get(item, "inst_centroid", i, which).astype(np.float64)
-    typ = _get(item, "inst_type", i, which).astype(np.int64).reshape(-1)
+    field = f"`{which}[{i}]['inst_centroid']`"
+    cen = _get(item, "inst_centroid", i, which)
+    if cen.dtype.kind not in "iuf":
+        raise TypeError(f"{field} must be numeric (x, y) coordinates, got dtype {cen.dtype}")
+    cen = cen.astype(np.float64)
+    if not np.isfinite(cen).all():
+        raise ValueError(f"{field} must hold finite coordinates, got {int((~np.isfinite(cen)).sum())} NaN/inf "
+                         "value(s); drop or fix those nuclei")
+    field = f"`{which}[{i}]['inst_type']`"
+    raw = _get(item, "inst_type", i, which).reshape(-1)
+    if raw.dtype.kind == "f":
+        if not np.isfinite(raw).all() or (raw != np.round(raw)).any():
+            raise ValueError(f"{field} must hold whole-number type ids, got non-integral or NaN values "
+                             f"({raw.dtype}); pass integer types")
+    elif raw.dtype.kind not in "iu":
+        raise TypeError(f"{field} must hold integer type ids, got dtype {raw.dtype}")
+    if raw.size and raw.min() < 0:
+        raise ValueError(f"{field} type ids must be >= 0, got minimum {raw.min()}")
+    typ = raw.astype(np.int64)
     if cen.size == 0:
         cen = cen.reshape(0, 2)
     if cen.ndim != 2 or cen.shape[1] != 2:

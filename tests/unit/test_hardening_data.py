@@ -7,6 +7,7 @@ import pytest
 
 from diffmix_aug.data import NucleiSample
 from diffmix_aug.data.readers import conic_to_maps, hovernet_array_to_sample, read_consep_label
+from diffmix_aug.metrics import classification_stats
 from diffmix_aug.metrics import instance as M
 
 
@@ -134,3 +135,18 @@ def test_instance_metrics_reject_float_maps(fn):
     true = np.zeros((8, 8), np.float32)
     with pytest.raises(TypeError, match=r"`true` must have a dtype of kind"):
         fn(true, np.zeros((8, 8), np.int32))
+
+
+def _item(cen, typ):
+    return {"inst_centroid": np.asarray(cen), "inst_type": np.asarray(typ)}
+
+
+def test_classification_stats_rejects_bad_types_and_centroids():
+    good = _item([[1.0, 1.0]], [1])
+    with pytest.raises(ValueError, match=r"`pred_list\[0\]\['inst_type'\]` type ids must be >= 0, got minimum -1"):
+        classification_stats([good], [_item([[1.0, 1.0]], [-1])])
+    with pytest.raises(ValueError, match=r"`pred_list\[0\]\['inst_type'\]` must hold whole-number"):
+        classification_stats([good], [_item([[1.0, 1.0]], [1.7])])
+    with pytest.raises(ValueError, match=r"`true_list\[0\]\['inst_centroid'\]` must hold finite coordinates"):
+        classification_stats([_item([[np.nan, 1.0]], [1])], [good])
+    assert classification_stats([good], [_item([[1.0, 1.0]], [1.0])])["tp"] == 1
