@@ -182,3 +182,22 @@ def test_sdm_config_rejects_unknown_keys_and_bad_types(tmp_path):
     with pytest.raises(TypeError, match=r"`num_head_channels` must be an int"):
         SDMConfig(num_head_channels=64.0)
     assert SDMConfig.from_dict(SDMConfig().to_dict()) == SDMConfig()
+
+
+def test_training_directory_with_nan_ema_raises_naming_ema_file(tiny, tmp_path):
+    from diffmix_aug.train.checkpoint import capture_rng_state, save_training_checkpoint
+
+    model = build_sdm("tiny", 6, image_size=64)
+    model.load_state_dict(tiny.state_dict())
+    ema = build_sdm("tiny", 6, image_size=64)
+    ema.load_state_dict(tiny.state_dict())
+    key = sorted(k for k, v in ema.state_dict().items() if v.is_floating_point())[0]
+    with torch.no_grad():
+        ema.state_dict()[key].view(-1)[0] = float("nan")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_training_checkpoint(tmp_path / "run", model=model, ema=ema, optimizer=opt, scaler=None, step=1,
+                             rng=capture_rng_state(), config={"sdm": model.config.to_dict(), "train": {},
+                                                              "num_classes": 5, "dataset": "toy"})
+    with pytest.raises(ValueError, match=r"ema\.safetensors: parameter '" + key.replace(".", r"\.") + "'"):
+        Synthesizer.from_checkpoint(tmp_path / "run", device="cpu", **KW)
+    assert load_sdm(tmp_path / "run", use_ema=False) is not None  # model.safetensors is fine
