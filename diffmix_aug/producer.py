@@ -455,12 +455,13 @@ def _stop_all() -> None:
 
 
 def _accepts_keyword(fn: Any, name: str) -> bool:
-    """Whether ``fn(..., name=...)`` is accepted (explicitly or through ``**kwargs``)."""
+    """Whether ``fn`` names a ``name`` parameter (``**kwargs`` alone does not count: a wrapper may
+    forward it to a callable that does not take it)."""
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return False
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    return any(p.name == name and p.kind is not inspect.Parameter.POSITIONAL_ONLY for p in params)
 
 
 def _raise_idle_threads(nice: int) -> list[int]:
