@@ -22,6 +22,8 @@ import contextlib
 import json
 import multiprocessing
 import os
+import stat
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from multiprocessing import context as _mp_context
@@ -136,11 +138,15 @@ class ReplayCache:
         # stays valid in forked and spawned workers alike.
         self._credits = multiprocessing.get_context("spawn").Semaphore(self.capacity)
         self._views()
-        self.cache_dir: Path | None = None
+        self.cache_dir: Path | None = None  # where patches are persisted (None: not writable)
+        # unique per cache instance, so that a second run with the same seed never overwrites the first
+        self.run_id = uuid.uuid4().hex[:10]
+        self._persist_failures = 0
+        self._persist_retry_at = 0  # write count from which persistence is tried again after a failure
         if cache_dir is not None:
             self.cache_dir = self._probe_dir(Path(cache_dir))
-            if self.cache_dir is not None and warm_start:
-                self._warm_start()
+            if warm_start and Path(cache_dir).is_dir():
+                self._warm_start(Path(cache_dir))  # reading needs no write access
 
     # ------------------------------------------------------------------ plumbing
     def _views(self) -> None:
@@ -218,6 +224,9 @@ class ReplayCache:
         if image.shape != (h, w, 3) or inst_map.shape != (h, w) or type_map.shape != (h, w):
             raise ValueError(f"patch must be image [{h},{w},3], inst/type [{h},{w}], got image {describe(image)}, "
                              f"inst_map {describe(inst_map)}, type_map {describe(type_map)}")
+        if type_map.size and (int(type_map.min()) < 0 or int(type_map.max()) > 255):
+            raise ValueError(f"`type_map` classes must be in 0..255 (stored as uint8), got range "
+                             f"{int(type_map.min())}..{int(type_map.max())}; merge the classes first")
         if inst_map.size and int(inst_map.max()) > torch.iinfo(self.inst_dtype).max:
             raise ValueError(f"`inst_map` ids up to {int(inst_map.max())} do not fit inst_dtype={self.inst_dtype}; "
                              "use inst_dtype='int32' or relabel with remap_label")
@@ -241,7 +250,7 @@ class ReplayCache:
         n["seq"][slot] = seq
         n["version"][slot] = v + 2  # even: stable
         n["control"][_WRITES] = seq + 1
-        if persist and self.cache_dir is not None:
+        if persist and self.cache_dir is not None and seq >= self._persist_retry_at:
             self._persist(seq, image, inst_map, type_map, meta)
         return seq
 
@@ -335,28 +344,47 @@ class ReplayCache:
             return path
         except OSError as exc:
             warnings.warn(f"ReplayCache: cannot write to cache_dir {str(path)!r} ({exc}); "
-                          "continuing with the in-memory cache only", RuntimeWarning, stacklevel=3)
+                          "its readable patches are still loaded, new ones stay in memory", RuntimeWarning, stacklevel=3)
             return None
 
     def _persist(self, seq: int, image: np.ndarray, inst: np.ndarray, typ: np.ndarray, meta: dict) -> None:
+        """Store one patch; after a failure (disk full, ...) it is retried after 16 more writes."""
         assert self.cache_dir is not None
-        stem = self.cache_dir / f"{self.name}_{seq:09d}"
+        stem = self.cache_dir / f"{self.name}_{self.run_id}_{seq:09d}"
         try:
             patch = np.concatenate([image.astype(np.int32), inst[..., None].astype(np.int32),
                                     typ[..., None].astype(np.int32)], axis=-1)
             atomic_save_npy(stem.with_suffix(".npy"), patch)
             atomic_write_text(stem.with_suffix(".json"), json.dumps(meta, default=_json_default))
         except OSError as exc:
-            warnings.warn(f"ReplayCache: writing to cache_dir {str(self.cache_dir)!r} failed ({exc}); "
-                          "continuing with the in-memory cache only", RuntimeWarning, stacklevel=3)
-            self.cache_dir = None
+            self._persist_failures += 1
+            self._persist_retry_at = seq + 16
+            with contextlib.suppress(OSError):
+                stem.with_suffix(".npy").unlink(missing_ok=True)  # never a patch without its sidecar
+            if self._persist_failures == 1 or self._persist_failures % 100 == 0:
+                warnings.warn(f"ReplayCache: writing to cache_dir {str(self.cache_dir)!r} failed ({exc}); "
+                              "patches stay in memory and storing is retried after 16 more patches "
+                              f"({self._persist_failures} failure(s) so far)", RuntimeWarning, stacklevel=3)
+        else:
+            self._persist_failures = 0
 
-    def _warm_start(self) -> None:
-        """Load the newest ``capacity`` readable patches of ``cache_dir`` into the cache."""
-        assert self.cache_dir is not None
-        files = sorted(self.cache_dir.glob("*.npy"), key=lambda p: (p.stat().st_mtime, p.name))
+    def _warm_start(self, directory: Path) -> None:
+        """Load the newest ``capacity`` readable patches of ``directory`` into the cache.
+
+        Only regular files are opened (a FIFO or device named ``*.npy`` would block or worse);
+        unreadable and malformed files are skipped with a warning.
+        """
+        files = []
+        for p in directory.glob("*.npy"):
+            try:
+                st = p.stat()
+            except OSError:
+                continue  # a broken link or a file removed meanwhile
+            if stat.S_ISREG(st.st_mode):
+                files.append((st.st_mtime, p.name, p))
+        files.sort()
         loaded = []
-        for path in reversed(files):
+        for _, _, path in reversed(files):
             if len(loaded) == self.capacity:
                 break
             patch = load_patch(path, self.patch_shape)
@@ -366,7 +394,8 @@ class ReplayCache:
             meta: dict[str, Any] = {"source": "disk", "file": path.name}
             side = path.with_suffix(".json")
             with contextlib.suppress(OSError, ValueError):
-                meta.update(json.loads(side.read_text()))
+                if stat.S_ISREG(side.stat().st_mode):
+                    meta.update(json.loads(side.read_text()))
             meta.pop("seq", None)
             self.write(patch[..., :3].astype(np.uint8), patch[..., 3], patch[..., 4], meta, persist=False)
             self.acquire_credit(timeout=0)

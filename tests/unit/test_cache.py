@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import warnings
 
@@ -172,29 +173,89 @@ def test_disk_store_warm_starts_and_skips_corrupt_files(tmp_path):
 def test_unwritable_dir_falls_back_to_memory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.warns(RuntimeWarning, match="in-memory cache only"):
+    with pytest.warns(RuntimeWarning, match="new ones stay in memory"):
         c = ReplayCache(2, (H, W), cache_dir=blocker / "sub")
     assert c.cache_dir is None
     c.write(*patch(0))
     assert len(c) == 1
 
 
-def test_disk_full_mid_run_falls_back_to_memory(tmp_path, monkeypatch):
+def test_disk_full_mid_run_retries_when_space_comes_back(tmp_path, monkeypatch):
     import diffmix_aug.cache as cache_mod
 
     c = ReplayCache(2, (H, W), cache_dir=tmp_path)
+    real = cache_mod.atomic_save_npy
+    full = {"on": True}
 
-    def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def maybe_full(*a, **k):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **k)
 
-    monkeypatch.setattr(cache_mod, "atomic_save_npy", full)
+    monkeypatch.setattr(cache_mod, "atomic_save_npy", maybe_full)
     with pytest.warns(RuntimeWarning, match="No space left"):
         c.write(*patch(0))
-    assert c.cache_dir is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        c.write(*patch(1))  # warned once, then memory only
+        for i in range(1, 16):
+            c.write(*patch(i))  # warned once; no retry within the back-off
+    full["on"] = False
+    for i in range(16, 40):
+        c.write(*patch(i))
+    stored = sorted(tmp_path.glob("*.npy"))
+    assert len(stored) == 24 and c.cache_dir == tmp_path  # persistence resumed after the back-off
     assert len(c) == 2
+
+
+def test_second_run_with_the_same_seed_never_overwrites_the_first(tmp_path):
+    a = ReplayCache(2, (H, W), cache_dir=tmp_path, name="same", warm_start=False)
+    for i in range(4):
+        a.write(*patch(i))
+    b = ReplayCache(2, (H, W), cache_dir=tmp_path, name="same", warm_start=False)
+    for i in range(4):
+        b.write(*patch(i))
+    assert len(list(tmp_path.glob("*.npy"))) == 8 and len(list(tmp_path.glob("*.json"))) == 8
+
+
+def test_fifo_in_cache_dir_is_never_opened(tmp_path):
+    c = ReplayCache(2, (H, W), cache_dir=tmp_path)
+    c.write(*patch(0))
+    os.mkfifo(tmp_path / "trap.npy")  # opening it for reading would block for ever
+    d = ReplayCache(2, (H, W), cache_dir=tmp_path)
+    assert len(d) == 1
+
+
+def test_read_only_store_still_warm_starts(tmp_path):
+    c = ReplayCache(4, (H, W), cache_dir=tmp_path)
+    for i in range(3):
+        c.write(*patch(i))
+    os.chmod(tmp_path, 0o555)
+    try:
+        if os.access(tmp_path, os.W_OK) and os.geteuid() == 0:
+            # root ignores permission bits: simulate a read-only store by a failing probe
+            import diffmix_aug.cache as cache_mod
+
+            orig = cache_mod.ReplayCache._probe_dir
+            cache_mod.ReplayCache._probe_dir = lambda self, path: None
+            try:
+                d = ReplayCache(4, (H, W), cache_dir=tmp_path)
+            finally:
+                cache_mod.ReplayCache._probe_dir = orig
+        else:
+            with pytest.warns(RuntimeWarning, match="new ones stay in memory"):
+                d = ReplayCache(4, (H, W), cache_dir=tmp_path)
+        assert len(d) == 3 and d.cache_dir is None
+    finally:
+        os.chmod(tmp_path, 0o755)
+
+
+def test_type_above_255_is_rejected_not_wrapped():
+    c = ReplayCache(2, (H, W))
+    img, inst, typ = patch(0)
+    typ = typ.copy()
+    typ[0, 0] = 300
+    with pytest.raises(ValueError, match="type_map"):
+        c.write(img, inst, typ)
 
 
 def test_load_patch_validation(tmp_path):
