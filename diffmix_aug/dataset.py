@@ -113,6 +113,13 @@ def build_label_sampler(source: Sequence[NucleiSample], mode: str, num_classes: 
                            **borders)
 
 
+def _check_int(name: str, value: Any) -> int:
+    """An integer (numpy integers too; not bool, not a numeric string)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int, got {describe(value)}")
+    return int(value)
+
+
 def _rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return int(torch.distributed.get_rank())
@@ -196,9 +203,19 @@ class DiffMixDataset(torch.utils.data.Dataset):
         start: bool = True,
     ) -> None:
         self.base = base
+        try:
+            n_base = len(base)
+        except TypeError as exc:
+            raise TypeError(f"`base` must be a map-style dataset with __len__ and __getitem__, got "
+                            f"{describe(base)}") from exc
+        if n_base == 0:
+            raise ValueError("`base` is empty: DiffMixDataset needs at least one training patch to draw label "
+                             "maps from; check the dataset's path or filters")
         self.mode = check_choice("mode", mode, MODES)
         self.synthetic_ratio = check_probability("synthetic_ratio", synthetic_ratio)
-        self.seed = int(seed)
+        self.seed = _check_int("seed", seed)
+        if not isinstance(cooperative, (bool, np.bool_)):
+            raise TypeError(f"`cooperative` must be True or False, got {describe(cooperative)}")
         self.schedule = _as_schedule(schedule)
         self.transform = transform
         self.adapter = select_adapter(base, adapter, keys)
@@ -215,11 +232,22 @@ class DiffMixDataset(torch.utils.data.Dataset):
         info = getattr(base, "info", None)
         if rare_classes is None:
             rare_classes = getattr(info, "rare_classes", (1,))
-        self.rare_classes = tuple(int(c) for c in rare_classes)
+        if isinstance(rare_classes, (str, bytes)) or not isinstance(rare_classes, (Sequence, np.ndarray)):
+            raise TypeError(f"`rare_classes` must be a sequence of class ids such as (1,), got {describe(rare_classes)}")
+        self.rare_classes = tuple(_check_int("rare_classes[]", c) for c in rare_classes)
+        synth_k = getattr(synthesizer, "num_classes", None)
         if num_classes is None:
-            num_classes = getattr(synthesizer, "num_classes", None) or getattr(base, "num_classes", None) \
+            num_classes = synth_k or getattr(base, "num_classes", None) \
                 or getattr(info, "num_classes", None) or 8
-        self.num_classes = check_positive_int("num_classes", int(num_classes))
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        if synth_k is not None and int(synth_k) != self.num_classes:
+            raise ValueError(f"`num_classes`={self.num_classes} but the synthesizer was trained with "
+                             f"num_classes={int(synth_k)} (background included); use the SDM trained on this "
+                             "dataset's classes or drop num_classes=")
+        bad = [c for c in self.rare_classes if not 0 < c < self.num_classes]
+        if bad:
+            raise ValueError(f"`rare_classes` {bad} are not foreground classes of a {self.num_classes}-class "
+                             f"label map (1..{self.num_classes - 1})")
         shape = self._patch_shape(patch_size, synthesizer)
         self.cache = ReplayCache(cache_capacity, shape, inst_dtype=inst_dtype, policy=policy,
                                  max_reuse=max_reuse, num_classes=max(2, self.num_classes),
@@ -476,6 +504,11 @@ class DiffMixDataset(torch.utils.data.Dataset):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output (same base, seed and cache size) to resume a run."""
+        need = {"seed", "control", "served", "cache"}
+        if not isinstance(state, Mapping) or not need <= set(state):
+            got = sorted(state) if isinstance(state, Mapping) else describe(state)
+            raise ValueError(f"`state` must be the dict returned by DiffMixDataset.state_dict() with keys "
+                             f"{sorted(need)} (and producer, served_epoch, asked), got {got}")
         if int(state["seed"]) != self.seed:
             raise ValueError(f"state was saved with seed={state['seed']}, this dataset has seed={self.seed}; "
                              "build it with the same seed to resume")
