@@ -411,6 +411,8 @@ class Producer:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._watchdog is not None:
+            self._watchdog.join(max(0.0, deadline - time.monotonic()))
         got = self._write_lock.acquire(timeout=max(0.05, deadline - time.monotonic()))
         if got:
             self._write_lock.release()
