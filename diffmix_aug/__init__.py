@@ -1,17 +1,15 @@
 """diffmix_aug: DiffMix (Oh & Jeong, MICCAI 2023) as an online augmentation dataloader plugin.
 
-Importing the package imports torch and numpy only. Public names are resolved lazily on first
-access (PEP 562), so optional or heavy dependencies (albumentations, OpenCV, scikit-image, PyYAML,
-tqdm, matplotlib, scipy) are imported only where they are used, and nothing touches the network.
+Importing the package imports nothing heavy: public names are resolved lazily on first access
+(PEP 562), which imports torch and numpy; optional or heavy dependencies (albumentations, OpenCV,
+scikit-image, PyYAML, tqdm, matplotlib, scipy) are imported only where they are used, and nothing
+touches the network. So ``diffmix-aug --help`` starts without importing torch.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
-
-import numpy as _np  # noqa: F401  (documented: the package imports numpy and torch)
-import torch as _torch  # noqa: F401
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,9 @@
-"""``diffmix-aug`` command line: demo | train-sdm | synthesize | preview-data."""
+"""``diffmix-aug`` command line: demo | train-sdm | synthesize.
+
+A user error (a missing file, bad YAML, a bad value: ``FileNotFoundError``, ``ValueError``,
+``TypeError``, ``yaml.YAMLError``) is printed as one line on stderr with exit code 2; ``--debug``
+shows the traceback instead. Torch is imported only when a command runs, not for ``--help``.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,9 @@ COMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffmix-aug", description=__doc__)
+    parser = argparse.ArgumentParser(prog="diffmix-aug",
+                                     description="DiffMix nuclei synthesis: demo, SDM training, offline synthesis.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -25,9 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                                         PermissionError, ValueError, TypeError]
+    yaml = sys.modules.get("yaml")  # only when a command has imported it
+    if yaml is not None:
+        errors.append(yaml.YAMLError)
+    return tuple(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except Exception as exc:  # noqa: BLE001 - user errors become one line, others keep their traceback
+        if args.debug or not isinstance(exc, _user_errors()):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"diffmix-aug: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
