@@ -65,10 +65,13 @@ def test_demo_data_only_and_bad_arguments(tmp_path, capsys):
     stats = json.loads((tmp_path / "class_stats.json").read_text())
     assert stats["n"] == 6 and len(stats["counts"]) == 5
     assert not (tmp_path / "figure2.png").exists()
-    with pytest.raises(ValueError, match="--iterations"):
-        cli_main(["demo", "--out", str(tmp_path), "--iterations", "0"])
-    with pytest.raises(ValueError, match="either `--sdm PATH` or `--train`"):
-        cli_main(["demo", "--out", str(tmp_path), "--train", "--sdm", "x.safetensors"])
+    capsys.readouterr()
+    assert cli_main(["demo", "--out", str(tmp_path), "--iterations", "0"]) == 2  # one line, no traceback
+    assert "--iterations" in capsys.readouterr().err
+    assert cli_main(["demo", "--out", str(tmp_path), "--train", "--sdm", "x.safetensors"]) == 2
+    assert "either `--sdm PATH` or `--train`" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--iterations"):  # --debug re-raises
+        cli_main(["--debug", "demo", "--out", str(tmp_path), "--iterations", "0"])
 
 
 def test_shipped_demo_sdm_is_small_and_loads():
