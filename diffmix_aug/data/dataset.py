@@ -24,8 +24,9 @@ __all__ = ["NucleiDataset"]
 class _SampleList:
     """Source over in-memory samples."""
 
-    def __init__(self, samples: Sequence[NucleiSample]) -> None:
+    def __init__(self, samples: Sequence[NucleiSample], names: Sequence[str] | None = None) -> None:
         self.samples = list(samples)
+        self._names = None if names is None else list(names)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -35,6 +36,9 @@ class _SampleList:
 
     def shape(self, i: int) -> tuple[int, int]:
         return self.samples[i].shape
+
+    def names(self) -> list[str] | None:
+        return self._names
 
 
 class _Generated:
@@ -192,6 +196,69 @@ class _Tiled:
         self.__dict__.update(state)
 
 
+class _Subset:
+    """Source over chosen items of another source (e.g. the training tiles of a tile split)."""
+
+    def __init__(self, base: Any, indices: Sequence[int]) -> None:
+        self.base, self.indices = base, [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __call__(self, i: int) -> NucleiSample:
+        return self.base(self.indices[i])
+
+    def shape(self, i: int) -> tuple[int, int]:
+        return self.base.shape(self.indices[i])
+
+    def names(self) -> list[str] | None:
+        names = _source_names(self.base)
+        return None if names is None else [names[i] for i in self.indices]
+
+
+class _Downsampled:
+    """Source at ``1/factor`` of another's resolution (e.g. CoNSeP 40x -> 20x with factor 2).
+
+    The image is block-averaged (exact area interpolation for an integer factor); the maps take
+    the centre pixel of each block (nearest), so ids and types stay exact labels. The image is
+    first cropped to a multiple of ``factor``. A nucleus smaller than a block may vanish.
+    """
+
+    def __init__(self, base: Any, factor: int) -> None:
+        self.base, self.factor = base, factor
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __call__(self, i: int) -> NucleiSample:
+        s = self.base(i)
+        f = self.factor
+        h, w = (d // f * f for d in s.shape)
+        img = s.image[:h, :w].reshape(h // f, f, w // f, f, -1).astype(np.float32).mean(axis=(1, 3))
+        image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        c = f // 2
+        inst = np.ascontiguousarray(s.inst_map[c:h:f, c:w:f])
+        types = np.ascontiguousarray(s.type_map[c:h:f, c:w:f])
+        return NucleiSample(image, inst, types, meta={**s.meta, "downsample": f})
+
+    def shape(self, i: int) -> tuple[int, int]:
+        h, w = self.base.shape(i)
+        return h // self.factor, w // self.factor
+
+    def names(self) -> list[str] | None:
+        return _source_names(self.base)
+
+
+def _source_names(source: Any) -> list[str] | None:
+    """File stems of a source's items, where it knows them (else None)."""
+    if isinstance(source, _ConsepTiles):
+        return [img.stem for img, _ in source.pairs]
+    if isinstance(source, _NpyFiles):
+        return [p.stem for p in source.paths]
+    names = getattr(source, "names", None)
+    return names() if callable(names) else None
+
+
 class NucleiDataset(torch.utils.data.Dataset):
     """A map-style dataset of nuclei samples, read lazily.
 
@@ -313,6 +380,35 @@ class NucleiDataset(torch.utils.data.Dataset):
         win = _pair("patch_size", patch_size)
         stp = _pair("step", step if step is not None else win)
         return NucleiDataset(_Tiled(self._source, win, stp, mode), self.info)
+
+    def subset(self, indices: Sequence[int]) -> NucleiDataset:
+        """A dataset of the items ``indices`` (in that order), read lazily from this one.
+
+        Raises:
+            IndexError: an index outside ``[0, len(self))``.
+        """
+        idx = [int(i) for i in indices]
+        bad = [i for i in idx if not 0 <= i < len(self)]
+        if bad:
+            raise IndexError(f"`indices` must lie in [0, {len(self)}), got {bad[:5]}")
+        return NucleiDataset(_Subset(self._source, idx), self.info)
+
+    def downsampled(self, factor: int) -> NucleiDataset:
+        """This dataset at ``1 / factor`` resolution (image block-averaged, maps nearest).
+
+        Args:
+            factor: Integer factor >= 1; 2 turns CoNSeP's 40x (0.25 um/px) into 20x (0.5 um/px).
+        """
+        factor = check_positive_int("factor", factor)
+        return self if factor == 1 else NucleiDataset(_Downsampled(self._source, factor), self.info)
+
+    def item_names(self) -> list[str] | None:
+        """File stems of the items (CoNSeP / HoVer-Net folders and their subsets), else None."""
+        return _source_names(self._source)
+
+    def materialised(self) -> NucleiDataset:
+        """Every item read once into memory (for small datasets re-read many times, e.g. SDM training)."""
+        return NucleiDataset(_SampleList([self[i] for i in range(len(self))], self.item_names()), self.info)
 
     # ------------------------------------------------------------------ protocol
     @property

@@ -78,6 +78,10 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tenso
     check_finite_state(expected, source, what="after casting to the model dtype")
 
 
+#: Training-run facts carried from ``config.json`` into every export (``metadata["provenance"]``).
+PROVENANCE_KEYS = ("data_hash", "num_items", "package_version", "git_commit")
+
+
 def check_finite_state(state: dict[str, torch.Tensor], source: str | os.PathLike[str], what: str = "") -> None:
     """Raise ``ValueError`` naming ``source`` and the first parameter holding NaN / inf values."""
     for k, v in state.items():
@@ -112,8 +116,11 @@ def read_sdm_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         if not isinstance(data, dict) or "sdm" not in data:
             raise ValueError(f"{cfg_path}: expected a training config.json with an 'sdm' section")
         config = _config_from_json(json.dumps(data["sdm"]), cfg_path)
+        prov = {k: data[k] for k in PROVENANCE_KEYS if k in data}
+        if "train" in data:
+            prov["train_config"] = data["train"]
         return {"config": config, "num_classes": int(data.get("num_classes", config.label_channels - 1)),
-                "dataset": data.get("dataset"), "step": data.get("step")}
+                "dataset": data.get("dataset"), "step": data.get("step"), "provenance": prov}
     from safetensors import safe_open
 
     if not path.is_file():
@@ -128,8 +135,15 @@ def read_sdm_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
                          "create the file with diffmix_aug.train.export_sdm")
     config = _config_from_json(meta.get("config", "null"), path)
     step = meta.get("step")
+    prov: dict[str, Any] = {}
+    if meta.get("provenance"):
+        try:
+            prov = json.loads(meta["provenance"])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: metadata 'provenance' is not valid JSON ({exc})") from exc
     return {"config": config, "num_classes": int(meta.get("num_classes", config.label_channels - 1)),
-            "dataset": meta.get("dataset") or None, "step": int(step) if step not in (None, "") else None}
+            "dataset": meta.get("dataset") or None, "step": int(step) if step not in (None, "") else None,
+            "provenance": prov}
 
 
 def load_sdm(path: str | os.PathLike[str], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -169,6 +183,8 @@ def export_sdm(source: str | os.PathLike[str] | SDMUNet, out: str | os.PathLike[
         dataset: Dataset name stored in the metadata (default: the training run's).
     """
     step = None
+    provenance: dict[str, Any] = dict(getattr(source, "checkpoint_info", {}).get("provenance", {})) \
+        if isinstance(source, SDMUNet) else {}
     if isinstance(source, SDMUNet):
         model = source
     else:
@@ -177,9 +193,12 @@ def export_sdm(source: str | os.PathLike[str] | SDMUNet, out: str | os.PathLike[
         num_classes = num_classes if num_classes is not None else info["num_classes"]
         dataset = dataset if dataset is not None else info["dataset"]
         step = info["step"]
+        provenance = dict(info.get("provenance", {}))
+    provenance["exported_weights"] = "ema" if use_ema and not isinstance(source, SDMUNet) else "model"
     num_classes = num_classes if num_classes is not None else model.label_channels - 1
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     metadata = {"format": EXPORT_FORMAT, "config": model.config.to_json(), "num_classes": str(int(num_classes)),
-                "dataset": dataset or "", "step": "" if step is None else str(int(step))}
+                "dataset": dataset or "", "step": "" if step is None else str(int(step)),
+                "provenance": json.dumps(provenance, sort_keys=True)}
     write_safetensors(out, state, metadata)
     return Path(out)

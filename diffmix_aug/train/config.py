@@ -97,6 +97,12 @@ class DataConfig:
         augment: Use the 6 rotation / flip variants of the reference (each image appears 6x per epoch).
         seed: Toy-dataset seed.
         num_workers: DataLoader workers.
+        merge: ``consep`` / ``glysac``: merge the raw classes (CoNSeP 7 -> 4). False for folders whose
+            labels are merged already (``consep_256``).
+        downsample: Integer factor the images and maps are reduced by before cropping (2: CoNSeP's
+            40x, 0.25 um/px, becomes 20x, 0.5 um/px, as in Lizard).
+        holdout_tiles: Tiles left out of training (whole tiles, by number or name; see
+            :func:`~diffmix_aug.data.split.split_by_tile`), kept for validation.
     """
 
     dataset: str = "toy"
@@ -107,9 +113,24 @@ class DataConfig:
     augment: bool = True
     seed: int = 0
     num_workers: int = 0
+    merge: bool = True
+    downsample: int = 1
+    holdout_tiles: tuple = ()
 
     def __post_init__(self) -> None:
         check_choice("data.dataset", self.dataset, DATASETS)
+        _check_bool("data.merge", self.merge)
+        check_positive_int("data.downsample", self.downsample)
+        if self.holdout_tiles is None:
+            object.__setattr__(self, "holdout_tiles", ())
+        if not isinstance(self.holdout_tiles, (list, tuple)) or any(
+                isinstance(t, bool) or not isinstance(t, (int, str)) for t in self.holdout_tiles):
+            raise TypeError(f"`data.holdout_tiles` must be a list of tile numbers or names, e.g. [1, 2, 3, 4, 5], "
+                            f"got {self.holdout_tiles!r}")
+        object.__setattr__(self, "holdout_tiles", tuple(self.holdout_tiles))
+        if self.dataset == "toy" and (self.holdout_tiles or self.downsample != 1):
+            raise ValueError("`data.holdout_tiles` and `data.downsample` apply to consep / glysac folders, not to "
+                             "the toy dataset; remove them")
         if self.data_root is not None and not isinstance(self.data_root, (str, os.PathLike)):
             raise TypeError(f"`data.data_root` must be a path string, got {type(self.data_root).__name__} "
                             f"{self.data_root!r}")

@@ -16,7 +16,7 @@ import torch
 from .._checks import check_positive_int
 from ..labelmaps.encode import encode_condition
 
-__all__ = ["NUM_VARIANTS", "SDMTrainData", "apply_variant", "build_dataset", "epoch_indices"]
+__all__ = ["NUM_VARIANTS", "SDMTrainData", "apply_variant", "build_dataset", "data_fingerprint", "epoch_indices"]
 
 NUM_VARIANTS = 6
 
@@ -101,5 +101,24 @@ def build_dataset(data_cfg) -> Any:
 
         return make_toy_dataset(data_cfg.num_images, size=data_cfg.image_size, seed=data_cfg.seed)
     from ..data.dataset import NucleiDataset
+    from ..data.split import split_by_tile
 
-    return NucleiDataset.from_consep_dir(data_cfg.data_root, dataset=data_cfg.dataset)
+    ds = NucleiDataset.from_consep_dir(data_cfg.data_root, dataset=data_cfg.dataset, merge=data_cfg.merge)
+    if data_cfg.holdout_tiles:
+        train_idx, _ = split_by_tile(ds, data_cfg.holdout_tiles)
+        ds = ds.subset(train_idx)
+    return ds.downsampled(data_cfg.downsample)
+
+
+def data_fingerprint(dataset: Any) -> str:
+    """SHA-256 (first 16 hex digits) of the training item list: file names where known, else the
+    dataset's length and class counts. Stored in checkpoints and exports as provenance."""
+    import hashlib
+
+    names = dataset.item_names() if hasattr(dataset, "item_names") else None
+    if names is not None:
+        text = "\n".join(names)
+    else:
+        stats = dataset.class_stats() if hasattr(dataset, "class_stats") else {}
+        text = f"{len(dataset)}|{list(map(int, stats.get('counts', [])))}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -33,7 +33,7 @@ from .checkpoint import (
     save_training_checkpoint,
 )
 from .config import TrainConfig
-from .data import SDMTrainData, build_dataset, epoch_indices
+from .data import SDMTrainData, build_dataset, data_fingerprint, epoch_indices
 
 __all__ = ["TrainResult", "train_sdm"]
 
@@ -79,11 +79,27 @@ def _dist_setup(device_pref: str) -> tuple[int, int, torch.device, bool]:
     return rank, world, device, created
 
 
-def _materialise(dataset: Any) -> Any:
-    """Generate a procedural dataset once (it is re-read 6x per epoch)."""
-    from ..data.dataset import NucleiDataset
+def _package_version() -> str:
+    from .. import __version__
 
-    return NucleiDataset.from_samples([dataset[i] for i in range(len(dataset))], dataset.info)
+    return str(__version__)
+
+
+def _git_commit() -> str:
+    """The commit of the source tree the package runs from ("" outside a git checkout)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if out.returncode != 0:
+        return ""
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def ema_decay(rate: float, step: int, warmup: bool) -> float:
@@ -145,9 +161,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, max_steps: int | None, 
     tc, dc = config.train, config.data
     total = tc.total_steps if max_steps is None else min(int(max_steps), tc.total_steps)
     if dataset is None:
-        dataset = build_dataset(dc)
-        if dc.dataset == "toy":
-            dataset = _materialise(dataset)
+        # read once: every item is re-read 6x per epoch (toy: generated; folders: decoded + downsampled)
+        dataset = build_dataset(dc).materialised()
     data = SDMTrainData(dataset, dc.crop_size, augment=dc.augment, seed=tc.seed)
     num_classes = data.num_classes
 
@@ -165,7 +180,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, max_steps: int | None, 
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     gen = torch.Generator(device=device).manual_seed(tc.seed * 1000003 + rank)
     run_config = {"sdm": model.config.to_dict(), "train": config.to_dict(), "num_classes": num_classes,
-                  "dataset": getattr(getattr(dataset, "info", None), "name", dc.dataset)}
+                  "dataset": getattr(getattr(dataset, "info", None), "name", dc.dataset),
+                  "data_hash": data_fingerprint(dataset), "num_items": len(dataset),
+                  "package_version": _package_version(), "git_commit": _git_commit()}
 
     step = 0
     if resume:
