@@ -46,20 +46,15 @@ def instance_info(inst_map: np.ndarray, type_map: np.ndarray | None = None) -> I
     Returns:
         :class:`InstanceInfo`.
     """
-    flat = inst_map.ravel()
-    fg = np.flatnonzero(flat)
-    if fg.size == 0:
+    from .grouping import group_by_id
+
+    ids, starts, areas, pos = group_by_id(inst_map.ravel())
+    if ids.size == 0:
         z = np.zeros(0, np.int64)
         return InstanceInfo(z.astype(np.int32), z.astype(np.int32), np.zeros((0, 2)), np.zeros((0, 4), np.int64), z)
-    labels = flat[fg]
-    order = np.argsort(labels, kind="stable")
-    labels_sorted = labels[order]
-    pos = fg[order]
-    starts = np.flatnonzero(np.r_[True, labels_sorted[1:] != labels_sorted[:-1]])
-    ids = labels_sorted[starts]
     w = inst_map.shape[1]
-    ys, xs = np.divmod(pos, w)
-    areas = np.diff(np.r_[starts, labels_sorted.size]).astype(np.int64)
+    ys = pos // w
+    xs = pos - ys * w
     cy = np.add.reduceat(ys, starts) / areas
     cx = np.add.reduceat(xs, starts) / areas
     bboxes = np.stack(
@@ -95,7 +90,8 @@ def _as_int_map(name: str, value: Any) -> np.ndarray:
         raise ValueError(f"`{name}` must not hold negative values, got minimum {value.min()}")
     if value.size and value.max() > np.iinfo(np.int32).max:
         raise ValueError(f"`{name}` values must fit in int32, got maximum {value.max()}")
-    return value.astype(np.int32, copy=False)
+    # C order: .mat files load Fortran-ordered, and every label-map op ravels row-major
+    return np.ascontiguousarray(value, dtype=np.int32)
 
 
 class NucleiSample:

@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_array, check_choice, check_in_range, check_positive_int, check_probability
+from ..data.grouping import group_by_id, group_by_id_reference
 
-__all__ = ["EnlargeParams", "apply_enlarge", "draw_enlarge_params", "enlarge_label_map", "group_pixels"]
+__all__ = ["EnlargeParams", "apply_enlarge", "draw_enlarge_params", "enlarge_label_map", "group_pixels",
+           "group_pixels_reference"]
 
 OVERLAP_MODES = ("overwrite", "avoid")
 
@@ -88,7 +90,8 @@ class PixelGroups:
 
 
 def group_pixels(inst_map: np.ndarray, type_map: np.ndarray | None = None) -> PixelGroups:
-    """Group the foreground pixels of ``inst_map`` by instance in one sort.
+    """Group the foreground pixels of ``inst_map`` by instance, in linear time
+    (:func:`~diffmix_aug.data.grouping.group_by_id`, a counting sort).
 
     Args:
         inst_map: ``int [H, W]``.
@@ -97,22 +100,26 @@ def group_pixels(inst_map: np.ndarray, type_map: np.ndarray | None = None) -> Pi
     Returns:
         :class:`PixelGroups` with ids ascending, ``bboxes`` as ``(y0, x0, y1, x1)`` end-exclusive.
     """
-    flat = inst_map.ravel()
-    fg = np.flatnonzero(flat)
-    if fg.size == 0:
+    return _groups(inst_map, type_map, group_by_id(inst_map.ravel()))
+
+
+def group_pixels_reference(inst_map: np.ndarray, type_map: np.ndarray | None = None) -> PixelGroups:
+    """:func:`group_pixels` by one comparison sort of all foreground pixels (the plain oracle)."""
+    return _groups(inst_map, type_map, group_by_id_reference(inst_map.ravel()))
+
+
+def _groups(inst_map, type_map, grouped) -> PixelGroups:
+    ids, starts, areas, pos = grouped
+    if ids.size == 0:
         z = np.zeros(0, np.int64)
         return PixelGroups(z.astype(np.int32), z, z, z, np.zeros((0, 4), np.int64), z.astype(np.int32))
-    labels = flat[fg]
-    order = np.argsort(labels, kind="stable")
-    labels = labels[order]
-    pos = fg[order]
-    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
-    areas = np.diff(np.r_[starts, labels.size])
-    ys, xs = np.divmod(pos, inst_map.shape[1])
+    w = inst_map.shape[1]
+    ys = pos // w
+    xs = pos - ys * w
     bboxes = np.stack([np.minimum.reduceat(ys, starts), np.minimum.reduceat(xs, starts),
                        np.maximum.reduceat(ys, starts) + 1, np.maximum.reduceat(xs, starts) + 1], axis=1)
     types = np.zeros(starts.size, np.int32) if type_map is None else type_map.ravel()[pos[starts]].astype(np.int32)
-    return PixelGroups(labels[starts].astype(np.int32), starts, areas, pos, bboxes, types)
+    return PixelGroups(ids.astype(np.int32), starts, areas, pos, bboxes, types)
 
 
 def _check_maps(inst_map: np.ndarray, type_map: np.ndarray | None) -> None:
@@ -162,8 +169,9 @@ def draw_enlarge_params(
         max_overlap: With ``"avoid"``, the largest fraction of a moved nucleus' own area that may
             be covered by nuclei placed before it (or pushed out of the image).
         max_tries: With ``"avoid"``, draws per nucleus before it is put back (or dropped).
-        info: ``inst_map``'s :class:`~diffmix_aug.data.sample.InstanceInfo` if already at hand
-            (``NucleiSample.info``); spares the pixel grouping in ``"overwrite"`` mode.
+        info: ``inst_map``'s :class:`PixelGroups` (any mode) or
+            :class:`~diffmix_aug.data.sample.InstanceInfo` (``NucleiSample.info``; ``"overwrite"``
+            only) if already at hand: spares the pixel grouping.
 
     Returns:
         :class:`EnlargeParams`.
@@ -176,7 +184,8 @@ def draw_enlarge_params(
     max_overlap = check_in_range("max_overlap", max_overlap, 0.0, 1.0)
     check_positive_int("max_tries", max_tries)
     h, w = inst_map.shape
-    g = group_pixels(inst_map) if info is None or overlap == "avoid" else info
+    g = info if isinstance(info, PixelGroups) else (
+        group_pixels(inst_map) if info is None or overlap == "avoid" else info)
     n = g.ids.size
     m = border_margin
     bb = g.bboxes
@@ -218,7 +227,7 @@ def draw_enlarge_params(
 
 
 def apply_enlarge(
-    inst_map: np.ndarray, type_map: np.ndarray, params: EnlargeParams
+    inst_map: np.ndarray, type_map: np.ndarray, params: EnlargeParams, groups: PixelGroups | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Paint the shifted nuclei (deterministic).
 
@@ -226,6 +235,8 @@ def apply_enlarge(
         inst_map: ``int [H, W]`` the map the parameters were drawn for.
         type_map: ``int [H, W]``; each instance takes the type at its first (row-major) pixel.
         params: From :func:`draw_enlarge_params`.
+        groups: ``group_pixels(inst_map, type_map)`` if already at hand (the draw computed it):
+            spares the second pixel grouping.
 
     Returns:
         ``(inst_map int32 [H, W] with ids 1..n in original-id order, type_map int32 [H, W], report)``;
@@ -236,7 +247,7 @@ def apply_enlarge(
         ValueError: the parameters were drawn for another map.
     """
     _check_maps(inst_map, type_map)
-    g = group_pixels(inst_map, type_map)
+    g = group_pixels(inst_map, type_map) if groups is None else groups
     h, w = inst_map.shape
     if tuple(params.shape) != (h, w) or not np.array_equal(params.ids, g.ids):
         raise ValueError(f"`params` were drawn for a map of shape {tuple(params.shape)} with {params.ids.size} "
@@ -261,9 +272,9 @@ def apply_enlarge(
     prio = rank if params.overlap == "overwrite" else (n - 1 - rank)
     val = np.repeat(prio + 1, areas)
     if clips.any():  # some nucleus leaves the image: drop its outside pixels
-        ys, xs = np.divmod(pix, w)
+        ys = pix // w
+        xs = pix - ys * w + np.repeat(dx, areas)
         ys = ys + np.repeat(dy, areas)
-        xs = xs + np.repeat(dx, areas)
         inb = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
         target, val = ys[inb] * w + xs[inb], val[inb]
     else:
@@ -280,8 +291,13 @@ def apply_enlarge(
     lut_type = np.zeros(n + 1, np.int32)
     lut_id[prio + 1] = new_id
     lut_type[prio + 1] = g.types
-    out_inst = lut_id[canvas].reshape(h, w)
-    out_type = lut_type[canvas].reshape(h, w)
+    # only painted pixels can be non-zero: gather there instead of over the whole canvas
+    painted = canvas[target]
+    out_inst = np.zeros(h * w, np.int32)
+    out_type = np.zeros(h * w, np.int32)
+    out_inst[target] = lut_id[painted]
+    out_type[target] = lut_type[painted]
+    out_inst, out_type = out_inst.reshape(h, w), out_type.reshape(h, w)
     n_fg = int(np.count_nonzero(canvas))
     moved = (params.shifts != 0).any(axis=1)
     report = {
@@ -330,7 +346,9 @@ def enlarge_label_map(
         (1, 100, [0, 2])
     """
     _check_maps(inst_map, type_map)
+    groups = group_pixels(inst_map, type_map)  # once, for the draw and the paint
     params = draw_enlarge_params(rng, inst_map, max_shift=max_shift, p_shift=p_shift, border_margin=border_margin,
-                                 symmetric=symmetric, overlap=overlap, max_overlap=max_overlap, max_tries=max_tries)
-    out_inst, out_type, _ = apply_enlarge(inst_map, type_map, params)
+                                 symmetric=symmetric, overlap=overlap, max_overlap=max_overlap, max_tries=max_tries,
+                                 info=groups)
+    out_inst, out_type, _ = apply_enlarge(inst_map, type_map, params, groups)
     return out_inst, out_type
