@@ -1,4 +1,4 @@
-"""``diffmix-aug`` command line: demo | train-sdm | synthesize.
+"""``diffmix-aug`` command line: demo | train-sdm | synthesize | export.
 
 A user error (a missing file, bad YAML, a bad value: ``FileNotFoundError``, ``ValueError``,
 ``TypeError``, ``yaml.YAMLError``) is printed as one line on stderr with exit code 2; ``--debug``
@@ -16,12 +16,13 @@ COMMANDS: dict[str, str] = {
     "demo": "diffmix_aug.commands.demo",
     "train-sdm": "diffmix_aug.commands.train_sdm",
     "synthesize": "diffmix_aug.commands.synthesize",
+    "export": "diffmix_aug.commands.export",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffmix-aug",
-                                     description="DiffMix nuclei synthesis: demo, SDM training, offline synthesis.")
+                                     description="DiffMix nuclei synthesis: demo, SDM training, offline synthesis, HoVer-Net export.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():

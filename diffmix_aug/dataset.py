@@ -17,62 +17,26 @@ item, with the label-map parameters and seed that made it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ._checks import check_choice, check_positive_int, check_probability, describe
+from ._checks import check_positive_int, describe
+from ._seeds import derive_seed
 from .adapters import Adapter, select_adapter
-from .cache import ReplayCache
+from .config import MODES, DiffMixConfig, Schedule, load_diffmix_config
 from .data.sample import NucleiSample
-from .producer import Producer, ProducerError, derive_seed
+from .pipeline import build_label_sampler, build_pipeline
+from .producer import Producer, ProducerError
 
-__all__ = ["MODES", "DiffMixDataset", "Schedule", "build_label_sampler", "load_diffmix_config"]
+__all__ = ["MODES", "DiffMixConfig", "DiffMixDataset", "Schedule", "build_label_sampler", "load_diffmix_config"]
 
-#: DiffMix-B, DiffMix-E and DiffMix (both) of the paper's ablation
-MODES = ("balance", "enlarge", "both")
-_WARMUPS = ("none", "block")
 _log = logging.getLogger("diffmix_aug")
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Synthetic-ratio schedule: nothing before ``start_epoch``, then a linear ramp to the ratio.
-
-    ``ratio(e) = 0`` for ``e < start_epoch``, else ``ratio * min(1, (e - start_epoch + 1) / ramp_epochs)``
-    (``ramp_epochs = 0``: full ratio at once).
-    """
-
-    start_epoch: int = 0
-    ramp_epochs: int = 0
-
-    def __call__(self, epoch: int, ratio: float) -> float:
-        if epoch < self.start_epoch:
-            return 0.0
-        if self.ramp_epochs <= 0:
-            return ratio
-        return ratio * min(1.0, (epoch - self.start_epoch + 1) / self.ramp_epochs)
-
-
-def _as_schedule(schedule: Any) -> Callable[[int, float], float]:
-    if schedule is None:
-        return Schedule()
-    if isinstance(schedule, Schedule):
-        return schedule
-    if isinstance(schedule, Mapping):
-        unknown = set(schedule) - {"start_epoch", "ramp_epochs"}
-        if unknown:
-            raise ValueError(f"`schedule` keys must be start_epoch / ramp_epochs, got {sorted(unknown)}")
-        return Schedule(**{k: check_positive_int(f"schedule.{k}", v, allow_zero=True) for k, v in schedule.items()})
-    if callable(schedule):
-        return schedule
-    raise TypeError(f"`schedule` must be a Schedule, a dict(start_epoch=, ramp_epochs=) or a callable "
-                    f"(epoch, ratio) -> ratio, got {describe(schedule)}")
 
 
 class _RawView(Sequence):
@@ -86,38 +50,6 @@ class _RawView(Sequence):
 
     def __getitem__(self, index: int) -> NucleiSample:  # type: ignore[override]
         return self.adapter.read_raw(self.base, int(index))
-
-
-def build_label_sampler(source: Sequence[NucleiSample], mode: str, num_classes: int,
-                        rare_classes: Sequence[int], donors: Any = None,
-                        patch_size: int | tuple[int, int] | None = None) -> Any:
-    """The default ``LabelMapSampler`` for ``mode``, with a ``DonorBank`` of ``source`` when balancing.
-
-    The border bands are the reference code's (30 px balancing, 32 px enlarging), which it sets for
-    256 px patches. On smaller patches (``patch_size`` below 256) they are scaled down with
-    :func:`~diffmix_aug.labelmaps.sampler.borders_for_patch`; otherwise no nucleus of a 64 px patch
-    would ever be balanced or moved.
-    """
-    from .labelmaps.sampler import REFERENCE_PATCH, LabelMapSampler, borders_for_patch
-
-    borders: dict[str, int] = {}
-    if patch_size is not None:
-        side = min(patch_size) if isinstance(patch_size, (tuple, list)) else int(patch_size)
-        if side < REFERENCE_PATCH:
-            borders = borders_for_patch(side)
-    if donors is None and mode != "enlarge":
-        from .labelmaps.donors import DonorBank
-
-        donors = DonorBank.from_dataset(source, tuple(rare_classes), **({"border": borders["border"]} if borders else {}))
-    return LabelMapSampler(mode=mode, donors=donors, num_classes=num_classes, rare_classes=tuple(rare_classes),
-                           **borders)
-
-
-def _check_int(name: str, value: Any) -> int:
-    """An integer (numpy integers too; not bool, not a numeric string)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int, got {describe(value)}")
-    return int(value)
 
 
 def _rank() -> int:
@@ -158,8 +90,11 @@ class DiffMixDataset(torch.utils.data.Dataset):
         label_sampler: A ``LabelMapSampler``; default: one built for ``mode`` with a ``DonorBank``
             of the base (``donors``) and its rare classes.
         donors: A ``DonorBank`` for the default label sampler.
-        rare_classes: Minority classes (default: ``base.info.rare_classes`` or ``(1,)``).
-        num_classes: Classes counting the background (default: the synthesizer's / base's).
+        rare_classes: Minority classes balancing pastes in. Default: the base's class table
+            (``base.info.rare_classes``, e.g. CoNSeP's miscellaneous); required for
+            ``"balance"`` / ``"both"`` when the base has none (a HoVer-Net loader, a dict dataset).
+        num_classes: Classes counting the background. Default: the base's class table, else the
+            synthesizer's; the synthesizer's own value must agree (checked here).
         batch_size: Synthesizer batch size.
         policy, max_reuse, inst_dtype: :class:`ReplayCache` options.
         producer_priority: CPU scheduling of the producer thread when it synthesises on the CPU:
@@ -169,7 +104,12 @@ class DiffMixDataset(torch.utils.data.Dataset):
             :class:`~diffmix_aug.producer.Producer`).
         warmup_timeout: Seconds ``warmup="block"`` (or an int) waits for its patches before it
             raises ``TimeoutError`` naming the cause.
+        label_workers: Processes building the producer's label maps (0: in the producer thread).
         start: Start the producer now (else on the first item or :meth:`start`).
+
+    Every option is validated once, by :class:`~diffmix_aug.config.DiffMixConfig` (also usable
+    directly: :meth:`from_config`), and :func:`~diffmix_aug.pipeline.build_pipeline` assembles
+    the label sampler, cache and producer from it. ``dataset.config`` holds the resolved options.
     """
 
     def __init__(
@@ -200,8 +140,37 @@ class DiffMixDataset(torch.utils.data.Dataset):
         inst_dtype: str = "int32",
         producer_priority: str = "auto",
         warmup_timeout: float = 600.0,
+        label_workers: int = 1,
         start: bool = True,
     ) -> None:
+        options = dict(mode=mode, synthetic_ratio=synthetic_ratio, seed=seed, schedule=schedule, adapter=adapter,
+                       keys=keys, cache_capacity=cache_capacity, cache_dir=cache_dir, patch_size=patch_size,
+                       warmup=warmup, warmup_items=warmup_items, cooperative=cooperative,
+                       cooperative_every=cooperative_every, rare_classes=rare_classes, num_classes=num_classes,
+                       batch_size=batch_size, policy=policy, max_reuse=max_reuse, inst_dtype=inst_dtype,
+                       producer_priority=producer_priority, warmup_timeout=warmup_timeout,
+                       label_workers=label_workers)
+        self._setup(base, synthesizer, DiffMixConfig(**options), transform, label_sampler, donors, start)
+
+    @classmethod
+    def from_config(cls, base: Any, synthesizer: Callable[..., np.ndarray] | None,
+                    config: DiffMixConfig | Mapping[str, Any] | str | os.PathLike[str], *,
+                    transform: Callable[[Any], Any] | None = None, label_sampler: Any = None, donors: Any = None,
+                    start: bool = True, **overrides: Any) -> DiffMixDataset:
+        """Build from a :class:`DiffMixConfig`, a mapping or a YAML file's ``diffmix:`` section.
+
+        Example:
+            >>> ds = DiffMixDataset.from_config(base, synth, "diffmix.yaml", seed=1)  # doctest: +SKIP
+        """
+        cfg = load_diffmix_config(config)
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        self = cls.__new__(cls)
+        self._setup(base, synthesizer, cfg, transform, label_sampler, donors, start)
+        return self
+
+    def _setup(self, base: Any, synthesizer: Any, config: DiffMixConfig, transform: Any, label_sampler: Any,
+               donors: Any, start: bool) -> None:
         self.base = base
         try:
             n_base = len(base)
@@ -211,85 +180,44 @@ class DiffMixDataset(torch.utils.data.Dataset):
         if n_base == 0:
             raise ValueError("`base` is empty: DiffMixDataset needs at least one training patch to draw label "
                              "maps from; check the dataset's path or filters")
-        self.mode = check_choice("mode", mode, MODES)
-        self.synthetic_ratio = check_probability("synthetic_ratio", synthetic_ratio)
-        self.seed = _check_int("seed", seed)
-        if not isinstance(cooperative, (bool, np.bool_)):
-            raise TypeError(f"`cooperative` must be True or False, got {describe(cooperative)}")
-        self.schedule = _as_schedule(schedule)
+        if synthesizer is not None and not callable(synthesizer):
+            raise TypeError(f"`synthesizer` must be callable (images, inst_maps, type_maps, generator=) or None, "
+                            f"got {describe(synthesizer)}")
         self.transform = transform
-        self.adapter = select_adapter(base, adapter, keys)
-        self.cooperative = bool(cooperative)
-        self.cooperative_every = check_positive_int("cooperative_every", cooperative_every)
-        if isinstance(warmup, bool) or not (warmup in _WARMUPS or isinstance(warmup, int)):
-            raise ValueError(f"`warmup` must be 'none', 'block' or an int number of patches, got {warmup!r}")
-        if isinstance(warmup_timeout, bool) or not isinstance(warmup_timeout, (int, float)) \
-                or not warmup_timeout > 0:
-            raise ValueError(f"`warmup_timeout` must be a positive number of seconds, got {warmup_timeout!r}")
-        self.warmup_timeout = float(warmup_timeout)
+        self.adapter = select_adapter(base, config.adapter, config.keys)
         self.rank = _rank()
         self._raw = _RawView(base, self.adapter)
-        info = getattr(base, "info", None)
-        if rare_classes is None:
-            rare_classes = getattr(info, "rare_classes", (1,))
-        if isinstance(rare_classes, (str, bytes)) or not isinstance(rare_classes, (Sequence, np.ndarray)):
-            raise TypeError(f"`rare_classes` must be a sequence of class ids such as (1,), got {describe(rare_classes)}")
-        self.rare_classes = tuple(_check_int("rare_classes[]", c) for c in rare_classes)
-        synth_k = getattr(synthesizer, "num_classes", None)
-        if num_classes is None:
-            num_classes = synth_k or getattr(base, "num_classes", None) \
-                or getattr(info, "num_classes", None) or 8
-        self.num_classes = check_positive_int("num_classes", num_classes)
-        if synth_k is not None and int(synth_k) != self.num_classes:
-            raise ValueError(f"`num_classes`={self.num_classes} but the synthesizer was trained with "
-                             f"num_classes={int(synth_k)} (background included); use the SDM trained on this "
-                             "dataset's classes or drop num_classes=")
-        bad = [c for c in self.rare_classes if not 0 < c < self.num_classes]
-        if bad:
-            raise ValueError(f"`rare_classes` {bad} are not foreground classes of a {self.num_classes}-class "
-                             f"label map (1..{self.num_classes - 1})")
-        shape = self._patch_shape(patch_size, synthesizer)
-        self.cache = ReplayCache(cache_capacity, shape, inst_dtype=inst_dtype, policy=policy,
-                                 max_reuse=max_reuse, num_classes=max(2, self.num_classes),
-                                 cache_dir=cache_dir, name=f"diffmix_r{self.rank}_s{self.seed}")
-        if label_sampler is None and synthesizer is not None:
-            label_sampler = self._default_label_sampler(donors)
+        pipe = build_pipeline(config, self._raw, synthesizer, info=getattr(base, "info", None),
+                              raw_shape=lambda: self.adapter.raw_shape(base), label_sampler=label_sampler,
+                              donors=donors, rank=self.rank)
+        #: the resolved options (num_classes and rare_classes filled in)
+        self.config = pipe.config
+        self.cache = pipe.cache
         self.synthesizer = synthesizer
-        self.label_sampler = label_sampler
-        self._producer: Producer | None = None
-        if synthesizer is not None:
-            self._producer = Producer(self.cache, synthesizer, self._raw, label_sampler, batch_size=batch_size,
-                                      seed=self.seed, rank=self.rank, cpu_priority=producer_priority,
-                                      rare_classes=self.rare_classes if self.mode != "enlarge" else ())
+        self.label_sampler = pipe.label_sampler
+        self._producer: Producer | None = pipe.producer
         # shared with workers: [epoch, items served in the main process (cooperative clock)]
         self._control = torch.zeros(2, dtype=torch.int64).share_memory_()
-        self._served = torch.full((len(base),), -2, dtype=torch.int64).share_memory_()
+        self._served = torch.full((n_base,), -2, dtype=torch.int64).share_memory_()
         # per index: epoch of its last serve and whether that serve asked for a synthetic item
-        self._served_epoch = torch.full((len(base),), -1, dtype=torch.int64).share_memory_()
-        self._asked = torch.zeros((len(base),), dtype=torch.bool).share_memory_()
+        self._served_epoch = torch.full((n_base,), -1, dtype=torch.int64).share_memory_()
+        self._asked = torch.zeros((n_base,), dtype=torch.bool).share_memory_()
         self._warned_epochs: set[int] = set()
-        self._warmup = warmup
-        self._warmup_items = warmup_items
         self._started = False
         self._closed = False
         if start:
             self.start()
 
-    # ------------------------------------------------------------------ construction helpers
-    def _patch_shape(self, patch_size: Any, synthesizer: Any) -> tuple[int, int]:
-        if patch_size is None:
-            patch_size = getattr(synthesizer, "image_size", None)
-        if patch_size is None:
-            patch_size = self.adapter.raw_shape(self.base)
-        if isinstance(patch_size, (int, np.integer)):
-            patch_size = (int(patch_size), int(patch_size))
-        if patch_size is None or len(patch_size) != 2:
-            raise ValueError(f"`patch_size` must be an int or (H, W), got {patch_size!r}")
-        return int(patch_size[0]), int(patch_size[1])
-
-    def _default_label_sampler(self, donors: Any) -> Any:
-        return build_label_sampler(self._raw, self.mode, self.num_classes, self.rare_classes, donors,
-                                   patch_size=self.cache.patch_shape)
+    # read-only views of the config (one owner: self.config)
+    mode = property(lambda self: self.config.mode)
+    synthetic_ratio = property(lambda self: self.config.synthetic_ratio)
+    seed = property(lambda self: self.config.seed)
+    schedule = property(lambda self: self.config.schedule)
+    cooperative = property(lambda self: self.config.cooperative)
+    cooperative_every = property(lambda self: self.config.cooperative_every)
+    warmup_timeout = property(lambda self: self.config.warmup_timeout)
+    rare_classes = property(lambda self: self.config.rare_classes or ())
+    num_classes = property(lambda self: self.config.num_classes)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> DiffMixDataset:
@@ -299,8 +227,9 @@ class DiffMixDataset(torch.utils.data.Dataset):
         self._started = True
         if not self.cooperative:
             self._producer.start()
-        k = self._warmup if isinstance(self._warmup, int) else (
-            (self._warmup_items or min(self.cache.capacity, 8)) if self._warmup == "block" else 0)
+        warmup = self.config.warmup
+        k = warmup if isinstance(warmup, int) else (
+            (self.config.warmup_items or min(self.cache.capacity, 8)) if warmup == "block" else 0)
         k = min(k, self.cache.capacity)
         if k > len(self.cache):
             if self.cooperative:
@@ -489,18 +418,12 @@ class DiffMixDataset(torch.utils.data.Dataset):
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self, cache_contents: bool = True) -> dict[str, Any]:
         """Epoch, cooperative clock, served records, cache state and producer state."""
-        lock = self._producer._lock if self._producer is not None else None
-        if lock is not None:
-            lock.acquire()
-        try:
+        with self._paused():
             return {"seed": self.seed, "rank": self.rank, "mode": self.mode,
                     "synthetic_ratio": self.synthetic_ratio, "control": self._control.clone(),
                     "served": self._served.clone(), "served_epoch": self._served_epoch.clone(),
                     "asked": self._asked.clone(), "cache": self.cache.state_dict(cache_contents),
                     "producer": self._producer.state_dict() if self._producer is not None else None}
-        finally:
-            if lock is not None:
-                lock.release()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output (same base, seed and cache size) to resume a run."""
@@ -514,10 +437,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
                              "build it with the same seed to resume")
         if len(state["served"]) != len(self._served):
             raise ValueError(f"state covers {len(state['served'])} items, the base has {len(self._served)}")
-        lock = self._producer._lock if self._producer is not None else None
-        if lock is not None:
-            lock.acquire()
-        try:
+        with self._paused():
             self._control.copy_(torch.as_tensor(state["control"]))
             self._served.copy_(torch.as_tensor(state["served"]))
             if "served_epoch" in state:
@@ -526,38 +446,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
             self.cache.load_state_dict(state["cache"])
             if self._producer is not None and state.get("producer") is not None:
                 self._producer.load_state_dict(state["producer"])
-        finally:
-            if lock is not None:
-                lock.release()
 
-
-_CONFIG_KEYS = {"mode", "synthetic_ratio", "seed", "schedule", "cache_capacity", "cache_dir", "patch_size",
-                "warmup", "warmup_items", "cooperative", "cooperative_every", "rare_classes", "num_classes",
-                "batch_size", "policy", "max_reuse", "inst_dtype", "adapter", "keys", "producer_priority",
-                "warmup_timeout"}
-
-
-def load_diffmix_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
-    """Read the ``diffmix:`` section of a YAML file (``yaml.safe_load``) or a mapping.
-
-    Returns the keyword arguments of :class:`DiffMixDataset` it sets, validated by name (unknown
-    keys raise with the list of known ones). A file without a ``diffmix:`` section is read whole.
-    """
-    if isinstance(source, Mapping):
-        cfg = dict(source)
-    else:
-        import yaml
-
-        with open(source, encoding="utf-8") as fh:
-            cfg = yaml.safe_load(fh) or {}
-        if not isinstance(cfg, dict):
-            raise ValueError(f"config {str(source)!r} must hold a mapping, got {type(cfg).__name__}")
-    cfg = dict(cfg.get("diffmix", cfg))
-    unknown = set(cfg) - _CONFIG_KEYS
-    if unknown:
-        raise ValueError(f"unknown diffmix config keys {sorted(unknown)}; known keys: {sorted(_CONFIG_KEYS)}")
-    if "mode" in cfg:
-        check_choice("mode", cfg["mode"], MODES)
-    if "synthetic_ratio" in cfg:
-        check_probability("synthetic_ratio", cfg["synthetic_ratio"])
-    return cfg
+    def _paused(self):
+        """The producer held between batches (or nothing to hold)."""
+        return self._producer.paused() if self._producer is not None else contextlib.nullcontext()

@@ -30,13 +30,15 @@ import numpy as np
 import torch
 
 from ._checks import check_choice, check_positive_int
+from ._seeds import derive_seed
 from .cache import ReplayCache
+from .config import CPU_PRIORITIES
 from .data.sample import NucleiSample
+from .labelmaps.jobs import LabelMapJobs, collate_jobs
 from .sampling._base import SamplingInterrupted
 
 __all__ = ["CPU_PRIORITIES", "Producer", "ProducerError", "derive_seed", "preload_imports"]
 
-CPU_PRIORITIES = ("auto", "idle", "low", "normal")
 
 #: modules the producer thread may import lazily; imported by :func:`preload_imports` first
 _HEAVY_MODULES = ("cv2", "scipy.ndimage", "safetensors", "tqdm")
@@ -65,33 +67,6 @@ def preload_imports() -> None:
             importlib.import_module(name)
 
 
-def derive_seed(*keys: int) -> int:
-    """A 63-bit seed from integer keys (``numpy.random.SeedSequence``; order matters).
-
-    The shift is done on a Python int: numpy 1.26 has no ``right_shift`` for a uint64 scalar and a
-    Python int (it casts them to float64).
-    """
-    state = np.random.SeedSequence([int(k) & 0xFFFFFFFFFFFF for k in keys]).generate_state(2, np.uint64)
-    return int(state[0]) >> 1
-
-
-def _fit(sample: NucleiSample, shape: tuple[int, int], rng: np.random.Generator) -> tuple[NucleiSample, tuple]:
-    """Random crop (or reflect pad) ``sample`` to ``shape``; the offsets are drawn from ``rng``."""
-    h, w = sample.shape
-    th, tw = shape
-    if h < th or w < tw:
-        ph, pw = max(0, th - h), max(0, tw - w)
-        pad = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
-        mode = "reflect" if ph < h and pw < w else "symmetric"
-        sample = NucleiSample.trusted(np.pad(sample.image, pad + ((0, 0),), mode=mode),
-                                      np.pad(sample.inst_map, pad, mode=mode),
-                                      np.pad(sample.type_map, pad, mode=mode), meta=sample.meta)
-        h, w = sample.shape
-    y = int(rng.integers(0, h - th + 1))
-    x = int(rng.integers(0, w - tw + 1))
-    return sample.crop(y, x, th, tw), (y, x)
-
-
 class Producer:
     """Fills a :class:`ReplayCache` with synthetic patches, in a thread or on demand.
 
@@ -100,12 +75,17 @@ class Producer:
         synthesizer: ``synth(images uint8 [B,H,W,3], inst int [B,H,W], types int [B,H,W],
             generator=torch.Generator) -> uint8 [B,H,W,3]`` (a :class:`Synthesizer` or any callable).
         source: Sequence of :class:`NucleiSample` the label maps start from.
-        label_sampler: Object with ``get_params(rng, sample)`` and ``apply(sample, params)``
-            (a ``LabelMapSampler``), or None to keep the source label maps.
+        label_sampler: A ``LabelMapSampler`` (``sampler(sample, rng) -> LabelMapResult``: the
+            parameters are drawn, then applied once), or None to keep the source label maps.
         batch_size: Patches per synthesizer call.
         seed: Base seed; the per-batch seeds also depend on ``rank``.
         rank: Distributed rank (ranks produce disjoint patches).
-        rare_classes: Classes to favour when the cache lacks them (balance modes).
+        rare_classes: Classes to favour when the cache lacks them; None (default) takes the label
+            sampler's ``rare_classes`` when it ``balances``, else none (enlarging has no bias).
+        label_workers: Processes building the label maps of the next batches (a ``DataLoader``
+            over :class:`~diffmix_aug.labelmaps.jobs.LabelMapJobs`, started with the thread); 0
+            builds them in the producer itself (always so for :meth:`step` without a thread, which
+            keeps cooperative runs bit-reproducible).
         bias_candidates: Source candidates scored per patch for the rare-class bias (1 = uniform).
         idle_timeout: Seconds the thread waits for a read before overwriting an unread patch anyway.
         cpu_priority: Scheduling of the producer thread when it synthesises on the CPU (Linux):
@@ -125,7 +105,8 @@ class Producer:
         batch_size: int = 4,
         seed: int = 0,
         rank: int = 0,
-        rare_classes: Sequence[int] = (),
+        rare_classes: Sequence[int] | None = None,
+        label_workers: int = 0,
         bias_candidates: int = 4,
         idle_timeout: float = 5.0,
         cpu_priority: str = "auto",
@@ -143,7 +124,14 @@ class Producer:
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.seed = int(seed)
         self.rank = int(rank)
+        if rare_classes is None:
+            rare_classes = getattr(label_sampler, "rare_classes", ()) if getattr(label_sampler, "balances", False) \
+                else ()
         self.rare_classes = tuple(int(c) for c in rare_classes)
+        self.label_workers = check_positive_int("label_workers", label_workers, allow_zero=True)
+        self.jobs = LabelMapJobs(source, label_sampler, cache.patch_shape, seed, rank)
+        self._maps_iter: Any = None  # DataLoader iterator over job lists (label_workers > 0)
+        self._streams_issued = 0  # job lists handed to the loader
         self.bias_candidates = check_positive_int("bias_candidates", bias_candidates)
         self.idle_timeout = float(idle_timeout)
         self.cpu_priority = check_choice("cpu_priority", cpu_priority, CPU_PRIORITIES)
@@ -172,7 +160,7 @@ class Producer:
         if device is not None and torch.device(device).type == "cuda":
             self._stream = torch.cuda.Stream(device=torch.device(device))
         _ALL_STOPS.add(self._stop)
-        self._finalizer = weakref.finalize(self, _shutdown, self._stop, cache, self._thread_box)
+        self._finalizer = weakref.finalize(self, _shutdown, self._stop, cache, self._thread_box, self._iter_box)
         if not _ALL_STOPS_REGISTERED:
             _ALL_STOPS_REGISTERED.append(atexit.register(_stop_all))
 
@@ -181,6 +169,12 @@ class Producer:
         if not hasattr(self, "_box"):
             self._box: list[threading.Thread] = []
         return self._box
+
+    @property
+    def _iter_box(self) -> list:
+        if not hasattr(self, "_ibox"):
+            self._ibox: list[Any] = []
+        return self._ibox
 
     # ------------------------------------------------------------------ batch construction
     def _counts(self, index: int) -> np.ndarray:
@@ -209,28 +203,33 @@ class Producer:
         scores = [float(self._counts(int(i)) @ weights) for i in cand]
         return int(cand[int(np.argmax(scores))])
 
+    def _job_lists(self):
+        """Endless job lists for the label-map loader (pulled, a few batches ahead, by the loader)."""
+        while True:
+            stream = self._streams_issued
+            self._streams_issued += 1
+            rng = np.random.default_rng(derive_seed(self.seed, self.rank, stream, 0x10B5))
+            yield [(stream, j, self.pick_source(rng)) for j in range(self.batch_size)]
+
+    def _maps(self, batch_index: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+        """The label maps of one batch: from the worker loader when it runs, else built here."""
+        if self._maps_iter is not None and not self._stop.is_set():
+            maps = list(next(self._maps_iter))[: self.batch_size]
+            rest = self.batch_size - len(maps)  # batch_size was raised since the list was issued
+        else:
+            maps, rest = [], self.batch_size
+        if rest:
+            maps += [self.jobs[(batch_index, j, self.pick_source(rng))] for j in range(len(maps), self.batch_size)]
+        return maps
+
     def make_batch(self, batch_index: int) -> list[dict[str, Any]]:
-        """Build and synthesise batch ``batch_index`` (pure in its seed, given the cache state)."""
+        """Build and synthesise batch ``batch_index`` (pure in its seed, given the cache state and,
+        without label workers, the maps built from that seed)."""
         bseed = derive_seed(self.seed, self.rank, batch_index)
         rng = np.random.default_rng(bseed)
-        shape = self.cache.patch_shape
-        items = []
-        for j in range(self.batch_size):
-            src = self.pick_source(rng)
-            sample, offset = _fit(self.source[src], shape, rng)
-            params = None
-            mode = "source"
-            inst, typ = sample.inst_map, sample.type_map
-            if self.label_sampler is not None:
-                params = self.label_sampler.get_params(rng, sample)
-                res = self.label_sampler.apply(sample, params)
-                inst, typ, mode = res.inst_map, res.type_map, res.mode
-            pdict = params.to_dict() if hasattr(params, "to_dict") else params
-            items.append({"image": np.ascontiguousarray(sample.image), "inst": np.asarray(inst, np.int32),
-                          "type": np.asarray(typ, np.int32),
-                          "meta": {"batch_seed": bseed, "batch_index": batch_index, "position": j,
-                                   "rank": self.rank, "source_index": src, "offset": offset,
-                                   "mode": mode, "params": pdict}})
+        items = self._maps(batch_index, rng)
+        for j, it in enumerate(items):
+            it["meta"] = {**it["meta"], "batch_seed": bseed, "batch_index": batch_index, "position": j}
         gen = torch.Generator().manual_seed(bseed)
         args = (np.stack([it["image"] for it in items]), np.stack([it["inst"] for it in items]),
                 np.stack([it["type"] for it in items]))
@@ -304,6 +303,13 @@ class Producer:
             if self._stop.is_set():
                 raise RuntimeError("this Producer was closed; build a new one")
             preload_imports()
+            if self.label_workers > 0:
+                # workers start here, from the calling (main) thread, before the producer thread runs
+                loader = torch.utils.data.DataLoader(self.jobs, batch_sampler=self._job_lists(),
+                                                     num_workers=self.label_workers, collate_fn=collate_jobs,
+                                                     prefetch_factor=2)
+                self._maps_iter = iter(loader)
+                self._iter_box.append(self._maps_iter)
             self._thread = threading.Thread(target=self._run, name="diffmix-producer", daemon=True)
             self._thread_box.append(self._thread)
             self._thread.start()
@@ -413,6 +419,7 @@ class Producer:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._watchdog is not None:
             self._watchdog.join(max(0.0, deadline - time.monotonic()))
+        _shutdown_loaders(self._iter_box)
         got = self._write_lock.acquire(timeout=max(0.05, deadline - time.monotonic()))
         if got:
             self._write_lock.release()
@@ -424,6 +431,12 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Hold off the next batch while the block runs (a consistent ``state_dict`` of the dataset)."""
+        with self._lock:
+            yield self
 
     def state_dict(self) -> dict[str, Any]:
         """The batch counter (per-batch seeds derive from it and from ``seed`` and ``rank``)."""
@@ -439,7 +452,7 @@ _ALL_STOPS: weakref.WeakSet[threading.Event] = weakref.WeakSet()
 _ALL_STOPS_REGISTERED: list = []  # holds the atexit hook once it is registered (lazily: no import side effect)
 
 
-def _shutdown(stop: threading.Event, cache: ReplayCache, box: list) -> None:
+def _shutdown(stop: threading.Event, cache: ReplayCache, box: list, iter_box: list) -> None:
     """Finaliser / atexit hook: stop and join the thread without referencing the producer."""
     stop.set()
     _raise_idle_threads(nice=0)
@@ -448,6 +461,15 @@ def _shutdown(stop: threading.Event, cache: ReplayCache, box: list) -> None:
     for t in box:
         if t is not threading.current_thread():  # a GC pass run by the thread itself
             t.join(5.0)
+    _shutdown_loaders(iter_box)
+
+
+def _shutdown_loaders(iter_box: list) -> None:
+    """Stop the label-map worker processes (their sentinel first, then join; idempotent)."""
+    while iter_box:
+        it = iter_box.pop()
+        with contextlib.suppress(Exception):
+            it._shutdown_workers()
 
 
 def _stop_all() -> None:

@@ -1,15 +1,18 @@
 """Adapters for plain datasets: ``NucleiDataset`` (items are ``NucleiSample``), dicts and tuples.
 
 Dict and tuple items are described by ``keys``: the dict keys (or tuple positions) of the image,
-the instance map and the type map. The first item read is kept as a template, so synthetic items
-copy its container, key order, array library (numpy / torch), layout (HWC / CHW), dtype and, for
-float images, its value range ([0, 1] or [0, 255]), and its height and width (a synthetic patch of
-another size is mirror-padded or centre-cropped). Other entries are copied from the template.
+the instance map and the type map. A synthetic item replacing item ``i`` is built on the base's own
+item ``i``: it keeps that item's container, key order, array library (numpy / torch), layout
+(HWC / CHW), dtype and, for float images, value range ([0, 1] or [0, 255]), and height and width
+(a synthetic patch of another size is mirror-padded or centre-cropped). Its three map entries are
+the synthetic patch's; every other entry (a name, an index, a weight) is item ``i``'s own, so
+batches collate and an ``"index"`` field still says which dataset index was served; and
+``is_synthetic`` (added to every dict item) says the image and maps are synthetic. Nothing is
+copied from any other item.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,7 +98,6 @@ class _KeyedAdapter(Adapter):
         if len(keys) != 3:
             raise ValueError(f"`keys` must name (image, inst_map, type_map), got {keys!r}")
         self.keys = tuple(keys)
-        self._template: Any = None
 
     def _get(self, item: Any) -> tuple[Any, Any, Any]:
         try:
@@ -106,16 +108,12 @@ class _KeyedAdapter(Adapter):
 
     def read_raw(self, base, index):
         item = base[index]
-        if self._template is None:
-            self._template = item
         img, inst, typ = self._get(item)
         return NucleiSample.trusted(_to_numpy_image(img), _to_numpy_map(inst), _to_numpy_map(typ),
                                     meta={"index": index})
 
-    def _fill(self, base, index, image, inst_map, type_map) -> dict[Any, Any]:
-        if self._template is None:
-            self._template = base[index]
-        t_img, t_inst, t_typ = self._get(self._template)
+    def _fill(self, template, image, inst_map, type_map) -> dict[Any, Any]:
+        t_img, t_inst, t_typ = self._get(template)
         hw = _to_numpy_map(t_inst).shape
         if image.shape[:2] != hw:  # synthetic patch size differs from the base's: mirror-pad / crop
             image, inst_map, type_map = (fit_to_shape(a, hw) for a in (image, inst_map, type_map))
@@ -142,9 +140,9 @@ class MappingAdapter(_KeyedAdapter):
         super().__init__(keys)
 
     def synthetic_item(self, base, index, image, inst_map, type_map):
-        fill = self._fill(base, index, image, inst_map, type_map)
-        return {k: fill[k] if k in fill else copy.deepcopy(v) for k, v in self._template.items()
-                if k != "is_synthetic"}
+        own = base[index]  # the item this synthetic one replaces: its other fields stay
+        fill = self._fill(own, image, inst_map, type_map)
+        return {k: fill.get(k, v) for k, v in own.items() if k != "is_synthetic"}
 
 
 class SequenceAdapter(_KeyedAdapter):
@@ -156,6 +154,7 @@ class SequenceAdapter(_KeyedAdapter):
         super().__init__(keys)
 
     def synthetic_item(self, base, index, image, inst_map, type_map):
-        fill = self._fill(base, index, image, inst_map, type_map)
-        out = [fill[i] if i in fill else copy.deepcopy(v) for i, v in enumerate(self._template)]
-        return type(self._template)(out)
+        own = base[index]  # the item this synthetic one replaces: its other fields stay
+        fill = self._fill(own, image, inst_map, type_map)
+        out = [fill.get(i, v) for i, v in enumerate(own)]
+        return type(own)(out)

@@ -6,30 +6,46 @@ folder to HoVer-Net's ``train_dir_list`` (or warm-start a :class:`DiffMixDataset
 Under ``torchrun`` every rank writes its own share with rank-offset seeds
 (``diffmix_r{rank}_*.npy``), so the shards never collide or repeat a patch.
 
-The YAML config::
+The YAML config (``diffmix_aug/configs/synthesize_toy.yaml`` runs from the shipped checkpoint)::
 
     data:                       # the labelled training patches label maps start from
       kind: hovernet_npy        # hovernet_npy | consep | toy
       path: dataset/training_data/consep/consep/train/540x540_164x164
       dataset: consep           # class table (rare classes, number of classes)
-      # toy: {n: 64, size: 64, seed: 0}
+      # consep only: merge: true, downsample: 1
+      # toy only: toy: {n: 64, size: 64, seed: 0}
     model:
-      checkpoint: sdm_consep.safetensors    # or preset: tiny (random weights: smoke tests only)
-      device: cuda
-      precision: fp16
-      sampler: {num_steps: 100, strength: 0.55}
-    diffmix: {mode: both, seed: 0, batch_size: 8, patch_size: 256}
+      checkpoint: sdm_consep.safetensors
+      device: cuda              # default: cuda when available, else cpu
+      precision: fp16           # fp32 | fp16 | bf16
+      sampler: {num_steps: 100, strength: 0.55}   # DDIMSampler arguments
+      # preset: tiny            # random weights: refused unless --allow-untrained
+    diffmix: {mode: both, seed: 0, batch_size: 8, patch_size: 256}   # DiffMixConfig fields
     synthesize: {num_patches: 1000}
+
+Every section rejects unknown keys and lists the valid ones. ``--out`` must be empty or new,
+unless ``--resume`` (keep the patches there and write only the missing ones) or ``--overwrite``
+(delete this command's earlier patches first).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 HELP = "Write N DiffMix synthetic patches (HoVer-Net .npy format) to a folder; sharded under torchrun."
+
+SECTIONS = ("data", "model", "diffmix", "synthesize")
+DATA_KEYS = {"kind", "path", "dataset", "merge", "downsample", "toy"}
+TOY_KEYS = {"n", "size", "seed"}
+MODEL_KEYS = {"checkpoint", "device", "precision", "sampler", "cuda_graph", "preset", "image_size", "num_classes",
+              "init_seed"}
+SYNTH_KEYS = {"num_patches"}
+KINDS = ("hovernet_npy", "consep", "toy")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,114 +56,219 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DiffMix-B / DiffMix-E / DiffMix (overrides diffmix.mode)")
     parser.add_argument("--seed", type=int, default=None, help="seed (overrides diffmix.seed)")
     parser.add_argument("--device", default=None, help="synthesizer device (overrides model.device)")
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="allow model.preset without a checkpoint (random weights: noise images, smoke tests only)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true",
+                       help="--out holds patches of an earlier run: keep them and write only the missing ones")
+    group.add_argument("--overwrite", action="store_true",
+                       help="delete this rank's diffmix_*.npy patches (and sidecars) already in --out first")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    value = cfg.get(name) or {}
+def _section(cfg: dict[str, Any], name: str, valid: set[str] | None = None) -> dict[str, Any]:
+    value = cfg.get(name)
+    if value is None:
+        return {}
     if not isinstance(value, dict):
         raise ValueError(f"config section `{name}` must be a mapping, got {type(value).__name__}")
+    if valid is not None:
+        unknown = sorted(str(k) for k in set(value) - valid)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in config section `{name}`; valid keys are {sorted(valid)}")
     return value
+
+
+def check_config(cfg: Any) -> dict[str, Any]:
+    """Validate the whole config's layout (sections and keys); returns it."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"the synthesize config must be a mapping with sections {list(SECTIONS)}, got "
+                         f"{type(cfg).__name__}")
+    unknown = sorted(str(k) for k in set(cfg) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown top-level config key(s) {unknown}; valid sections are {list(SECTIONS)}")
+    data = _section(cfg, "data", DATA_KEYS)
+    _section(data, "toy", TOY_KEYS)
+    model = _section(cfg, "model", MODEL_KEYS)
+    _section(model, "sampler")
+    _section(cfg, "synthesize", SYNTH_KEYS)
+    return cfg
 
 
 def build_source(data: dict[str, Any]):
     """The labelled dataset (``NucleiDataset``) described by the ``data`` section."""
+    from .._checks import check_choice, check_positive_int
     from ..data.classes import get_dataset_info
     from ..data.dataset import NucleiDataset
     from ..data.toy import make_toy_dataset
 
-    kind = data.get("kind", "toy")
+    kind = check_choice("data.kind", data.get("kind", "toy"), KINDS)
     if kind == "toy":
         toy = data.get("toy") or {}
-        return make_toy_dataset(int(toy.get("n", 64)), int(toy.get("size", 64)), int(toy.get("seed", 0)))
+        return make_toy_dataset(check_positive_int("data.toy.n", toy.get("n", 64)),
+                                check_positive_int("data.toy.size", toy.get("size", 64)),
+                                check_positive_int("data.toy.seed", toy.get("seed", 0), allow_zero=True))
+    if not data.get("path"):
+        raise ValueError(f"`data.path` is required for data.kind={kind!r}: the folder of the labelled patches")
     info = get_dataset_info(data.get("dataset", "consep"))
     if kind == "hovernet_npy":
-        return NucleiDataset.from_hovernet_npy_dir(data["path"], info)
-    if kind == "consep":
-        return NucleiDataset.from_consep_dir(data["path"], info.name)
-    raise ValueError(f"`data.kind` must be one of ['hovernet_npy', 'consep', 'toy'], got {kind!r}")
+        ds = NucleiDataset.from_hovernet_npy_dir(data["path"], info)
+    else:
+        merge = data.get("merge", True)
+        if not isinstance(merge, bool):
+            raise TypeError(f"`data.merge` must be true or false, got {merge!r}")
+        ds = NucleiDataset.from_consep_dir(data["path"], info.name, merge=merge)
+    return ds.downsampled(check_positive_int("data.downsample", data.get("downsample", 1)))
 
 
-def build_synthesizer(model: dict[str, Any], device: str | None):
-    """A :class:`Synthesizer` from ``model.checkpoint`` (or an untrained ``model.preset``)."""
+def _sampler_kwargs(sampler: dict[str, Any]) -> dict[str, Any]:
+    from ..sampling.ddim import DDIMSampler
+
+    valid = sorted(p for p in inspect.signature(DDIMSampler.__init__).parameters if p != "self")
+    unknown = sorted(str(k) for k in set(sampler) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in config section `model.sampler`; valid keys are {valid}")
+    return dict(sampler)
+
+
+def build_synthesizer(model: dict[str, Any], device: str | None, *, allow_untrained: bool = False):
+    """A :class:`Synthesizer` from ``model.checkpoint`` (or, only when allowed, an untrained ``model.preset``)."""
     import torch
 
     from ..sampling.ddim import DDIMSampler
     from ..sampling.synthesizer import Synthesizer
 
     device = device or model.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    sampler_kw = dict(model.get("sampler") or {})
+    sampler_kw = _sampler_kwargs(model.get("sampler") or {})
     precision = model.get("precision", "fp32")
-    if "checkpoint" in model:
-        return Synthesizer.from_checkpoint(model["checkpoint"], device=device, precision=precision, **sampler_kw)
+    if model.get("checkpoint"):
+        path = Path(model["checkpoint"])
+        if not path.exists():
+            raise FileNotFoundError(f"model.checkpoint {str(path)!r} does not exist; train one with "
+                                    "`diffmix-aug train-sdm --export` or use the shipped "
+                                    "diffmix_aug/weights/sdm_tiny_toy.safetensors")
+        return Synthesizer.from_checkpoint(path, device=device, precision=precision,
+                                           cuda_graph=bool(model.get("cuda_graph", True)), **sampler_kw)
     if "preset" in model:
+        if not allow_untrained:
+            raise ValueError("config section `model` has no `checkpoint`, only `preset`: that synthesizes from random "
+                             "weights (RGB noise with valid-looking labels). Set model.checkpoint to a trained "
+                             "SDM, or pass --allow-untrained for a smoke test")
         from ..sdm import build_sdm
 
         torch.manual_seed(int(model.get("init_seed", 0)))
         net = build_sdm(model["preset"], num_label_channels=int(model.get("num_classes", 5)) + 1,
                         image_size=int(model.get("image_size", 64)))
         return Synthesizer(net, DDIMSampler(**sampler_kw), device=device, precision=precision)
-    raise ValueError("config section `model` needs `checkpoint: <path>` (or `preset: tiny` for smoke tests)")
+    raise ValueError("config section `model` needs `checkpoint: <path>` of a trained SDM export "
+                     "(e.g. diffmix_aug/weights/sdm_tiny_toy.safetensors)")
 
 
 def _dist() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def synthesize(cfg: dict[str, Any], out: Path, num: int | None = None, *, progress: bool = True) -> list[Path]:
-    """Write this rank's share of ``num`` patches into ``out``; returns the files written."""
+def _existing(out: Path, rank: int | None = None) -> list[Path]:
+    pattern = "diffmix_*.npy" if rank is None else f"diffmix_r{rank}_*.npy"
+    return sorted(p for p in out.glob(pattern) if p.is_file()) if out.is_dir() else []
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool, rank: int) -> list[Path]:
+    """Check ``--out`` against ``--resume`` / ``--overwrite``; returns this rank's patches to keep.
+
+    Each rank judges only what is not another rank's shard (``diffmix_r{other}_*``): under
+    ``torchrun`` the ranks start together, so one rank's fresh files must not stop another.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; expected a folder (new or empty)")
+    if not out.is_dir():
+        return []
+    mine = _existing(out, rank)
+    if overwrite:
+        for p in mine:
+            p.unlink(missing_ok=True)
+            p.with_suffix(".json").unlink(missing_ok=True)
+        return []
+    if resume:
+        return mine
+    shard = re.compile(r"^diffmix_r(\d+)_.*\.(npy|json)$")
+    blocking = [p for p in out.iterdir() if not p.name.startswith(".")
+                and not ((m := shard.match(p.name)) and int(m.group(1)) != rank)]
+    if blocking:
+        raise ValueError(f"--out {str(out)!r} already holds {len(blocking)} file(s) (e.g. {blocking[0].name}); "
+                         "pass --resume to keep them and add only the missing patches, --overwrite to replace "
+                         "them, or choose a new folder")
+    return []
+
+
+def synthesize(cfg: dict[str, Any], out: Path, num: int | None = None, *, progress: bool = True,
+               device: str | None = None, allow_untrained: bool = False, resume: bool = False,
+               overwrite: bool = False) -> list[Path]:
+    """Write this rank's share of ``num`` patches into ``out``; returns the files this call wrote."""
     from tqdm.auto import tqdm
 
-    from ..cache import ReplayCache
-    from ..dataset import build_label_sampler, load_diffmix_config
-    from ..producer import Producer
+    from .._checks import check_positive_int
+    from ..config import DiffMixConfig
+    from ..pipeline import build_pipeline
 
-    dm = load_diffmix_config(_section(cfg, "diffmix"))
-    total = int(num if num is not None else _section(cfg, "synthesize").get("num_patches", 100))
+    check_config(cfg)
+    dm = DiffMixConfig.from_dict(_section(cfg, "diffmix"))
+    total = check_positive_int("synthesize.num_patches",
+                               num if num is not None else _section(cfg, "synthesize").get("num_patches", 100))
     rank, world = _dist()
     share = total // world + (1 if rank < total % world else 0)
+    out = Path(out)
+    kept = prepare_out(out, resume=resume, overwrite=overwrite, rank=rank)
     source = build_source(_section(cfg, "data"))
-    synth = build_synthesizer(_section(cfg, "model"), cfg.get("_device"))
-    num_classes = int(dm.get("num_classes") or getattr(synth, "num_classes", None) or source.num_classes)
-    rare = tuple(dm.get("rare_classes") or source.info.rare_classes)
-    mode = dm.get("mode", "both")
-    size = dm.get("patch_size") or tuple(source[0].shape)
-    size = (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size)
-    batch = int(dm.get("batch_size", 4))
-    cache = ReplayCache(batch, size, num_classes=max(2, num_classes), cache_dir=out, name=f"diffmix_r{rank}",
-                        warm_start=False)
+    synth = build_synthesizer(_section(cfg, "model"), device, allow_untrained=allow_untrained)
+    if dm.patch_size is None:
+        dm = dm.replace(patch_size=tuple(source[0].shape))
+    dm = dm.replace(cache_capacity=dm.batch_size, cooperative=True, label_workers=0)
+    pipe = build_pipeline(dm, source, synth, info=source.info, rank=rank, cache_dir=out,
+                          cache_name=f"diffmix_r{rank}", warm_start=False)
+    cache, producer = pipe.cache, pipe.producer
     if cache.cache_dir is None:
         raise OSError(f"cannot write to --out {str(out)!r}")
-    sampler = build_label_sampler(source, mode, num_classes, rare, patch_size=size)
-    producer = Producer(cache, synth, source, sampler, batch_size=batch, seed=int(dm.get("seed", 0)), rank=rank,
-                        rare_classes=rare if mode != "enlarge" else ())
-    written = 0
-    with tqdm(total=share, desc=f"synthesize rank {rank}/{world}", unit="patch",
-              disable=not progress or rank != 0) as bar:
-        while written < share:
-            producer.batch_size = min(batch, share - written)
-            n = producer.step()
-            written += n
-            bar.update(n)
-    producer.close()
-    cache.close()
-    return sorted(out.glob(f"diffmix_r{rank}_*.npy"))
+    before = set(_existing(out, rank))
+    todo = max(0, share - len(kept))
+    if kept:  # every earlier batch wrote >= 1 patch: starting at len(kept) repeats no batch seed
+        producer.load_state_dict({"batches": len(kept)})
+    try:
+        with tqdm(total=share, initial=share - todo, desc=f"synthesize rank {rank}/{world}", unit="patch",
+                  disable=not progress or rank != 0) as bar:
+            written = 0
+            while written < todo:
+                producer.batch_size = min(dm.batch_size, todo - written)
+                n = producer.step()
+                written += n
+                bar.update(n)
+    finally:
+        producer.close()
+        cache.close()
+    return sorted(set(_existing(out, rank)) - before)
 
 
 def run(args: argparse.Namespace) -> int:
     import yaml
 
+    if not args.config.is_file():
+        raise FileNotFoundError(f"--config {str(args.config)!r} does not exist; see diffmix_aug/configs/"
+                                "synthesize_toy.yaml for a working example")
     with open(args.config, encoding="utf-8") as fh:
         cfg = yaml.safe_load(fh) or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"config {str(args.config)!r} must hold a mapping")
+    try:
+        check_config(cfg)
+    except ValueError as exc:
+        raise ValueError(f"{args.config}: {exc}") from exc
     dm = dict(cfg.get("diffmix") or {})
     if args.mode is not None:
         dm["mode"] = args.mode
     if args.seed is not None:
         dm["seed"] = args.seed
     cfg["diffmix"] = dm
-    cfg["_device"] = args.device
-    files = synthesize(cfg, Path(args.out), args.num)
+    files = synthesize(cfg, Path(args.out), args.num, progress=not args.no_progress, device=args.device,
+                       allow_untrained=args.allow_untrained, resume=args.resume, overwrite=args.overwrite)
     rank, world = _dist()
-    print(f"rank {rank}/{world}: wrote {len(files)} patches to {args.out}")
+    total = len(_existing(Path(args.out), rank))
+    print(f"rank {rank}/{world}: wrote {len(files)} new patches to {args.out} ({total} of this rank's there now)")
     return 0

@@ -24,9 +24,17 @@ from .balance import BalanceParams, apply_balance, draw_balance_params
 from .donors import DonorBank
 from .enlarge import EnlargeParams, apply_enlarge, draw_enlarge_params
 
-__all__ = ["LabelMapParams", "LabelMapResult", "LabelMapSampler", "borders_for_patch"]
+__all__ = ["MODES", "LabelMapParams", "LabelMapResult", "LabelMapSampler", "borders_for_patch", "mode_balances"]
 
+#: DiffMix-B, DiffMix-E and DiffMix (the balanced map enlarged) of the paper's ablation; defined here only
 MODES = ("balance", "enlarge", "both")
+_BALANCING = ("balance", "both")
+_ENLARGING = ("enlarge", "both")
+
+
+def mode_balances(mode: str) -> bool:
+    """Whether ``mode`` pastes rare nuclei (needs rare classes and a donor bank)."""
+    return check_choice("mode", mode, MODES) in _BALANCING
 REFERENCE_PATCH = 256  # the reference code's patch side, for which border=30 and border_margin=32 are set
 
 
@@ -161,6 +169,16 @@ class LabelMapSampler:
         draw_enlarge_params(np.random.default_rng(0), empty, **self.enlarge_kwargs)
         draw_balance_params(np.random.default_rng(0), empty, empty, None, **self.balance_kwargs)
 
+    @property
+    def balances(self) -> bool:
+        """Whether this sampler pastes rare nuclei (``"balance"``, ``"both"``)."""
+        return self.mode in _BALANCING
+
+    @property
+    def enlarges(self) -> bool:
+        """Whether this sampler shifts nuclei (``"enlarge"``, ``"both"``)."""
+        return self.mode in _ENLARGING
+
     def __repr__(self) -> str:
         return (f"LabelMapSampler(mode={self.mode!r}, donors={None if self.donors is None else len(self.donors)}, "
                 f"num_classes={self.num_classes}, rare_classes={self.rare_classes})")
@@ -180,12 +198,12 @@ class LabelMapSampler:
         inst, typ = self._maps(sample)
         report: dict[str, Any] = {}
         bp = ep = None
-        if self.mode in ("balance", "both"):
+        if self.balances:
             info = None if isinstance(sample, tuple) else getattr(sample, "info", None)  # NucleiSample caches it
             bp = params.balance if params is not None else draw_balance_params(
                 rng, inst, typ, self.donors, exclude_source=self._source(sample), info=info, **self.balance_kwargs)
             inst, typ, report["balance"] = apply_balance(inst, typ, bp, self.donors, info)
-        if self.mode in ("enlarge", "both"):
+        if self.enlarges:
             info = None if self.mode == "both" or isinstance(sample, tuple) else getattr(sample, "info", None)
             ep = params.enlarge if params is not None else draw_enlarge_params(
                 rng, inst, info=info, **self.enlarge_kwargs)

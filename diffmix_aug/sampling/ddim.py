@@ -24,11 +24,33 @@ from .._checks import check_choice, check_positive_int, describe
 from ._base import DDIMSettings, SamplingInterrupted, draw_normal, draw_step_noise
 from .denoisers import PRECISIONS, make_denoiser
 
-__all__ = ["DDIMSampler", "DDIMStepOutput", "DDIMTables"]
+__all__ = ["DDIMSampler", "DDIMStepOutput", "DDIMTables", "ModelCaches"]
 
 logger = logging.getLogger(__name__)
 
 MODULATION_KINDS = ("auto", "full", "hidden")
+
+
+class ModelCaches:
+    """What fast sampling keeps for one model: its guided denoisers (one per modulation kind) and the
+    captured CUDA-graph steps (:class:`~diffmix_aug.sampling.graph.StepGraphs`).
+
+    The sampler holds no model state: these caches belong with the object that owns the model (a
+    :class:`~diffmix_aug.sampling.synthesizer.Synthesizer` keeps one and passes it to every
+    :meth:`DDIMSampler.sample`). Without one, each ``sample`` call builds what it needs and drops it.
+
+    Args:
+        model: The model these caches are for (checked on every use).
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.denoisers: dict[str, object] = {}
+        self.graphs = None  # graph.StepGraphs, created on first CUDA-graph use
+
+    def check(self, model) -> None:
+        if model is not self.model:
+            raise ValueError("`caches` were made for another model; build ModelCaches(model) for this one")
 
 
 @dataclass(frozen=True)
@@ -132,8 +154,6 @@ class DDIMSampler(DDIMSettings):
         self.cache_budget_bytes = (None if cache_budget_bytes is None
                                    else check_positive_int("cache_budget_bytes", cache_budget_bytes, allow_zero=True))
         self._tables: dict[torch.device, DDIMTables] = {}
-        self._denoisers: dict[tuple, object] = {}
-        self._graphs = None  # graph.StepGraphs, created on first CUDA-graph use
         self._compiled = None
         #: what the last ``sample`` call ran: {"path": "eager"|"graph"|"compiled", "denoiser": ..., "kind": ...}
         self.last_run: dict = {}
@@ -226,15 +246,15 @@ class DDIMSampler(DDIMSettings):
         k.sub_(1)
 
     # ------------------------------------------------------------------ sampling
-    def denoiser_for(self, model, x0: torch.Tensor):
-        """The guided denoiser used for ``model`` on batches like ``x0`` (cached per model and kind)."""
+    def denoiser_for(self, model, x0: torch.Tensor, caches: ModelCaches | None = None):
+        """The guided denoiser for ``model`` on batches like ``x0`` (kept in ``caches`` when given)."""
         kind = self._pick_kind(model, x0)
-        key = (id(model), kind)
-        den = self._denoisers.get(key)
-        if den is None or den.model is not model:
+        den = caches.denoisers.get(kind) if caches is not None else None
+        if den is None:
             den = make_denoiser(model, self.scale, precision=self.precision, channels_last=self.channels_last,
                                 kind=kind, use_split=self.use_sdm_split)
-            self._denoisers[key] = den
+            if caches is not None:
+                caches.denoisers[kind] = den
         return den
 
     def _pick_kind(self, model, x0: torch.Tensor) -> str:
@@ -270,6 +290,9 @@ class DDIMSampler(DDIMSettings):
         generator: torch.Generator | None = None,
         step_noise: torch.Tensor | None = None,
         should_stop: Callable[[], bool] | None = None,
+        *,
+        caches: ModelCaches | None = None,
+        from_noise: bool = False,
     ) -> torch.Tensor:
         """Synthesize images from original patches and label maps.
 
@@ -284,6 +307,10 @@ class DDIMSampler(DDIMSettings):
             step_noise: Pre-drawn eta noise ``[num_inference_steps, N, 3, H, W]`` (entry k for index k).
             should_stop: Polled between denoising steps (eager and compiled paths); when it returns
                 True the loop raises :class:`SamplingInterrupted` (a producer being closed).
+            caches: The model's :class:`ModelCaches` (denoisers, CUDA graphs), kept by the caller
+                across calls; None builds them for this call only.
+            from_noise: Start from ``noise`` itself instead of the partially noised ``x0`` (plain
+                text-free DDIM generation, as in training previews; use ``strength=1``).
 
         Returns:
             ``float32 [N, 3, H, W]`` in [-1, 1] (with ``clip_denoised``). Equal to the reference sampler
@@ -291,6 +318,9 @@ class DDIMSampler(DDIMSettings):
         """
         self.check_inputs(model, x0, cond, noise)
         self.check_step_noise(step_noise, x0)
+        if caches is None:
+            caches = ModelCaches(model)
+        caches.check(model)
         device = x0.device
         if noise is None:
             noise = draw_normal(tuple(x0.shape), generator, device)
@@ -304,21 +334,26 @@ class DDIMSampler(DDIMSettings):
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
             sn = None if step_noise is None else step_noise[:, lo:hi]
-            outs.append(self._sample_chunk(model, x0[lo:hi], cond[lo:hi], noise[lo:hi], sn, should_stop))
+            outs.append(self._sample_chunk(model, x0[lo:hi], cond[lo:hi], noise[lo:hi], sn, should_stop, caches,
+                                           from_noise))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def _sample_chunk(self, model, x0, cond, noise, step_noise, should_stop=None) -> torch.Tensor:
-        denoiser = self.denoiser_for(model, x0)
+    def _sample_chunk(self, model, x0, cond, noise, step_noise, should_stop, caches: ModelCaches,
+                      from_noise: bool) -> torch.Tensor:
+        denoiser = self.denoiser_for(model, x0, caches)
         abar = self.alphas_cumprod[self.start_index]
-        x = (math.sqrt(abar) * x0.float() + math.sqrt(1.0 - abar) * noise.float()).contiguous()
+        if from_noise:
+            x = noise.float().clone().contiguous()
+        else:
+            x = (math.sqrt(abar) * x0.float() + math.sqrt(1.0 - abar) * noise.float()).contiguous()
         self.last_run = {"denoiser": type(denoiser).__name__, "kind": getattr(denoiser, "kind", None),
                          "precision": self.precision}
         if self.cuda_graph and not self.compile:
             from .graph import StepGraphs
 
-            if self._graphs is None:
-                self._graphs = StepGraphs(self)
-            out = self._graphs.run(denoiser, x, cond, step_noise, pad_to=self.max_batch)
+            if caches.graphs is None or caches.graphs.sampler is not self:
+                caches.graphs = StepGraphs(self)
+            out = caches.graphs.run(denoiser, x, cond, step_noise, pad_to=self.max_batch)
             if out is not None:
                 self.last_run["path"] = "graph"
                 return out

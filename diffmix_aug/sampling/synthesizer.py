@@ -21,7 +21,7 @@ import torch
 
 from .._checks import check_array, check_choice, describe
 from ..labelmaps.encode import encode_condition_torch
-from .ddim import DDIMSampler
+from .ddim import DDIMSampler, ModelCaches
 from .denoisers import PRECISIONS
 from .reference import ReferenceDDIMSampler
 
@@ -70,6 +70,8 @@ class Synthesizer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.sampler = sampler
+        #: the model's denoisers and CUDA graphs (the Synthesizer owns the model, so it owns them)
+        self.caches = ModelCaches(model)
         self.num_classes = label_channels - 1
         self._lock = threading.Lock()
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -160,8 +162,10 @@ class Synthesizer:
                 cond = encode_condition_torch(torch.from_numpy(np.ascontiguousarray(type_maps)).to(dev),
                                               torch.from_numpy(np.ascontiguousarray(inst_maps)).to(dev),
                                               self.num_classes)
-                out = self.sampler.sample(self.model, x0, cond, generator=generator,
-                                          **({'should_stop': should_stop} if should_stop is not None else {}))
+                kw = {"caches": self.caches} if isinstance(self.sampler, DDIMSampler) else {}
+                if should_stop is not None:
+                    kw["should_stop"] = should_stop
+                out = self.sampler.sample(self.model, x0, cond, generator=generator, **kw)
                 self._check_finite_output(out)
                 out = ((out + 1.0) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
                 result = out.cpu().numpy()

@@ -257,7 +257,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, max_steps: int | None, 
             if tc.save_interval and step % tc.save_interval == 0 and step < total:
                 _save(out, model, ema, optimizer, scaler, step, gen, run_config, rank, world)
             if rank == 0 and tc.sample_interval and step % tc.sample_interval == 0 and step < total:
-                _sample_grid(out, ema, tables, data, tc, step)
+                _sample_grid(out, ema, tables, data, tc, step, config.diffusion.beta_schedule)
             if step >= total:
                 break  # before the loader fetches a batch that would not be trained on
     wall = time.perf_counter() - t_start
@@ -267,7 +267,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, max_steps: int | None, 
         _append_log(out / "log.jsonl", log_rows)
     _save(out, model, ema, optimizer, scaler, step, gen, run_config, rank, world)
     if rank == 0 and tc.sample_interval:
-        _sample_grid(out, ema, tables, data, tc, step)
+        _sample_grid(out, ema, tables, data, tc, step, config.diffusion.beta_schedule)
     return TrainResult(out, step, losses, wall, model, ema)
 
 
@@ -325,7 +325,8 @@ def _truncate_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _sample_grid(out: Path, ema, tables: DiffusionTables, data: SDMTrainData, tc, step: int) -> None:
+def _sample_grid(out: Path, ema, tables: DiffusionTables, data: SDMTrainData, tc, step: int,
+                 beta_schedule: str = "linear") -> None:
     """DDIM samples of the EMA model for the first ``sample_count`` training crops (fixed across steps)."""
     from .preview import ddim_sample, write_sample_grid
 
@@ -338,7 +339,8 @@ def _sample_grid(out: Path, ema, tables: DiffusionTables, data: SDMTrainData, tc
     real = torch.stack([x for x, _ in items]).to(device)
     y = torch.stack([c for _, c in items]).to(device)
     gen = torch.Generator(device=device).manual_seed(tc.seed + 12345)
-    samples = ddim_sample(ema, tables, y, steps=tc.sample_steps, guidance=tc.sample_guidance, generator=gen)
+    samples = ddim_sample(ema, y, steps=tc.sample_steps, guidance=tc.sample_guidance, generator=gen,
+                          num_timesteps=tables.num_timesteps, beta_schedule=beta_schedule)
     palette = np.asarray(data.dataset.info.palette()) if hasattr(data.dataset, "info") else _default_palette(y)
     write_sample_grid(out / "samples" / f"step_{step:07d}.png", samples, real, y, palette)
 

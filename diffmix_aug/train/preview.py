@@ -7,56 +7,39 @@ import os
 import numpy as np
 import torch
 
-from ..diffusion.gaussian import DiffusionTables
-from ..diffusion.schedule import space_timesteps
-
 __all__ = ["ddim_sample", "label_overlay_simple", "write_sample_grid"]
 
 
 @torch.no_grad()
-def ddim_sample(model, tables: DiffusionTables, y: torch.Tensor, *, steps: int = 50, guidance: float = 1.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def ddim_sample(model, y: torch.Tensor, *, steps: int = 50, guidance: float = 1.0,
+                generator: torch.Generator | None = None, num_timesteps: int = 1000,
+                beta_schedule: str = "linear") -> torch.Tensor:
     """Deterministic DDIM (eta = 0) from pure noise, x0 clipped to [-1, 1] at every step.
+
+    The project's one fast sampler (:class:`~diffmix_aug.sampling.ddim.DDIMSampler`) run over the
+    whole ``"ddim{steps}"`` schedule (``strength=1``) and started from the noise itself.
 
     Args:
         model: :class:`~diffmix_aug.sdm.SDMUNet`.
-        tables: Diffusion tables.
-        y: ``[N, K+1, H, W]`` condition.
-        steps: Number of DDIM steps (``"ddim{steps}"`` spacing when it exists, else even spacing).
+        y: ``float [N, K+1, H, W]`` condition.
+        steps: DDIM steps (``num_timesteps`` must be a multiple of it).
         guidance: ``s`` in ``eps_u + s (eps_c - eps_u)``; 1 skips the unconditional pass.
         generator: Source of the start noise.
+        num_timesteps, beta_schedule: The training diffusion process.
 
     Returns:
         ``float32 [N, 3, H, W]`` in [-1, 1].
     """
+    from ..sampling._base import draw_normal
+    from ..sampling.ddim import DDIMSampler
+
     n, _, h, w = y.shape
-    dev = y.device
-    T = tables.num_timesteps
-    try:
-        ts = space_timesteps(T, f"ddim{steps}")
-    except ValueError:
-        ts = space_timesteps(T, steps)
-    gen_dev = generator.device if generator is not None else "cpu"
-    x = torch.randn(n, 3, h, w, generator=generator, device=gen_dev).to(dev)
-    ac = tables.alphas_cumprod.to(dev)
-    mods = model.modulation(y, "full")
-    if guidance != 1.0:
-        mods = mods.cat(model.null_modulation(n, (h, w), "full", device=dev, dtype=y.dtype))
-    for i in range(len(ts) - 1, -1, -1):
-        t = torch.full((n,), ts[i], device=dev, dtype=torch.long)
-        state = model.encode(x, t)
-        if guidance != 1.0:
-            out = model.decode(state.repeat(2), mods)
-            eps_c, eps_u = out[:n, :3], out[n:, :3]
-            eps = eps_u + guidance * (eps_c - eps_u)
-        else:
-            eps = model.decode(state, mods)[:, :3]
-        a_t = float(ac[ts[i]])
-        a_prev = float(ac[ts[i - 1]]) if i > 0 else 1.0
-        x0 = ((x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5).clamp(-1, 1)
-        eps = (x - a_t ** 0.5 * x0) / (1 - a_t) ** 0.5
-        x = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
-    return x.float()
+    sampler = DDIMSampler(num_train_timesteps=num_timesteps, num_steps=steps, strength=1.0,
+                          guidance_scale=max(1.0, float(guidance)), beta_schedule=beta_schedule)
+    gen_dev = generator.device if generator is not None else torch.device("cpu")
+    noise = draw_normal((n, 3, h, w), generator, gen_dev).to(y.device)  # drawn where the generator lives
+    x0 = torch.zeros((n, 3, h, w), device=y.device)
+    return sampler.sample(model, x0, y, noise=noise, from_noise=True)
 
 
 def label_overlay_simple(image: np.ndarray, type_onehot: np.ndarray, palette: np.ndarray) -> np.ndarray:

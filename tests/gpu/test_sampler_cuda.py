@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from diffmix_aug.sampling import DDIMSampler, ReferenceDDIMSampler, Synthesizer
+from diffmix_aug.sampling.ddim import ModelCaches
 from diffmix_aug.sdm import build_sdm
 
 pytestmark = pytest.mark.cuda
@@ -48,22 +49,24 @@ def test_graph_replay_equals_eager(precision):
     model, (x0, cond) = _model(), _inputs()
     eager = DDIMSampler(**KW, precision=precision).sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
     graphed = DDIMSampler(**KW, precision=precision, cuda_graph=True)
-    out = graphed.sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
+    caches = ModelCaches(model)
+    out = graphed.sample(model, x0, cond, generator=torch.Generator().manual_seed(0), caches=caches)
     assert graphed.last_run["path"] == "graph"
     torch.testing.assert_close(out, eager, atol=1e-2, rtol=0)
     # a second batch through the same graph (new conditioning copied into the static buffers)
     x1, c1 = _inputs(seed=1)
-    out1 = graphed.sample(model, x1, c1, generator=torch.Generator().manual_seed(1))
+    out1 = graphed.sample(model, x1, c1, generator=torch.Generator().manual_seed(1), caches=caches)
     eager1 = DDIMSampler(**KW, precision=precision).sample(model, x1, c1, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(out1, eager1, atol=1e-2, rtol=0)
-    assert len(graphed._graphs) == 1
+    assert len(caches.graphs) == 1
 
 
 def test_second_replay_allocates_no_memory():
     model, (x0, cond) = _model(), _inputs()
     s = DDIMSampler(**KW, precision="fp16", cuda_graph=True)
-    s.sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
-    entry = next(iter(s._graphs._entries.values()))
+    caches = ModelCaches(model)
+    s.sample(model, x0, cond, generator=torch.Generator().manual_seed(0), caches=caches)
+    entry = next(iter(caches.graphs._entries.values()))
     entry.graph.replay()
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
@@ -86,9 +89,10 @@ def test_fp16_close_to_fp32():
 def test_partial_batch_is_padded_to_one_graph():
     model, (x0, cond) = _model(), _inputs(6)
     s = DDIMSampler(**KW, cuda_graph=True, max_batch=4)
-    out = s.sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
+    caches = ModelCaches(model)
+    out = s.sample(model, x0, cond, generator=torch.Generator().manual_seed(0), caches=caches)
     eager = DDIMSampler(**KW).sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
-    assert len(s._graphs) == 1 and out.shape == x0.shape
+    assert len(caches.graphs) == 1 and out.shape == x0.shape
     torch.testing.assert_close(out, eager, atol=1e-3, rtol=0)
 
 

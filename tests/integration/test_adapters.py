@@ -144,7 +144,7 @@ def test_one_line_wrap_in_the_unchanged_training_loader(kind, tmp_path, raw_samp
     paths = write_patches(raw_samples, tmp_path / "train", sonnet=kind == "sonnet")
     base = make(paths, setup=False)
     ds = DiffMixDataset(base, synth, mode="both", synthetic_ratio=0.5, seed=0, cache_capacity=4, batch_size=4,
-                        warmup="block")
+                        warmup="block", rare_classes=(1,))
     try:
         with pytest.raises(AttributeError, match="setup_augmentor"):
             ds[next(i for i in range(8) if ds.wants_synthetic(i))]

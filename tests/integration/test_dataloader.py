@@ -45,7 +45,7 @@ def _spec(x):
 def test_fraction_structure_and_item_info(synth):
     base = DictDataset(32)
     with DiffMixDataset(base, synth, mode="both", synthetic_ratio=0.5, seed=1, cache_capacity=8,
-                        warmup="block", batch_size=4) as ds:
+                        warmup="block", batch_size=4, rare_classes=(1,)) as ds:
         items = [ds[i] for i in range(len(ds))]
         flags = [it["is_synthetic"] for it in items]
         wanted = [ds.wants_synthetic(i) for i in range(len(ds))]
@@ -84,7 +84,7 @@ def test_workers_see_cache_updates_after_start(ctx):
     """Persistent workers started on an empty cache serve patches written afterwards."""
     synth = NoiseSynth()
     base = DictDataset(16, torch_chw=False)
-    ds = DiffMixDataset(base, synth, synthetic_ratio=0.5, cache_capacity=8, batch_size=4, start=False)
+    ds = DiffMixDataset(base, synth, synthetic_ratio=0.5, cache_capacity=8, batch_size=4, start=False, rare_classes=(1,))
     try:
         loader = DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=True, multiprocessing_context=ctx)
         first = [b["is_synthetic"] for b in loader]
@@ -107,7 +107,7 @@ def test_workers_see_cache_updates_after_start(ctx):
 def test_cooperative_batches_are_reproducible_and_resume(synth):
     def make():
         return DiffMixDataset(DictDataset(16), synth, synthetic_ratio=0.5, seed=3, cache_capacity=6,
-                              batch_size=2, cooperative=True, cooperative_every=5)
+                              batch_size=2, cooperative=True, cooperative_every=5, rare_classes=(1,))
 
     def epoch(ds, e):
         ds.set_epoch(e)
@@ -133,7 +133,7 @@ def test_cooperative_batches_are_reproducible_and_resume(synth):
 
 def test_producer_failure_surfaces_in_main_process_and_workers():
     ds = DiffMixDataset(DictDataset(8, torch_chw=False), NoiseSynth(fail_after=1), cache_capacity=4,
-                        batch_size=4, warmup="block", synthetic_ratio=1.0)
+                        batch_size=4, warmup="block", synthetic_ratio=1.0, rare_classes=(1,))
     try:
         ds.cache.release_credit(4)  # as if 4 fresh patches had been read: the thread makes batch 2
         ds.producer._thread.join(20)  # the second batch fails
@@ -151,7 +151,7 @@ def test_producer_failure_surfaces_in_main_process_and_workers():
 
 def test_producer_never_overwrites_unread_patches():
     ds = DiffMixDataset(DictDataset(8, torch_chw=False), NoiseSynth(), cache_capacity=8, batch_size=4,
-                        warmup="block", warmup_items=8, synthetic_ratio=1.0)
+                        warmup="block", warmup_items=8, synthetic_ratio=1.0, rare_classes=(1,))
     try:
         ds.producer._stop.wait(0.3)  # give a misbehaving producer time to overwrite
         assert ds.cache.writes == 8
@@ -175,14 +175,14 @@ def _resources():
 
 def test_no_leaks_over_100_cycles_and_shutdown_with_live_workers():
     base = DictDataset(8, torch_chw=False)
-    ds = DiffMixDataset(base, NoiseSynth(), cache_capacity=4, batch_size=2, warmup="block")
+    ds = DiffMixDataset(base, NoiseSynth(), cache_capacity=4, batch_size=2, warmup="block", rare_classes=(1,))
     ds.close()
     before = _resources()
     for _ in range(100):
-        with DiffMixDataset(base, NoiseSynth(), cache_capacity=4, batch_size=2, warmup="block") as ds:
+        with DiffMixDataset(base, NoiseSynth(), cache_capacity=4, batch_size=2, warmup="block", rare_classes=(1,)) as ds:
             ds[0]
     assert _resources() == before
-    ds = DiffMixDataset(base, NoiseSynth(), cache_capacity=4, batch_size=2, warmup="block")
+    ds = DiffMixDataset(base, NoiseSynth(), cache_capacity=4, batch_size=2, warmup="block", rare_classes=(1,))
     loader = DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=True, multiprocessing_context="fork")
     it = iter(loader)
     next(it)
@@ -195,12 +195,18 @@ def test_no_leaks_over_100_cycles_and_shutdown_with_live_workers():
 def test_yaml_config(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("diffmix:\n  mode: balance\n  synthetic_ratio: 0.25\n  schedule: {start_epoch: 2}\n")
-    kw = load_diffmix_config(cfg)
-    assert kw == {"mode": "balance", "synthetic_ratio": 0.25, "schedule": {"start_epoch": 2}}
-    with DiffMixDataset(toy(4), NoiseSynth(), **kw, cache_capacity=2, start=False) as ds:
-        assert ds.mode == "balance" and ds.ratio(2) == 0.25
-    with pytest.raises(ValueError, match="unknown diffmix config keys"):
+    config = load_diffmix_config(cfg)
+    assert (config.mode, config.synthetic_ratio, config.schedule) == ("balance", 0.25, Schedule(start_epoch=2))
+    assert load_diffmix_config(config.to_dict()) == config  # round trip
+    with DiffMixDataset.from_config(toy(4), NoiseSynth(), cfg, cache_capacity=2, start=False) as ds:
+        assert ds.mode == "balance" and ds.ratio(2) == 0.25 and ds.ratio(1) == 0.0
+        assert ds.config.rare_classes == (1,) and ds.config.num_classes == 5  # from the toy class table
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['modes'\] in config section `diffmix`; valid keys"):
         load_diffmix_config({"modes": "x"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("diffmix:\n  max_reuse: 0\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: `max_reuse`"):
+        load_diffmix_config(bad)
     with pytest.raises(ValueError, match="mode"):
         load_diffmix_config({"mode": "DiffMix-X"})
 
@@ -212,7 +218,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         ds = DiffMixDataset(DictDataset(16, torch_chw=False), NoiseSynth(), synthetic_ratio=1.0, seed=0,
-                            cache_capacity=8, batch_size=4, cooperative=True, cooperative_every=4)
+                            cache_capacity=8, batch_size=4, cooperative=True, cooperative_every=4, rare_classes=(1,))
         sampler = torch.utils.data.distributed.DistributedSampler(ds, shuffle=True, seed=0)
         sampler.set_epoch(0)
         seen = []
@@ -251,7 +257,7 @@ def test_soak_20k_items_bounded_rss():
             return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) * 1024
 
     ds = DiffMixDataset(DictDataset(64, torch_chw=False), NoiseSynth(), cache_capacity=32, batch_size=8,
-                        warmup="block", synthetic_ratio=0.5)
+                        warmup="block", synthetic_ratio=0.5, rare_classes=(1,))
     loader = DataLoader(ds, batch_size=32, num_workers=2, persistent_workers=True)
     n, start = 0, None
     epoch = 0
@@ -282,8 +288,9 @@ def test_synthesize_command_shards_and_warm_starts(tmp_path, monkeypatch, capsys
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        assert main(["synthesize", "--config", str(cfg), "--out", str(out), "--mode", "balance"]) == 0
-    assert "rank 1/2: wrote 2 patches" in capsys.readouterr().out
+        assert main(["synthesize", "--config", str(cfg), "--out", str(out), "--mode", "balance",
+                     "--allow-untrained", "--no-progress"]) == 0
+    assert "rank 1/2: wrote 2 new patches" in capsys.readouterr().out
     files = sorted(out.glob("*.npy"))
     assert [f.name[:10] for f in files].count("diffmix_r0") == 3 and len(files) == 5
     arrays = [np.load(f) for f in files]
@@ -310,7 +317,7 @@ def test_cpu_producer_thread_yields_to_workers(priority):
     me = threading.get_native_id()
     before = (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me))
     with DiffMixDataset(toy(4), RecordingSynth(), synthetic_ratio=1.0, cache_capacity=4, batch_size=2,
-                        warmup=2, producer_priority=priority) as ds:
+                        warmup=2, producer_priority=priority, rare_classes=(1,)) as ds:
         assert ds.producer.wait_for(2, timeout=30)
         running = list(seen)  # calls made while running (close() raises a SCHED_IDLE thread so it can stop)
     expected = {"idle": (os.SCHED_IDLE, before[1]), "auto": (os.SCHED_IDLE, before[1]), "low": (before[0], min(19, before[1] + 10)),

@@ -54,11 +54,11 @@ def test_resume_without_cache_contents_never_serves_an_empty_slot():
     base = DictDataset(200)
     kw = dict(mode="enlarge", synthetic_ratio=0.5, seed=3, cache_capacity=8, batch_size=4, cooperative=True,
               cooperative_every=25)
-    with DiffMixDataset(base, NoiseSynth(), warmup="block", **kw) as ds:
+    with DiffMixDataset(base, NoiseSynth(), warmup="block", **kw, rare_classes=(1,)) as ds:
         for i in range(40):
             ds[i]
         state = ds.state_dict(cache_contents=False)
-    with DiffMixDataset(base, NoiseSynth(), start=False, **kw) as ds2:
+    with DiffMixDataset(base, NoiseSynth(), start=False, **kw, rare_classes=(1,)) as ds2:
         ds2.load_state_dict(state)
         assert len(ds2.cache) == 0
         empty = 0

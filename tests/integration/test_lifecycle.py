@@ -32,7 +32,7 @@ _SCRIPT = textwrap.dedent("""
         base = make_toy_dataset(8, 64, 0)
         worst = 0.0
         for run in range(runs):
-            ds = DiffMixDataset(base, synth, mode="both", synthetic_ratio=0.5, seed=run)
+            ds = DiffMixDataset(base, synth, mode="both", synthetic_ratio=0.5, seed=run, rare_classes=(1,))
             if loader:
                 dl = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context=ctx,
                                                  collate_fn=list, timeout=120)

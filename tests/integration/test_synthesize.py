@@ -1,0 +1,134 @@
+"""``diffmix-aug synthesize``: shipped config, refusals (untrained weights, typos, non-empty --out),
+--resume / --overwrite, and counts of what this run wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffmix_aug.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TOY_CKPT = ROOT / "diffmix_aug" / "weights" / "sdm_tiny_toy.safetensors"
+
+FAST = "model: {checkpoint: %s, device: cpu, sampler: {num_steps: 4, strength: 0.5}}\n" % TOY_CKPT.as_posix()
+DATA = "data: {kind: toy, toy: {n: 6, size: 64, seed: 0}}\n"
+
+
+def _cfg(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def _run(cfg: Path, out: Path, *extra: str) -> int:
+    return main(["synthesize", "--config", str(cfg), "--out", str(out), "--no-progress", *extra])
+
+
+def test_shipped_toy_config_runs_from_the_shipped_checkpoint(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the config's checkpoint path is relative to the repository
+    out = tmp_path / "out"
+    assert _run(ROOT / "diffmix_aug" / "configs" / "synthesize_toy.yaml", out, "--num", "2") == 0
+    assert "wrote 2 new patches" in capsys.readouterr().out
+    files = sorted(out.glob("diffmix_r0_*.npy"))
+    assert len(files) == 2
+    a = np.load(files[0])
+    assert a.shape == (64, 64, 5) and a.dtype == np.int32
+    meta = json.loads(files[0].with_suffix(".json").read_text())
+    assert meta["mode"] == "both" and "params" in meta
+
+
+def test_untrained_weights_are_refused(tmp_path, capsys):
+    cfg = _cfg(tmp_path, DATA + "model: {preset: tiny, image_size: 64}\n")
+    assert _run(cfg, tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "random weights" in err and "--allow-untrained" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("text, match", [
+    (DATA + "model: {chekpoint: x.safetensors}\n", r"unknown key\(s\) \['chekpoint'\] in config section `model`"),
+    (DATA + FAST + "synthesize: {num_patchs: 4}\n", r"\['num_patchs'\] in config section `synthesize`"),
+    ("data: {kind: toy, toy: {num: 16}}\n" + FAST, r"\['num'\] in config section `toy`"),
+    ("data: {kind: toy, sise: 3}\n" + FAST, r"\['sise'\] in config section `data`"),
+    (DATA + FAST.replace("strength: 0.5", "strenght: 0.5"), r"\['strenght'\] in config section `model.sampler`"),
+    (DATA + FAST + "diffmix: {mood: both}\n", r"\['mood'\] in config section `diffmix`"),
+    (DATA + FAST + "synthesis: {}\n", r"unknown top-level config key\(s\) \['synthesis'\]"),
+    (DATA + "model: {checkpoint: missing.safetensors}\n", "does not exist"),
+    (DATA + FAST + "synthesize: {num_patches: -4}\n", "num_patches"),
+])
+def test_config_mistakes_are_one_clear_line(tmp_path, capsys, text, match):
+    assert _run(_cfg(tmp_path, text), tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffmix-aug: error:") and err.count("\n") == 1
+    import re
+
+    assert re.search(match, err), err
+
+
+def test_missing_config_path(tmp_path, capsys):
+    assert _run(tmp_path / "nope.yaml", tmp_path / "o") == 2
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_non_empty_out_needs_resume_or_overwrite(tmp_path, capsys):
+    cfg = _cfg(tmp_path, DATA + FAST + "diffmix: {batch_size: 2, seed: 0}\n")
+    out = tmp_path / "o"
+    assert _run(cfg, out, "--num", "2") == 0
+    first = sorted(out.glob("*.npy"))
+    assert len(first) == 2
+    capsys.readouterr()
+    assert _run(cfg, out, "--num", "2") == 2
+    assert "--resume" in capsys.readouterr().err
+    assert sorted(out.glob("*.npy")) == first  # nothing mixed in
+    # --resume keeps the two and writes only the missing ones, with new seeds
+    assert _run(cfg, out, "--num", "3", "--resume") == 0
+    assert "wrote 1 new patches" in capsys.readouterr().out
+    now = sorted(out.glob("*.npy"))
+    assert len(now) == 3 and set(first) <= set(now)
+    assert len({np.load(f).tobytes() for f in now}) == 3
+    assert _run(cfg, out, "--num", "3", "--resume") == 0  # complete: nothing to do
+    assert "wrote 0 new patches" in capsys.readouterr().out
+    # --overwrite replaces them
+    assert _run(cfg, out, "--num", "2", "--overwrite") == 0
+    assert "wrote 2 new patches" in capsys.readouterr().out
+    after = sorted(out.glob("*.npy"))
+    assert len(after) == 2 and not set(after) & set(now)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("x")
+    assert _run(cfg, tmp_path / "foreign", "--num", "1") == 2
+
+
+def test_export_consep_layout_and_toy_to_hovernet(tmp_path, capsys):
+    from hovernet_replica import FileLoader, gen_targets
+
+    from diffmix_aug.data.readers import read_hovernet_npy
+
+    out = tmp_path / "toy"
+    assert main(["export", "--dataset", "toy", "--num", "3", "--size", "64", "--out", str(out), "--no-progress"]) == 0
+    files = sorted(out.glob("*.npy"))
+    assert [f.name for f in files] == ["toy_0000.npy", "toy_0001.npy", "toy_0002.npy"]
+    assert "wrote 3 HoVer-Net patches (64, 64)" in capsys.readouterr().out
+    loader = FileLoader([str(f) for f in files], with_type=True, input_shape=(48, 48), mask_shape=(32, 32),
+                        target_gen=(gen_targets, {}))
+    assert loader[0]["np_map"].shape == (32, 32)
+    assert main(["export", "--dataset", "toy", "--num", "3", "--out", str(out), "--no-progress"]) == 2  # not empty
+    # CoNSeP layout from the real patches in tests/data, cut into HoVer-Net windows
+    src = tmp_path / "consep"
+    (src / "Images").mkdir(parents=True)
+    (src / "Labels").mkdir()
+    data = Path(__file__).resolve().parents[1] / "data" / "he_patches"
+    for k in (1, 2):
+        (src / "Images" / f"patch{k}.png").write_bytes((data / f"patch{k}.png").read_bytes())
+        (src / "Labels" / f"patch{k}.mat").write_bytes((data / f"patch{k}.mat").read_bytes())
+    out2 = tmp_path / "win"
+    assert main(["export", "--dataset", "consep", "--input", str(src), "--no-merge", "--patch-size", "128",
+                 "--step", "128", "--out", str(out2), "--no-progress"]) == 0
+    got = sorted(p.name for p in out2.glob("*.npy"))
+    assert got[:2] == ["patch1_000.npy", "patch1_001.npy"] and len(got) == 8
+    s = read_hovernet_npy(out2 / "patch1_000.npy")
+    assert s.shape == (128, 128)
+    assert main(["export", "--dataset", "pannuke", "--input", str(src), "--out", str(tmp_path / "p")]) == 2
