@@ -14,7 +14,7 @@ from diffmix_aug.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 TOY_CKPT = ROOT / "diffmix_aug" / "weights" / "sdm_tiny_toy.safetensors"
 
-FAST = "model: {checkpoint: %s, device: cpu, sampler: {num_steps: 4, strength: 0.5}}\n" % TOY_CKPT.as_posix()
+FAST = f"model: {{checkpoint: {TOY_CKPT.as_posix()}, device: cpu, sampler: {{num_steps: 4, strength: 0.5}}}}\n"
 DATA = "data: {kind: toy, toy: {n: 6, size: 64, seed: 0}}\n"
 
 
