@@ -338,7 +338,13 @@ def figure(path: Path, size: int = 256, seed: int = 0) -> Path:
     shown are the three of the first 12 with the most class-1 conversions."""
     from diffmix_aug.data.classes import get_dataset_info
     from diffmix_aug.data.toy import make_toy_dataset
-    from diffmix_aug.data.viz import colorize_types, instance_contours, label_overlay, save_image_grid
+    from diffmix_aug.data.viz import (
+        class_legend,
+        colorize_types,
+        instance_contours,
+        label_overlay,
+        save_image_grid,
+    )
     from diffmix_aug.labelmaps.sampler import LabelMapSampler
 
     ds = make_toy_dataset(12, size, seed)
@@ -374,7 +380,8 @@ def figure(path: Path, size: int = 256, seed: int = 0) -> Path:
         rows.append(row)
         titles.append(f"toy {k}: {n} converted")
     return save_image_grid(path, rows, row_titles=titles,
-                           col_titles=["image", "original", "enlarged", "balanced", "both", "balanced, rare=2"])
+                           col_titles=["image", "original", "enlarged", "balanced", "both", "balanced, rare=2"],
+                           legend=class_legend(ds.info))
 
 
 def main(argv: list[str] | None = None) -> int:

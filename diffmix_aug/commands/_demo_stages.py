@@ -72,7 +72,7 @@ def figure2(out: Path, dataset: Any, synth: Any, donors_img: Any, columns: int, 
     """
     from ..baselines.gradmix import GradMix
     from ..data.sample import NucleiSample
-    from ..data.viz import label_overlay, save_image_grid
+    from ..data.viz import class_legend, label_overlay, save_image_grid
     from ..labelmaps.sampler import LabelMapSampler, borders_for_patch
 
     info = dataset.info
@@ -117,7 +117,8 @@ def figure2(out: Path, dataset: Any, synth: Any, donors_img: Any, columns: int, 
         titles += [f"#{chosen[j]} image", "labels"]
     scale = max(1, 160 // samples[0].image.shape[0])
     save_image_grid(out / "figure2.png", rows, row_titles=titles,
-                    col_titles=["original", "enlarging map", "balancing map", "GradMix"], scale=scale)
+                    col_titles=["original", "enlarging map", "balancing map", "GradMix"], scale=scale,
+                    legend=class_legend(dataset.info))
     converted = sum(sum(m.report.get("balance", {}).get("converted", {}).values()) for m in maps_b)
     return {"indices": chosen, "patches": 2 * n, "synthesis_s": wall, "s_per_patch": wall / (2 * n),
             "rare_converted": int(converted)}

@@ -56,7 +56,7 @@ def write_data_preview(out: Path, n: int, size: int, seed: int, columns: int = 8
     from .._io import atomic_write_text
     from ..data.dataset import NucleiDataset
     from ..data.toy import make_toy_dataset
-    from ..data.viz import label_overlay, save_class_histogram, save_image_grid
+    from ..data.viz import class_legend, label_overlay, save_class_histogram, save_image_grid
 
     lazy = make_toy_dataset(n, size=size, seed=seed)
     samples = [lazy[i] for i in tqdm(range(len(lazy)), desc="toy data", unit="patch", disable=not progress)]
@@ -65,7 +65,8 @@ def write_data_preview(out: Path, n: int, size: int, seed: int, columns: int = 8
     shown = [ds[i] for i in range(min(columns, len(ds)))]
     rows = [[s.image for s in shown], [label_overlay(s.image, s.inst_map, s.type_map, palette) for s in shown]]
     scale = max(1, 192 // size)
-    save_image_grid(out / "toy_preview.png", rows, row_titles=["image", "labels"], scale=scale)
+    save_image_grid(out / "toy_preview.png", rows, row_titles=["image", "labels"], scale=scale,
+                    legend=class_legend(ds.info))
     stats = ds.class_stats()
     names = list(ds.info.class_names[1:])
     save_class_histogram(out / "class_histogram.png", {"toy dataset": stats["counts"][1:]}, names,

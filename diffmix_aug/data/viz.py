@@ -10,13 +10,15 @@ import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .._checks import check_array, check_in_range
 from .._io import atomic_write_bytes
 
-__all__ = ["colorize_types", "instance_contours", "label_overlay", "save_class_histogram", "save_image_grid"]
+__all__ = ["class_legend", "colorize_types", "instance_contours", "label_overlay", "save_class_histogram",
+           "save_image_grid"]
 
 
 def _check_palette(palette: np.ndarray, type_map: np.ndarray) -> np.ndarray:
@@ -90,6 +92,7 @@ def save_image_grid(
     row_titles: Sequence[str] | None = None,
     col_titles: Sequence[str] | None = None,
     scale: int = 1,
+    legend: Sequence[tuple[str, Sequence[int]]] | None = None,
 ) -> Path:
     """Write a grid of ``uint8 [H, W, 3]`` tiles as one PNG (Pillow), atomically.
 
@@ -102,6 +105,8 @@ def save_image_grid(
         row_titles: One label per row (left margin), or None.
         col_titles: One label per column (top margin), or None.
         scale: Integer nearest-neighbour magnification of every tile.
+        legend: ``[(class name, (r, g, b)), ...]`` drawn as colour swatches under the grid (use
+            :func:`class_legend` for a dataset's classes), or None.
 
     Returns:
         The written path.
@@ -126,9 +131,16 @@ def save_image_grid(
     left = 8 + 7 * max((len(t) for t in row_titles), default=0) if row_titles else 0
     top = 16 if col_titles else 0
     width = left + n_cols * (cell_w + gap) + gap
-    height = top + len(rows) * (cell_h + gap) + gap
+    grid_h = top + len(rows) * (cell_h + gap) + gap
+    legend = list(legend or [])
+    height = grid_h + (18 if legend else 0)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    x = 4
+    for name, rgb in legend:
+        draw.rectangle([x, grid_h + 4, x + 10, grid_h + 14], fill=tuple(int(v) for v in rgb), outline=(0, 0, 0))
+        draw.text((x + 14, grid_h + 3), str(name), fill=(0, 0, 0))
+        x += 14 + 7 * len(str(name)) + 12
     for r, row in enumerate(rows):
         y = top + gap + r * (cell_h + gap)
         if row_titles:
@@ -147,6 +159,12 @@ def save_image_grid(
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def class_legend(info: Any) -> list[tuple[str, tuple[int, int, int]]]:
+    """``[(name, rgb), ...]`` of a :class:`~diffmix_aug.data.classes.DatasetInfo`'s foreground classes
+    (the colours :func:`label_overlay` paints), for ``save_image_grid(..., legend=...)``."""
+    return [(str(n), tuple(int(v) for v in c)) for n, c in zip(info.class_names[1:], info.colors[1:])]
 
 
 def save_class_histogram(
