@@ -4,6 +4,7 @@ Run::
 
     python -m benchmarks.labelmaps                  # table + benchmarks/results/labelmaps.json
     python -m benchmarks.labelmaps --figure         # also benchmarks/results/labelmaps.png
+    python -m benchmarks.labelmaps --real           # real 256 px patches vs the previous implementation
 
 Everything runs on one core (``torch.set_num_threads(1)``) on 256x256 toy maps (100-250 nuclei).
 The baselines below are plain, readable re-implementations of the reference code (one full-image
@@ -384,6 +385,96 @@ def figure(path: Path, size: int = 256, seed: int = 0) -> Path:
                            legend=class_legend(ds.info))
 
 
+# --------------------------------------------------------------------------------------------
+# Real patches: the linear-time grouping against the previous (comparison-sort, group-twice) path
+# --------------------------------------------------------------------------------------------
+
+HE_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "he_patches"
+CONSEP_256 = Path(__file__).resolve().parents[2] / "shared" / "data" / "consep_256" / "train"
+
+
+def real_samples(max_consep: int = 48, seed: int = 0) -> dict[str, list]:
+    """``{"he_patches": [3 samples], "consep_256": [up to max_consep samples]}`` (256 px, real labels)."""
+    from diffmix_aug.data.classes import get_dataset_info
+    from diffmix_aug.data.dataset import NucleiDataset
+    from diffmix_aug.data.readers import read_consep_tile
+
+    info = get_dataset_info("consep")
+    out = {"he_patches": [read_consep_tile(HE_DIR / f"patch{k}.png", HE_DIR / f"patch{k}.mat", info=info,
+                                           merge=False) for k in (1, 2, 3)]}
+    if CONSEP_256.is_dir():
+        ds = NucleiDataset.from_consep_dir(CONSEP_256, merge=False)
+        idx = np.random.default_rng(seed).permutation(len(ds))[:max_consep]
+        out["consep_256"] = [ds[int(i)] for i in idx]
+    return out
+
+
+def _previous_enlarge(inst, types, rng):
+    """What ``enlarge_label_map`` did before: an argsort grouping in the draw, and again in the paint."""
+    from diffmix_aug.labelmaps.enlarge import group_pixels_reference
+
+    params = draw_enlarge_params(rng, inst, info=group_pixels_reference(inst))
+    return apply_enlarge(inst, types, params, group_pixels_reference(inst, types))[:2]
+
+
+def run_real(repeats: int, seed: int) -> dict[str, Any]:
+    from diffmix_aug.data.sample import NucleiSample
+    from diffmix_aug.labelmaps.enlarge import enlarge_label_map
+
+    torch.set_num_threads(1)
+    results: dict[str, Any] = {}
+    for name, samples in real_samples(seed=seed).items():
+        samples = [NucleiSample.trusted(s.image, s.inst_map, s.type_map) for s in samples]
+        bank = DonorBank.from_dataset(samples, (1,), border=30)
+        # same maps as the previous implementation (same draws), checked before timing
+        same = all(
+            all(np.array_equal(a, b) for a, b in zip(
+                enlarge_label_map(s.inst_map, s.type_map, np.random.default_rng([seed, k])),
+                _previous_enlarge(s.inst_map, s.type_map, np.random.default_rng([seed, k]))))
+            for k, s in enumerate(samples))
+        rng = np.random.default_rng(seed)
+        items = [(s.inst_map, s.type_map, k) for k, s in enumerate(samples)]
+        cases = {
+            "enlarge": (lambda i, t, k, rng=rng: enlarge_label_map(i, t, rng),
+                        lambda i, t, k, rng=rng: _previous_enlarge(i, t, rng)),
+            "balance": (lambda i, t, k, rng=rng, bank=bank: balance_label_map(i, t, bank, rng, exclude_source=k),
+                        None),
+        }
+        out = {"maps": len(samples), "nuclei_per_map_mean": float(np.mean([len(s.info) for s in samples])),
+               "nuclei_per_map_range": [int(min(len(s.info) for s in samples)),
+                                        int(max(len(s.info) for s in samples))],
+               "donors": len(bank), "identical_to_previous_enlarge": bool(same)}
+        for case, (fast, prev) in cases.items():
+            fast(*items[0])
+            out[case] = _stats(_time_per_map(fast, items, repeats))
+            if prev is not None:
+                out[case + "_previous"] = _stats(_time_per_map(prev, items, repeats))
+                out[case + "_speedup"] = out[case + "_previous"]["median_ms"] / out[case]["median_ms"]
+        results[name] = out
+    return {"benchmark": "labelmaps_real", "goal_ms": 1.0,
+            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                        "load_average_1min": os.getloadavg()[0]},
+            "versions": {"torch": torch.__version__, "numpy": np.__version__},
+            "config": {"repeats": repeats, "seed": seed, "threads": 1, "size": 256,
+                       "enlarge": "reference defaults (max_shift 15, p 0.3, margin 32, overwrite); draw + paint, "
+                                  "one pixel grouping", "balance": "reference defaults, rare class 1, border 30; "
+                                  "draw + paste, one instance_info"},
+            "results": results}
+
+
+def _real_table(res: dict[str, Any]) -> str:
+    lines = [f"{'data':<12} {'maps':>5} {'nuclei':>8} {'enlarge ms':>11} {'previous':>9} {'speedup':>8} "
+             f"{'balance ms':>11} goal <{res['goal_ms']} ms"]
+    for name, r in res["results"].items():
+        e, b = r["enlarge"]["median_ms"], r["balance"]["median_ms"]
+        ok = "ok" if max(e, b) < res["goal_ms"] else "MISSED"
+        lines.append(f"{name:<12} {r['maps']:>5} {r['nuclei_per_map_mean']:>8.1f} {e:>11.3f} "
+                     f"{r['enlarge_previous']['median_ms']:>9.3f} {r['enlarge_speedup']:>7.2f}x {b:>11.3f} {ok}"
+                     f"{'' if r['identical_to_previous_enlarge'] else '  (MAPS DIFFER)'}")
+    lines.append(f"(CPU time per map, one thread; load average {res['machine']['load_average_1min']:.1f})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--maps", type=int, default=16, help="toy maps timed (each once per repeat)")
@@ -391,11 +482,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS / "labelmaps.json")
+    ap.add_argument("--real", action="store_true",
+                    help="time the real 256 px patches (tests/data/he_patches, and consep_256 when present) "
+                         "against the previous implementation; writes labelmaps_real.json")
     ap.add_argument("--figure", nargs="?", const=RESULTS / "labelmaps.png", type=Path, default=None,
                     help="also write a PNG of original / enlarged / balanced maps (default path: %(const)s)")
     args = ap.parse_args(argv)
     from diffmix_aug._io import atomic_write_text
 
+    if args.real:
+        res = run_real(args.repeats, args.seed)
+        print(_real_table(res))
+        path = args.out.with_name("labelmaps_real.json")
+        atomic_write_text(path, json.dumps(res, indent=2) + "\n")
+        print(f"wrote {path}")
+        return 0
     res = run(args.maps, args.repeats, args.size, args.seed)
     print(_table(res))
     args.out.parent.mkdir(parents=True, exist_ok=True)

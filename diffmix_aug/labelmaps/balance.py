@@ -310,16 +310,24 @@ def apply_balance(
             sub = mask[ry0 - r0:ry1 - r0, rx0 - c0:rx1 - c0]
             out[ry0:ry1, rx0:rx1][sub] = mid
         type_lut[mid] = new_type
-    present = np.bincount(out.ravel(), minlength=top)[:top] > 0
+    # only foreground pixels carry ids or types: work on them instead of the whole map
+    flat = out.ravel()
+    fg = np.flatnonzero(flat != 0)
+    ids_fg = flat[fg]
+    present = np.bincount(ids_fg, minlength=top)[:top] > 0
     present[0] = False
     n_out = int(present.sum())
-    out_type = type_lut[out]
+    out_type = np.zeros(out.size, np.int32)
+    out_type[fg] = type_lut[ids_fg]
+    out_type = out_type.reshape(out.shape)
     if n_out == top - 1:  # ids were 1..n and none vanished: already contiguous
         out_inst = out
     else:
         new_id = np.zeros(top, np.int32)
         new_id[present] = np.arange(1, n_out + 1, dtype=np.int32)
-        out_inst = new_id[out]
+        out_inst = np.zeros(out.size, np.int32)
+        out_inst[fg] = new_id[ids_fg]
+        out_inst = out_inst.reshape(out.shape)
     converted: dict[int, int] = {}
     for t in params.assign_type.tolist():
         converted[t] = converted.get(t, 0) + 1
