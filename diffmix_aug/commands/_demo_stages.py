@@ -146,7 +146,8 @@ def balance_histogram(out: Path, dataset: Any, donors: Any, seed: int) -> dict[s
         after += np.bincount(t[first], minlength=k)[:k]
     save_class_histogram(out / "class_histogram_balanced.png",
                          {"original maps": before[1:], "balancing maps": after[1:]}, list(info.class_names[1:]),
-                         title="nuclei per class, before and after balancing")
+                         title=f"nuclei per class in all {len(dataset)} patches: original maps vs one balancing "
+                               "map each")
     return {"before": before.tolist(), "after": after.tolist()}
 
 
@@ -217,6 +218,7 @@ def downstream_run(dataset: Any, synth: Any, donors: Any, iterations: int, batch
 
             bar = tqdm(total=iterations, desc="downstream", unit="it", dynamic_ncols=True)
         step, epoch, synthetic, seen, wait, losses = 0, 0, 0, 0, 0.0, []
+        served_seqs: list[int] = []  # synthetic patches served, over all epochs
         t_start = time.perf_counter()
         while step < iterations:
             train_set.set_epoch(epoch)
@@ -239,6 +241,8 @@ def downstream_run(dataset: Any, synth: Any, donors: Any, iterations: int, batch
                 if step >= iterations:
                     break
                 t_wait = time.perf_counter()
+            seqs = train_set._served.numpy()[(train_set._served_epoch == epoch).numpy()]
+            served_seqs += [int(q) for q in seqs if q >= 0]
             epoch += 1
         wall = time.perf_counter() - t_start
         prod = train_set.producer
@@ -250,4 +254,6 @@ def downstream_run(dataset: Any, synth: Any, donors: Any, iterations: int, batch
     return {"iterations": step, "items": seen, "wall_s": wall, "items_per_s": seen / wall,
             "data_wait_share": wait / wall, "synthetic_share": synthetic / max(seen, 1),
             "synthetic_ratio": 0.5, "patches_synthesised": produced,
+            "distinct_patches_served": len(set(served_seqs)),
+            "mean_reuse": len(served_seqs) / max(1, len(set(served_seqs))),
             "loss_first": float(np.mean(losses[:5])), "loss_last": float(np.mean(losses[-5:]))}
