@@ -187,6 +187,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
         self.adapter = select_adapter(base, config.adapter, config.keys)
         self.rank = _rank()
         self._raw = _RawView(base, self.adapter)
+        self._raw[0]  # validate one item here, in the caller's process (NaN / negative ids, size mismatch)
         pipe = build_pipeline(config, self._raw, synthesizer, info=getattr(base, "info", None),
                               raw_shape=lambda: self.adapter.raw_shape(base), label_sampler=label_sampler,
                               donors=donors, rank=self.rank)

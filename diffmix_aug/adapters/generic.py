@@ -69,10 +69,24 @@ def _to_numpy_image(x: Any) -> np.ndarray:
     return a.astype(np.uint8)
 
 
-def _to_numpy_map(x: Any) -> np.ndarray:
+def _to_numpy_map(x: Any, what: str = "map") -> np.ndarray:
+    """A label map as int32, refusing what a cast would silently change (NaN, fractions, negatives, > int32)."""
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if a.ndim == 3:
         a = a[0] if a.shape[0] == 1 else a[..., 0]
+    if a.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D [H, W] map, got shape {a.shape}")
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise ValueError(f"{what} holds NaN or inf values; expected integer ids >= 0")
+        if (a != np.round(a)).any():
+            raise ValueError(f"{what} holds non-integer values; expected integer ids >= 0")
+    elif a.dtype.kind not in "iub":
+        raise TypeError(f"{what} must hold integers, got dtype {a.dtype}")
+    if a.size and a.min() < 0:
+        raise ValueError(f"{what} holds negative ids (minimum {a.min()}); expected ids >= 0 (0 = background)")
+    if a.size and a.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"{what} ids must fit in int32, got maximum {a.max()}; relabel with remap_label")
     return a.astype(np.int32)
 
 
@@ -109,12 +123,19 @@ class _KeyedAdapter(Adapter):
     def read_raw(self, base, index):
         item = base[index]
         img, inst, typ = self._get(item)
-        return NucleiSample.trusted(_to_numpy_image(img), _to_numpy_map(inst), _to_numpy_map(typ),
-                                    meta={"index": index})
+        k_img, k_inst, k_typ = self.keys
+        image = _to_numpy_image(img)
+        inst = _to_numpy_map(inst, f"base[{index}][{k_inst!r}]")
+        typ = _to_numpy_map(typ, f"base[{index}][{k_typ!r}]")
+        if image.ndim != 3 or image.shape[:2] != inst.shape or typ.shape != inst.shape:
+            raise ValueError(f"base[{index}]: image {k_img!r} is {image.shape[:2]} but the maps {k_inst!r} / {k_typ!r} "
+                             f"are {inst.shape} / {typ.shape}; expected one H x W for all three (check keys=, or "
+                             "crop the image and maps together)")
+        return NucleiSample.trusted(image, inst, typ, meta={"index": index})
 
     def _fill(self, template, image, inst_map, type_map) -> dict[Any, Any]:
         t_img, t_inst, t_typ = self._get(template)
-        hw = _to_numpy_map(t_inst).shape
+        hw = _to_numpy_map(t_inst, "template map").shape
         if image.shape[:2] != hw:  # synthetic patch size differs from the base's: mirror-pad / crop
             image, inst_map, type_map = (fit_to_shape(a, hw) for a in (image, inst_map, type_map))
         return {self.keys[0]: _like(image, t_img, image=True), self.keys[1]: _like(inst_map, t_inst, image=False),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 from diffmix_helpers import DictDataset, NoiseSynth
 
 from diffmix_aug import DiffMixDataset
@@ -39,3 +41,30 @@ def test_load_state_dict_rejects_what_state_dict_did_not_write(state):
             ds.load_state_dict(state)
     finally:
         ds.close()
+
+
+class _BadDicts(torch.utils.data.Dataset):
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        img = np.zeros((32, 32, 3), np.uint8)
+        inst = np.zeros((32, 32), np.float32)
+        inst[4:9, 4:9] = 1
+        if self.kind == "nan":
+            inst[0, 0] = np.nan
+        elif self.kind == "negative":
+            inst[0, 0] = -3
+        elif self.kind == "size":
+            img = np.zeros((48, 48, 3), np.uint8)
+        return {"image": img, "inst_map": inst, "type_map": (inst > 0).astype(np.int64)}
+
+
+@pytest.mark.parametrize("kind, match", [("nan", "NaN"), ("negative", "negative ids"),
+                                         ("size", r"image 'image' is \(48, 48\) but the maps")])
+def test_bad_dict_base_is_refused_at_construction(kind, match):
+    with pytest.raises(ValueError, match=match):
+        DiffMixDataset(_BadDicts(kind), NoiseSynth(), mode="enlarge", num_classes=5, start=False)
