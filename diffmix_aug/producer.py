@@ -423,7 +423,10 @@ class Producer:
         got = self._write_lock.acquire(timeout=max(0.05, deadline - time.monotonic()))
         if got:
             self._write_lock.release()
-        self._finalizer.detach()
+        if not self.alive:
+            self._finalizer.detach()
+        # else: the finaliser stays registered, so interpreter exit joins the thread once more
+        # (a daemon thread still inside a torch op when the interpreter tears down aborts the process)
         return not self.alive
 
     def __enter__(self) -> Producer:
@@ -452,6 +455,10 @@ _ALL_STOPS: weakref.WeakSet[threading.Event] = weakref.WeakSet()
 _ALL_STOPS_REGISTERED: list = []  # holds the atexit hook once it is registered (lazily: no import side effect)
 
 
+#: seconds interpreter exit waits for a producer thread still inside a synthesis step
+_EXIT_JOIN_S = 15.0
+
+
 def _shutdown(stop: threading.Event, cache: ReplayCache, box: list, iter_box: list) -> None:
     """Finaliser / atexit hook: stop and join the thread without referencing the producer."""
     stop.set()
@@ -460,7 +467,7 @@ def _shutdown(stop: threading.Event, cache: ReplayCache, box: list, iter_box: li
         cache.release_credit(8)
     for t in box:
         if t is not threading.current_thread():  # a GC pass run by the thread itself
-            t.join(5.0)
+            t.join(_EXIT_JOIN_S)
     _shutdown_loaders(iter_box)
 
 
