@@ -124,17 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--step-ms", type=float, default=100.0)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--busy", type=int, default=0,
+                   help="CPU-bound processes run beside the measurement (a busy node); 2 on 2 cores fills it")
     p.add_argument("--out", type=Path, default=RESULTS / "loader.json")
     args = p.parse_args(argv)
     if args.quick:
         args.items, args.epochs, args.repeats, args.steps = 64, 1, 1, 10
+    if args.busy and args.out == RESULTS / "loader.json":
+        args.out = RESULTS / "loader_busy.json"
     torch.set_num_threads(1)
     base = AugmentedToy(args.items)
     synth = tiny_synthesizer(64)
     cache_dir = Path(tempfile.mkdtemp(prefix="diffmix_bench_"))
     # fill an on-disk store once (the offline mode), so that "warm" has no producer at all
     with DiffMixDataset(base, synth, cache_capacity=32, cache_dir=cache_dir, patch_size=64, batch_size=8,
-                        cooperative=True, start=False) as filler:
+                        cooperative=True, start=False, rare_classes=(1,), num_classes=5) as filler:
         filler.producer.step(4)
 
     def make(kind: str):
@@ -144,8 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             return DiffMixDataset(base, None, synthetic_ratio=0.5, cache_capacity=32, cache_dir=cache_dir,
                                   patch_size=64, num_classes=5)
         return DiffMixDataset(base, synth, synthetic_ratio=0.5, cache_capacity=32, patch_size=64, batch_size=4,
-                              warmup="block", warmup_items=4)
+                              warmup="block", warmup_items=4, rare_classes=(1,), num_classes=5)
 
+    import subprocess
+    import sys
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     rows = []
     jobs = [(k, w) for w in (0, 2) for k in ("base", "warm", "live")]
     for kind, workers in tqdm(jobs, desc="loader benchmark"):
@@ -161,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                     ds.close()
         rows.append({"loader": kind, "num_workers": workers, "items_per_s": summary(speeds),
                      "wait_s": summary(waits), "producer_writes_last_run": writes})
+    for h in hogs:
+        h.kill()
+        h.wait()
     for r in rows:
         ref = next(x for x in rows if x["loader"] == "base" and x["num_workers"] == r["num_workers"])
         r["ratio_vs_base"] = r["items_per_s"]["median"] / ref["items_per_s"]["median"]
@@ -168,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "loader", "machine": platform.node(), "processor": platform.processor(),
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+        "load_average_1min_at_end": os.getloadavg()[0],
         "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                    "patch": SIZE, "synthetic_patch": 64, "synthesizer": "tiny SDM, 4 DDIM steps, CPU, 1 thread"},
         "rows": rows,

@@ -62,7 +62,7 @@ def resolve_classes(config: DiffMixConfig, info: Any, synthesizer: Any) -> tuple
     if rare is None:
         rare = getattr(info, "rare_classes", None)
     if rare is None:
-        if config.balances:
+        if config.balances and synthesizer is not None:  # a replay-only cache builds no label maps
             raise ValueError(f"`rare_classes` is required for mode={config.mode!r}: the base has no class table "
                              "to take it from; pass the minority classes, e.g. rare_classes=(1,) for CoNSeP's "
                              "miscellaneous (see diffmix_aug.data.classes for the known datasets)")
