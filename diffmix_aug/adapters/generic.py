@@ -8,7 +8,8 @@ item ``i``: it keeps that item's container, key order, array library (numpy / to
 the synthetic patch's; every other entry (a name, an index, a weight) is item ``i``'s own, so
 batches collate and an ``"index"`` field still says which dataset index was served; and
 ``is_synthetic`` (added to every dict item) says the image and maps are synthetic. Nothing is
-copied from any other item.
+copied from any other item. When items hold only the three maps, item ``i`` is not read again:
+the first item's layout is all there is to take.
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ class _KeyedAdapter(Adapter):
         if len(keys) != 3:
             raise ValueError(f"`keys` must name (image, inst_map, type_map), got {keys!r}")
         self.keys = tuple(keys)
+        # the first item, kept only while items hold nothing but the three maps: its layout (library,
+        # HWC/CHW, dtype, range) is all a synthetic item takes from it, so no base read is needed
+        self._layout: Any = None
+        self._maps_only: bool | None = None
 
     def _get(self, item: Any) -> tuple[Any, Any, Any]:
         try:
@@ -120,8 +125,24 @@ class _KeyedAdapter(Adapter):
             raise ValueError(f"base item of type {type(item).__name__} has no entries {self.keys!r} ({exc!r}); "
                              "pass keys=(image_key, inst_key, type_key)") from exc
 
+    def _own(self, base, index) -> Any:
+        """The item a synthetic one at ``index`` is built on: ``base[index]`` when items carry other
+        fields (their values must be item ``index``'s), else a cached layout template."""
+        if self._maps_only and self._layout is not None:
+            return self._layout
+        item = base[index]
+        self._note(item)
+        return item
+
+    def _note(self, item: Any) -> None:
+        if self._maps_only is None:
+            n = len(item) - (1 if isinstance(item, dict) and "is_synthetic" in item else 0)
+            self._maps_only = n == len(self.keys)
+            self._layout = item if self._maps_only else None
+
     def read_raw(self, base, index):
         item = base[index]
+        self._note(item)
         img, inst, typ = self._get(item)
         k_img, k_inst, k_typ = self.keys
         image = _to_numpy_image(img)
@@ -161,7 +182,7 @@ class MappingAdapter(_KeyedAdapter):
         super().__init__(keys)
 
     def synthetic_item(self, base, index, image, inst_map, type_map):
-        own = base[index]  # the item this synthetic one replaces: its other fields stay
+        own = self._own(base, index)  # the item this synthetic one replaces: its other fields stay
         fill = self._fill(own, image, inst_map, type_map)
         return {k: fill.get(k, v) for k, v in own.items() if k != "is_synthetic"}
 
@@ -175,7 +196,7 @@ class SequenceAdapter(_KeyedAdapter):
         super().__init__(keys)
 
     def synthetic_item(self, base, index, image, inst_map, type_map):
-        own = base[index]  # the item this synthetic one replaces: its other fields stay
+        own = self._own(base, index)  # the item this synthetic one replaces: its other fields stay
         fill = self._fill(own, image, inst_map, type_map)
         out = [fill.get(i, v) for i, v in enumerate(own)]
         return type(own)(out)
