@@ -38,6 +38,10 @@ _EXPORTS: dict[str, str] = {
     "Synthesizer": "diffmix_aug.sampling.synthesizer",
     "ReplayCache": "diffmix_aug.cache",
     "DiffMixDataset": "diffmix_aug.dataset",
+    "DiffMixConfig": "diffmix_aug.config",
+    "load_diffmix_config": "diffmix_aug.config",
+    "build_pipeline": "diffmix_aug.pipeline",
+    "split_by_tile": "diffmix_aug.data.split",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -40,6 +40,8 @@ from .sampling._base import SamplingInterrupted
 __all__ = ["CPU_PRIORITIES", "Producer", "ProducerError", "derive_seed", "preload_imports"]
 
 
+_LOADER_STREAMS = 1 << 40
+
 #: modules the producer thread may import lazily; imported by :func:`preload_imports` first
 _HEAVY_MODULES = ("cv2", "scipy.ndimage", "safetensors", "tqdm")
 
@@ -209,7 +211,8 @@ class Producer:
             stream = self._streams_issued
             self._streams_issued += 1
             rng = np.random.default_rng(derive_seed(self.seed, self.rank, stream, 0x10B5))
-            yield [(stream, j, self.pick_source(rng)) for j in range(self.batch_size)]
+            # loader streams live above 2**40, in-thread ones are batch indices: their map seeds never meet
+            yield [(_LOADER_STREAMS + stream, j, self.pick_source(rng)) for j in range(self.batch_size)]
 
     def _maps(self, batch_index: int, rng: np.random.Generator) -> list[dict[str, Any]]:
         """The label maps of one batch: from the worker loader when it runs, else built here."""
