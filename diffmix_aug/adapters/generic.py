@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.sample import NucleiSample
+from ..data.sample import NucleiSample, as_int_map
 from .base import Adapter, fit_to_shape, is_albumentations
 
 __all__ = ["MappingAdapter", "NucleiSampleAdapter", "SequenceAdapter"]
@@ -71,24 +71,12 @@ def _to_numpy_image(x: Any) -> np.ndarray:
 
 
 def _to_numpy_map(x: Any, what: str = "map") -> np.ndarray:
-    """A label map as int32, refusing what a cast would silently change (NaN, fractions, negatives, > int32)."""
+    """A label map as C-contiguous int32, validated by the one map check (:func:`~diffmix_aug.data.sample.as_int_map`):
+    NaN, fractions, negatives and ids beyond int32 are refused, not cast."""
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    if a.ndim == 3:
-        a = a[0] if a.shape[0] == 1 else a[..., 0]
-    if a.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D [H, W] map, got shape {a.shape}")
-    if a.dtype.kind == "f":
-        if not np.isfinite(a).all():
-            raise ValueError(f"{what} holds NaN or inf values; expected integer ids >= 0")
-        if (a != np.round(a)).any():
-            raise ValueError(f"{what} holds non-integer values; expected integer ids >= 0")
-    elif a.dtype.kind not in "iub":
-        raise TypeError(f"{what} must hold integers, got dtype {a.dtype}")
-    if a.size and a.min() < 0:
-        raise ValueError(f"{what} holds negative ids (minimum {a.min()}); expected ids >= 0 (0 = background)")
-    if a.size and a.max() > np.iinfo(np.int32).max:
-        raise ValueError(f"{what} ids must fit in int32, got maximum {a.max()}; relabel with remap_label")
-    return a.astype(np.int32)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    return as_int_map(what, a[..., 0] if a.ndim == 3 else a)
 
 
 def _like(value: np.ndarray, template: Any, *, image: bool) -> Any:

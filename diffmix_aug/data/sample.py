@@ -10,7 +10,7 @@ import numpy as np
 
 from .._checks import describe
 
-__all__ = ["InstanceInfo", "NucleiSample", "instance_info"]
+__all__ = ["InstanceInfo", "NucleiSample", "as_int_map", "instance_info"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def instance_info(inst_map: np.ndarray, type_map: np.ndarray | None = None) -> I
     return InstanceInfo(ids.astype(np.int32), types, np.stack([cx, cy], axis=1), bboxes, areas)
 
 
-def _as_int_map(name: str, value: Any) -> np.ndarray:
+def as_int_map(name: str, value: Any) -> np.ndarray:
     """Validate a label map and return it as ``int32``."""
     if not isinstance(value, np.ndarray):
         raise TypeError(f"`{name}` must be a numpy.ndarray of integers, got {type(value).__name__}")
@@ -87,7 +87,8 @@ def _as_int_map(name: str, value: Any) -> np.ndarray:
     elif value.dtype.kind not in "iu":
         raise TypeError(f"`{name}` must have an integer dtype, got {value.dtype}")
     if value.size and value.min() < 0:
-        raise ValueError(f"`{name}` must not hold negative values, got minimum {value.min()}")
+        raise ValueError(f"`{name}` must not hold negative ids (got minimum {value.min()}); expected ids >= 0, "
+                         "0 = background")
     if value.size and value.max() > np.iinfo(np.int32).max:
         raise ValueError(f"`{name}` values must fit in int32, got maximum {value.max()}")
     # C order: .mat files load Fortran-ordered, and every label-map op ravels row-major
@@ -149,8 +150,8 @@ class NucleiSample:
             hint = " (scale floats in [0, 1] with (image * 255).round().astype(np.uint8))" \
                 if image.dtype.kind == "f" else ""
             raise TypeError(f"`image` must have dtype uint8, got {image.dtype}{hint}")
-        inst = _as_int_map("inst_map", inst_map)
-        typ = _as_int_map("type_map", type_map)
+        inst = as_int_map("inst_map", inst_map)
+        typ = as_int_map("type_map", type_map)
         if inst.shape != image.shape[:2] or typ.shape != image.shape[:2]:
             raise ValueError(f"`image`, `inst_map` and `type_map` must share H x W, got image {image.shape[:2]}, "
                              f"inst_map {inst.shape}, type_map {typ.shape}")
