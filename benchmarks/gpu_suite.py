@@ -194,6 +194,7 @@ def bench_loader(device: torch.device, preset: str, size: int, items: int, worke
                  steps: int, budget: Budget) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
+    from benchmarks.loader import wait_per_step
     from diffmix_aug.data.toy import make_toy_dataset
     from diffmix_aug.dataset import DiffMixDataset
     from diffmix_aug.sampling import DDIMSampler, Synthesizer
@@ -218,32 +219,14 @@ def bench_loader(device: torch.device, preset: str, size: int, items: int, worke
         del loader
         return rate
 
-    def waits(ds) -> list[float]:
-        loader = DataLoader(ds, batch_size=8, num_workers=workers, persistent_workers=workers > 0,
-                            collate_fn=collate)
-        it = iter(loader)
-        next(it)
-        out = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            try:
-                next(it)
-            except StopIteration:
-                it = iter(loader)
-                next(it)
-            out.append(time.perf_counter() - t0)
-            time.sleep(step_s)
-        del it, loader
-        return out
-
     result: dict[str, Any] = {"items": items, "size": size, "workers": workers, "step_s": step_s,
                               "precision": half}
     result["bare_items_per_s"] = loader_rate(bare)
-    bare_wait = statistics.median(waits(bare))
+    bare_wait = wait_per_step(bare, workers, 8, steps, step_s, collate)
     with DiffMixDataset(base, synth, synthetic_ratio=0.5, cache_capacity=64, batch_size=8, warmup="block",
                         warmup_items=8, warmup_timeout=max(30.0, budget.left() / 4)) as ds:
         result["diffmix_items_per_s"] = loader_rate(ds)
-        live_wait = statistics.median(waits(ds))
+        live_wait = wait_per_step(ds, workers, 8, steps, step_s, collate)
         result["stats"] = ds.stats()
     result["ratio_vs_bare"] = result["diffmix_items_per_s"] / result["bare_items_per_s"]
     result["bare_wait_s"], result["live_wait_s"] = bare_wait, live_wait

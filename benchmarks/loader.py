@@ -90,9 +90,10 @@ def items_per_s(ds, workers: int, batch: int, epochs: int) -> float:
     return n / dt
 
 
-def wait_per_step(ds, workers: int, batch: int, steps: int, step_s: float) -> float:
+def wait_per_step(ds, workers: int, batch: int, steps: int, step_s: float, collate_fn=None) -> float:
     """Median seconds the training loop waits for the next batch."""
-    loader = DataLoader(ds, batch_size=batch, num_workers=workers, persistent_workers=workers > 0)
+    loader = DataLoader(ds, batch_size=batch, num_workers=workers, persistent_workers=workers > 0,
+                        collate_fn=collate_fn)
     waits = []
     it = iter(loader)
     next(it)
