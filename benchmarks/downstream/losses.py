@@ -17,12 +17,18 @@ import torch.nn.functional as F
 __all__ = ["dice_loss", "hovernet_loss", "msge_loss", "mse_loss", "sobel_kernels", "xentropy_loss"]
 
 
-def xentropy_loss(true: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of one-hot ``true`` and probabilities ``pred``, both ``float [N, H, W, C]``."""
+def xentropy_loss(true: torch.Tensor, pred: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of one-hot ``true`` and probabilities ``pred``, both ``float [N, H, W, C]``.
+
+    ``weights`` (``float [C]``, optional) weights each pixel's term by its true class (a class-weighted
+    loss); None is HoVer-Net's unweighted mean.
+    """
     eps = 10e-8
     pred = pred / torch.sum(pred, -1, keepdim=True)
     pred = torch.clamp(pred, eps, 1.0 - eps)
-    return -torch.sum(true * torch.log(pred), -1).mean()
+    if weights is None:
+        return -torch.sum(true * torch.log(pred), -1).mean()
+    return -torch.sum(true * torch.log(pred) * weights.to(pred), -1).mean()
 
 
 def dice_loss(true: torch.Tensor, pred: torch.Tensor, smooth: float = 1e-3) -> torch.Tensor:
@@ -73,6 +79,7 @@ def hovernet_loss(
     tp_map: torch.Tensor | None = None,
     *,
     transposed_kernels: bool = False,
+    type_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """HoVer-Net's summed loss.
 
@@ -83,6 +90,8 @@ def hovernet_loss(
         hv_map: ``float [N, H, W, 2]`` (x, y).
         tp_map: ``int [N, H, W]`` in 0..T-1, or None.
         transposed_kernels: reproduce the PyTorch port's transposed MSGE kernels.
+        type_weights: ``float [T]`` per-class weights of the type branch's cross-entropy (the
+            class-weighted-loss baseline of the ablation); None: HoVer-Net's unweighted loss.
 
     Returns:
         ``(total, parts)`` where ``parts`` maps each term name to its float value.
@@ -101,7 +110,7 @@ def hovernet_loss(
         n_types = out["tp"].shape[1]
         tp_prob = F.softmax(out["tp"], 1).permute(0, 2, 3, 1)
         tp_true = F.one_hot(tp_map.long(), n_types).float()
-        parts["tp_bce"] = xentropy_loss(tp_true, tp_prob)
+        parts["tp_bce"] = xentropy_loss(tp_true, tp_prob, type_weights)
         parts["tp_dice"] = dice_loss(tp_true, tp_prob)
     total = sum(parts.values())
     return total, {k: float(v.detach()) for k, v in parts.items()}

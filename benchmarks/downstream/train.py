@@ -51,6 +51,8 @@ class HarnessConfig:
         eval_batch: batch size of inference.
         postproc: keyword arguments of :func:`~benchmarks.downstream.postproc.proc_np_hv`.
         device: torch device.
+        type_weights: per-class weights of the type cross-entropy (``num_types`` floats; the
+            class-weighted-loss arm), None for HoVer-Net's unweighted loss.
     """
 
     iterations: int = 300
@@ -65,6 +67,7 @@ class HarnessConfig:
     eval_batch: int = 16
     postproc: dict[str, Any] = field(default_factory=lambda: dict(TOY_POSTPROC))
     device: str = "cpu"
+    type_weights: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,7 +151,7 @@ def _output_shape(model: torch.nn.Module, hw: tuple[int, int], device: str) -> t
 
 
 def train(dataset: Any, num_types: int, config: HarnessConfig | None = None, *, progress: bool = True,
-          desc: str = "train") -> tuple[torch.nn.Module, dict[str, Any]]:
+          desc: str = "train", batch_sampler: Any = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train a fresh network on ``dataset`` for exactly ``config.iterations`` steps.
 
     Args:
@@ -157,6 +160,9 @@ def train(dataset: Any, num_types: int, config: HarnessConfig | None = None, *, 
         config: :class:`HarnessConfig`.
         progress: show a tqdm bar.
         desc: progress-bar label.
+        batch_sampler: optional iterable of index lists, one per step (it fixes the composition of
+            every batch, e.g. the ablation's real + arm items); default: shuffled batches of
+            ``config.batch_size``.
 
     Returns:
         ``(model in eval mode, history)`` with the loss curve, seconds and samples seen.
@@ -175,8 +181,18 @@ def train(dataset: Any, num_types: int, config: HarnessConfig | None = None, *, 
     out_shape = _output_shape(model, hw, config.device)
     prepared = _Prepared(dataset, config.seed, config.augment, None if out_shape == hw else out_shape)
     gen = torch.Generator().manual_seed(config.seed)
-    loader = torch.utils.data.DataLoader(prepared, batch_size=config.batch_size, shuffle=True,
-                                         drop_last=len(dataset) >= config.batch_size, generator=gen, num_workers=config.num_workers)
+    if batch_sampler is not None:
+        loader = torch.utils.data.DataLoader(prepared, batch_sampler=batch_sampler, num_workers=config.num_workers)
+    else:
+        loader = torch.utils.data.DataLoader(prepared, batch_size=config.batch_size, shuffle=True,
+                                             drop_last=len(dataset) >= config.batch_size, generator=gen,
+                                             num_workers=config.num_workers)
+    weights = None
+    if config.type_weights is not None:
+        if len(config.type_weights) != num_types:
+            raise ValueError(f"`config.type_weights` must hold {num_types} weights (one per type incl. background), "
+                             f"got {len(config.type_weights)}")
+        weights = torch.tensor(config.type_weights, dtype=torch.float32, device=config.device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.iterations) / config.iterations)))
@@ -193,7 +209,7 @@ def train(dataset: Any, num_types: int, config: HarnessConfig | None = None, *, 
             imgs = batch["img"].to(config.device).permute(0, 3, 1, 2).float()
             out = model(imgs)
             loss, _ = hovernet_loss(out, batch["np_map"].to(config.device), batch["hv_map"].to(config.device),
-                                    batch["tp_map"].to(config.device))
+                                    batch["tp_map"].to(config.device), type_weights=weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -237,7 +253,7 @@ def predict(model: torch.nn.Module, images: Sequence[np.ndarray], config: Harnes
 
 
 def evaluate(model: torch.nn.Module, items: Sequence[Any], config: HarnessConfig | None = None,
-             type_ids: Sequence[int] | None = None) -> dict[str, Any]:
+             type_ids: Sequence[int] | None = None, per_image: bool = False) -> dict[str, Any]:
     """Table-1 metrics of ``model`` on held-out items (anything :func:`raw_maps` reads).
 
     Args:
@@ -246,6 +262,9 @@ def evaluate(model: torch.nn.Module, items: Sequence[Any], config: HarnessConfig
             were conditioned on, for label fidelity).
         config: harness config (post-processing, batch, device).
         type_ids: types scored by per-type F1 (default: the sorted unique GT types).
+        per_image: also return ``"per_image"``: ``{"seg": float [n, 6]`` (dice, aji, aji+, dq, sq, pq
+            per image), ``"true": [...], "pred": [...]}`` (the centroid/type dicts per image), for
+            bootstrap intervals over images.
 
     Returns:
         ``{"dice", "aji", "aji_plus", "dq", "sq", "pq"`` (means over images), ``"f1_detection",
@@ -273,4 +292,6 @@ def evaluate(model: torch.nn.Module, items: Sequence[Any], config: HarnessConfig
     res = dict(zip(["dice", "aji", "aji_plus", "dq", "sq", "pq"], (float(v) for v in mean)))
     res.update(f1_detection=cls["f1_detection"], accuracy=cls["accuracy"], f1_per_type=cls["f1_per_type"],
                n_images=len(rows), n_true=cls["tp"] + cls["fn"], n_pred=cls["tp"] + cls["fp"])
+    if per_image:
+        res["per_image"] = {"seg": np.asarray(rows, np.float64).reshape(-1, 6), "true": true_pts, "pred": pred_pts}
     return res

@@ -93,13 +93,21 @@ def test_ablation_quick_runs_every_arm(tmp_path, random_sdm):
     from benchmarks.ablation import ARMS, main
 
     out = tmp_path / "ablation"
-    assert main(["--dataset", "toy", "--quick", "--sdm", str(random_sdm), "--out", str(out),
-                 "--iterations", "6", "--n-train", "12", "--n-test", "4", "--ddim-steps", "2"]) == 0
+    assert main(["--dataset", "toy", "--quick", "--sdm", str(random_sdm), "--out", str(out), "--arms", ",".join(ARMS),
+                 "--iterations", "4", "--n-train", "12", "--n-test", "4", "--ddim-steps", "2",
+                 "--pool-dir", str(tmp_path / "pools")]) == 0
     result = json.loads((out / "ablation.json").read_text())
-    assert set(result["summary"]) == set(ARMS)
+    summary = result["eval"]["test"]["summary"]
+    assert set(summary) == set(ARMS)
     for arm in ARMS:
-        dice = result["summary"][arm]["dice"]
-        assert 0.0 <= np.asarray(dice, float)[0] <= 1.0
+        assert 0.0 <= np.asarray(summary[arm]["dice"], float)[0] <= 1.0
+    exposure = {arm: reps[0] for arm, reps in result["exposure"].items()}
+    # every arm sees the same real items per step; only the arm's own half differs
+    assert all(e["items"] == 4 * 4 for e in exposure.values())
+    assert exposure["baseline"]["synthetic_items"] == 0 and exposure["diffmix"]["synthetic_items"] == 8
+    # GradMix and DiffMix-B replay the same balancing draws (the matched control)
+    assert exposure["gradmix"]["rare_instances"] == exposure["diffmix-b"]["rare_instances"]
+    assert result["eval"]["test"]["comparison"]["diffmix"]["vs_baseline"]["pq"]["seeds"] == 1
     table = (out / "ablation.md").read_text()
-    assert "| Method | Dice | AJI | DQ | SQ | PQ | Acc |" in table
+    assert "| Method | Dice | AJI | DQ | SQ | PQ | Acc |" in table and "## Exposure" in table
     assert (out / "f1_per_type.png").is_file()
