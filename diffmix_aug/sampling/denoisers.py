@@ -47,6 +47,16 @@ def is_sdm(model) -> bool:
     return all(callable(getattr(model, name, None)) for name in ("encode", "modulation", "decode"))
 
 
+def _has_fast_split(model) -> bool:
+    """True when ``encode`` / ``decode`` take ``fast=True`` (this package's SDMUNet)."""
+    import inspect
+
+    try:
+        return all("fast" in inspect.signature(getattr(model, name)).parameters for name in ("encode", "decode"))
+    except (TypeError, ValueError):
+        return False
+
+
 def _combine(out: torch.Tensor, scale: float, guided: bool) -> torch.Tensor:
     """Guided epsilon from a model output on 2B (cond first) or on B (unguided); float32 ``[B, 3, H, W]``."""
     eps = out[:, :3].float()
@@ -115,16 +125,27 @@ class SDMGuidance:
         self.kind = kind
         self.precision = precision
         self.channels_last = channels_last
+        self.fast = _has_fast_split(model)
         self._null: dict[tuple, object] = {}
+
+    @property
+    def _model_kind(self) -> str:
+        # fp32 "full" caches (1 + gamma, beta): one addcmul per SPADE layer and step
+        return "affine" if self.fast and self.kind == "full" and self.precision == "fp32" else self.kind
 
     def null_modulation(self, like: torch.Tensor):
         """Modulation of the all-zero label for one image of ``like``'s size, cached per (H, W, dtype, device)."""
         key = (tuple(like.shape[1:]), like.device, self.kind, self.precision, self.channels_last)
         mods = self._null.get(key)
         if mods is None:
-            zero = _memory_format(torch.zeros_like(like[:1], dtype=torch.float32), self.channels_last)
             with autocast_context(like.device, self.precision):
-                mods = self.model.modulation(zero, kind=self.kind)
+                if callable(getattr(self.model, "null_modulation", None)):
+                    fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+                    mods = self.model.null_modulation(1, tuple(like.shape[-2:]), kind=self._model_kind,
+                                                      device=like.device, dtype=torch.float32, memory_format=fmt)
+                else:
+                    zero = _memory_format(torch.zeros_like(like[:1], dtype=torch.float32), self.channels_last)
+                    mods = self.model.modulation(zero, kind=self._model_kind)
             self._null[key] = mods
         return mods
 
@@ -132,18 +153,26 @@ class SDMGuidance:
         """Modulations for one batch, computed once before the loop: ``cat(mods(cond), null x B)`` on 2B."""
         y = _memory_format(cond.float(), self.channels_last)
         with autocast_context(cond.device, self.precision):
-            mods = self.model.modulation(y, kind=self.kind)
+            mods = self.model.modulation(y, kind=self._model_kind)
         if not self.guided:
             return mods
         return mods.cat(self.null_modulation(y).expand(y.shape[0]))
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, conditioning) -> torch.Tensor:
-        """Guided epsilon, float32 ``[B, 3, H, W]``: encoder on B, middle and decoder on 2B."""
+        """Guided epsilon, float32 ``[B, 3, H, W]``: encoder on B, middle and decoder on 2B.
+
+        The model's fused inference blocks run (``fast=True``) when it has them; the encoder state is
+        shared by the cond and null halves without being copied.
+        """
         with autocast_context(x.device, self.precision):
-            state = self.model.encode(_memory_format(x, self.channels_last), t)
-            if self.guided:
-                state = state.repeat(2)
-            out = self.model.decode(state, conditioning)
+            if self.fast:
+                state = self.model.encode(_memory_format(x, self.channels_last), t, fast=True)
+                out = self.model.decode(state, conditioning, fast=True)
+            else:
+                state = self.model.encode(_memory_format(x, self.channels_last), t)
+                if self.guided:
+                    state = state.repeat(2)
+                out = self.model.decode(state, conditioning)
         return _combine(out, self.scale, self.guided)
 
 

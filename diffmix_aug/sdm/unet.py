@@ -7,6 +7,10 @@ SPADE convolutions out of the denoising loop (``design/performance.md`` §3)::
     state = model.encode(x, t)                    # EncoderState
     mods = model.modulation(y, kind="full")       # SpadeModulation
     out = model.decode(state, mods)               # == model(x, t, y)
+
+``encode(..., fast=True)`` / ``decode(..., fast=True)`` run each block's inference-only ``forward_fast``
+(fused kernels, same math to float rounding); a fast decode also takes one encoder state for k stacked
+modulations (``[cond, null]``: k = 2) without materialising k copies of the skips.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from .config import SDMConfig
 
 __all__ = ["MODULATION_KINDS", "EncoderState", "SDMUNet", "SpadeModulation"]
 
-MODULATION_KINDS = ("full", "hidden")
+MODULATION_KINDS = ("full", "hidden", "affine")
 
 
 @dataclass
@@ -65,6 +69,7 @@ class SpadeModulation:
 
     Attributes:
         kind: ``"full"``: ``values[i] = (gamma_i, beta_i)``, each ``[N, C_i, h_i, w_i]``;
+            ``"affine"``: as full with the one folded in, ``(1 + gamma_i, beta_i)`` (the fast fp32 cache);
             ``"hidden"``: ``values[i]`` = the shared ``ReLU(conv3x3(y))`` ``[N, spade_hidden, h_i, w_i]``.
         values: One entry per SPADE layer.
     """
@@ -80,7 +85,7 @@ class SpadeModulation:
         return self._tensors()[0].shape[0]
 
     def _map(self, fn) -> SpadeModulation:
-        if self.kind == "full":
+        if self.kind != "hidden":
             return SpadeModulation(self.kind, [(fn(g), fn(b)) for g, b in self.values])
         return SpadeModulation(self.kind, [fn(a) for a in self.values])
 
@@ -96,7 +101,7 @@ class SpadeModulation:
             raise ValueError(f"can only concatenate SpadeModulations of one kind and layer count, got kinds "
                              f"{sorted(kinds)} and layer counts {[len(m.values) for m in mods]}")
         kind = mods[0].kind
-        if kind == "full":
+        if kind != "hidden":
             values = [(torch.cat([m.values[i][0] for m in mods]), torch.cat([m.values[i][1] for m in mods]))
                       for i in range(len(mods[0].values))]
         else:
@@ -211,18 +216,21 @@ class SDMUNet(nn.Module):
         return [norm for b in blocks for norm in b.spade_layers()]
 
     # ------------------------------------------------------------------ the split
-    def encode(self, x: torch.Tensor, t: torch.Tensor) -> EncoderState:
+    def encode(self, x: torch.Tensor, t: torch.Tensor, *, fast: bool = False) -> EncoderState:
         """Run the time embedding and the encoder (no label involved).
 
         Args:
             x: ``[N, in_channels, H, W]`` noisy image.
             t: ``[N]`` original timesteps (0..T-1).
+            fast: Inference-only fused blocks (no autograd; same result to float rounding).
         """
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"`x` must be [N, {self.config.in_channels}, H, W], got {describe(x)}")
         if t.ndim != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"`t` must be [N] with N = x.shape[0] = {x.shape[0]}, got {describe(t)}")
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels))
+        if fast:
+            return self._encode_fast(x, emb)
         h = x
         skips = []
         for layers in self.input_blocks:
@@ -236,38 +244,71 @@ class SDMUNet(nn.Module):
 
         Args:
             y: ``[N, label_channels, H, W]`` condition at image resolution (all zeros = null label).
-            kind: ``"full"`` for (gamma, beta), ``"hidden"`` for the shared hidden activation.
+            kind: ``"full"`` for (gamma, beta), ``"affine"`` for (1 + gamma, beta) (gamma and beta by one
+                convolution with both weights), ``"hidden"`` for the shared hidden activation.
         """
         check_choice("kind", kind, MODULATION_KINDS)
         self._check_label(y)
         values = []
+        fmt = _memory_format_of(y)
         for norm in self._spade_list:
             a = norm.hidden(y)
-            values.append(norm.gamma_beta(a) if kind == "full" else a)
+            values.append(a if kind == "hidden" else _spade_values(norm, a, kind, fmt))
         return SpadeModulation(kind, values)
 
     def null_modulation(self, batch_size: int, size: tuple[int, int] | int, kind: str = "full", *,
-                        device: torch.device | str | None = None, dtype: torch.dtype | None = None
-                        ) -> SpadeModulation:
+                        device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                        memory_format: torch.memory_format = torch.contiguous_format) -> SpadeModulation:
         """Modulation of the all-zero (null) label: computed at batch 1, broadcast to ``batch_size``.
+
+        The zero label makes every SPADE hidden activation the constant ``ReLU(bias)`` (zero padding of
+        zeros is zeros), so gamma and beta depend only on the distance to the border: they are computed on
+        a 3x3 map (corner, edge and interior taps) and spread to the layer's size by index, instead of a
+        full-size convolution; the same numbers as ``modulation(zeros)`` to float rounding.
 
         Args:
             batch_size: Batch of the returned (stride-0) modulation.
             size: Image size ``(H, W)`` or ``H`` for square.
             kind: As :meth:`modulation`.
             device, dtype: Of the zero label; default the model's parameters'.
+            memory_format: Of the returned tensors (``torch.channels_last`` for NHWC models).
         """
+        check_choice("kind", kind, MODULATION_KINDS)
         h, w = (size, size) if isinstance(size, int) else size
         p = next(self.parameters())
-        y = torch.zeros(1, self.label_channels, h, w, device=device or p.device, dtype=dtype or p.dtype)
-        return self.modulation(y, kind).expand(batch_size)
+        device, dtype = device or p.device, dtype or p.dtype
+        zero3 = torch.zeros(1, self.label_channels, 3, 3, device=device, dtype=dtype)
+        values = []
+        for norm in self._spade_list:
+            hh, ww = h // norm.ds, w // norm.ds
+            if min(hh, ww) < 2:  # both borders in one row / column: compute at full size
+                a = norm.hidden(torch.zeros(1, self.label_channels, h, w, device=device, dtype=dtype))
+                value = a if kind == "hidden" else _spade_values(norm, a, kind, torch.contiguous_format)
+            else:
+                a = norm.hidden(zero3, (3, 3))
+                value = a if kind == "hidden" else _spade_values(norm, a, kind, torch.contiguous_format)
+                rows = torch.tensor([0] + [1] * (hh - 2) + [2], device=device)
+                cols = torch.tensor([0] + [1] * (ww - 2) + [2], device=device)
 
-    def decode(self, state: EncoderState, mods: SpadeModulation) -> torch.Tensor:
+                def spread(t: torch.Tensor) -> torch.Tensor:
+                    return t.index_select(2, rows).index_select(3, cols)
+
+                value = spread(value) if kind == "hidden" else tuple(spread(t) for t in value)
+            values.append(value)
+        mods = SpadeModulation(kind, values)
+        if memory_format != torch.contiguous_format:
+            mods = mods.to(memory_format=memory_format)
+        return mods.expand(batch_size)
+
+    def decode(self, state: EncoderState, mods: SpadeModulation, *, fast: bool = False) -> torch.Tensor:
         """Middle and decoder blocks plus the output head.
 
         Args:
             state: From :meth:`encode` (possibly ``repeat``-ed).
-            mods: From :meth:`modulation` (possibly concatenated); same batch as ``state``.
+            mods: From :meth:`modulation` (possibly concatenated); same batch as ``state``, or with
+                ``fast`` a multiple k of it (the state is then shared by k stacked modulations, e.g.
+                ``[cond, null]``, as ``decode(state.repeat(k), mods)`` without the copies).
+            fast: Inference-only fused blocks (no autograd; same result to float rounding).
 
         Returns:
             ``float32 [N, out_channels, H, W]``.
@@ -278,9 +319,12 @@ class SDMUNet(nn.Module):
         if len(mods.values) != n_layers:
             raise ValueError(f"`mods` has {len(mods.values)} SPADE layers, this model has {n_layers}; build it "
                              "with this model's modulation()")
-        if mods.batch_size != state.batch_size:
+        shared = fast and mods.batch_size % max(state.batch_size, 1) == 0
+        if mods.batch_size != state.batch_size and not shared:
             raise ValueError(f"`mods` batch {mods.batch_size} != encoder state batch {state.batch_size}; use "
                              "EncoderState.repeat(k) / SpadeModulation.cat(...) so that they match")
+        if fast:
+            return self._decode_fast(state, mods.conds(), mods.batch_size // state.batch_size)
         return self._decode(state, mods.conds())
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -312,6 +356,93 @@ class SDMUNet(nn.Module):
         with torch.autocast(h.device.type, enabled=False):
             h = F.silu(self.out_norm(h.float()))
             return F.conv2d(h, self.out_conv.weight.float(), self.out_conv.bias.float(), padding=1)
+
+
+    # ------------------------------------------------------------------ fast (inference) forms
+    def _emb_projections(self, part: str, semb: torch.Tensor, k: int = 1) -> list[torch.Tensor]:
+        """Every res-block's ``emb_layer(silu(emb))[:, :, None, None]`` of one part of the U-Net by one
+        matrix product with the stacked weights (cached while the weights are unchanged), batch tiled k times."""
+        blocks = [m for layers in (self.input_blocks if part == "encoder" else
+                                   [self.middle_block, *self.output_blocks])
+                  for m in layers if isinstance(m, (ResBlock, SDMResBlock))]
+        params = [p for b in blocks for p in (b.emb_layer.weight, b.emb_layer.bias)]
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cache = self.__dict__.setdefault("_fast_emb_cache", {})
+        hit = cache.get(part)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                weight = torch.cat([b.emb_layer.weight for b in blocks])
+                bias = torch.cat([b.emb_layer.bias for b in blocks])
+            hit = (key, weight, bias, [b.emb_layer.out_features for b in blocks])
+            cache[part] = hit
+        _, weight, bias, sizes = hit
+        e = F.linear(semb, weight, bias)
+        if k > 1:
+            e = torch.cat([e] * k)
+        return [t[:, :, None, None] for t in e.split(sizes, dim=1)]
+
+    def _encode_fast(self, x: torch.Tensor, emb: torch.Tensor) -> EncoderState:
+        es = iter(self._emb_projections("encoder", F.silu(emb)))
+        h = x
+        skips = []
+        for layers in self.input_blocks:
+            for layer in layers:
+                if isinstance(layer, ResBlock):
+                    h = layer.forward_fast(h, next(es))
+                elif isinstance(layer, AttentionBlock):
+                    h = layer.forward_fast(h)
+                else:
+                    h = layer(h)
+            skips.append(h)
+        return EncoderState(h, skips, emb)
+
+    def _decode_fast(self, state: EncoderState, conds: list, k: int) -> torch.Tensor:
+        it = iter(conds)
+        es = iter(self._emb_projections("decoder", F.silu(state.emb), k))  # on the shared batch, tiled k times
+        skips = list(state.skips)
+        h = state.h if k == 1 else torch.cat([state.h] * k)
+
+        def run(layer, h):
+            if isinstance(layer, SDMResBlock):
+                return layer.forward_fast(h, next(es), next(it), next(it))
+            if isinstance(layer, AttentionBlock):
+                return layer.forward_fast(h)
+            return layer(h)
+
+        for layer in self.middle_block:
+            h = run(layer, h)
+        for layers in self.output_blocks:
+            h = _cat_shared(h, skips.pop(), k)
+            for layer in layers:
+                h = run(layer, h)
+        with torch.autocast(h.device.type, enabled=False):
+            h = F.silu(self.out_norm(h.float()), inplace=True)
+            return F.conv2d(h, self.out_conv.weight.float(), self.out_conv.bias.float(), padding=1)
+
+
+def _spade_values(norm: SPADEGroupNorm, a: torch.Tensor, kind: str, fmt: torch.memory_format) -> tuple:
+    """``(gamma, beta)`` ("full") or ``(1 + gamma, beta)`` ("affine": one convolution with both weights)."""
+    if kind == "full":
+        return norm.gamma_beta(a)
+    w = torch.cat([norm.mlp_gamma.weight, norm.mlp_beta.weight])
+    b = torch.cat([norm.mlp_gamma.bias, norm.mlp_beta.bias])
+    gamma, beta = F.conv2d(a, w, b, padding=1).chunk(2, dim=1)
+    return (1 + gamma.float()).contiguous(memory_format=fmt), beta.contiguous(memory_format=fmt)
+
+
+def _memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if (x.is_contiguous(memory_format=torch.channels_last)
+                                   and not x.is_contiguous()) else torch.contiguous_format
+
+
+def _cat_shared(h: torch.Tensor, skip: torch.Tensor, k: int) -> torch.Tensor:
+    """``cat([h, cat([skip] * k)], dim=1)`` in one buffer, in ``h``'s memory format."""
+    n, ch = h.shape[:2]
+    out = torch.empty((n, ch + skip.shape[1], *h.shape[2:]), dtype=h.dtype, device=h.device,
+                      memory_format=_memory_format_of(h))
+    out[:, :ch].copy_(h)
+    out[:, ch:].unflatten(0, (k, n // k)).copy_(skip.unsqueeze(0).expand(k, *skip.shape))
+    return out
 
 
 class _Downsample(nn.Module):

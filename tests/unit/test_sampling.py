@@ -133,6 +133,23 @@ def test_fast_matches_reference_sdm(preset, size, kind):
     assert (out - x0).abs().max() > 1e-3  # the model did something
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_matches_reference_equal_network(channels_last):
+    """The w32 preset (the equal-network benchmark's 15.8 M model) at 64 px: fused blocks, NHWC, <= 1e-4."""
+    torch.manual_seed(0)
+    model = randomize_sdm(build_sdm("w32", 6))
+    x0, cond = make_inputs(1, 64)
+    kw = dict(num_steps=100, strength=0.02)  # 2 guided steps
+    ref = ReferenceDDIMSampler(**kw).sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    fast = DDIMSampler(**kw, channels_last=channels_last)
+    out = fast.sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
+    assert fast.last_run["denoiser"] == "SDMGuidance" and fast.last_run["kind"] == "full"
+    assert (out - ref).abs().max() <= 1e-4
+    assert (out - x0).abs().max() > 1e-3
+
+
 def test_cache_budget_picks_hidden():
     model = randomize_sdm(build_sdm("tiny", 6, image_size=64))
     x0, cond = make_inputs(2, 32)

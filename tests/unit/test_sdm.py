@@ -204,3 +204,87 @@ def test_spade_modulation_concat_rejects_mixed(tiny):
     _, _, y = _inputs()
     with pytest.raises(ValueError, match="one kind"):
         SpadeModulation.concat([tiny.modulation(y, "full"), tiny.modulation(y, "hidden")])
+
+
+# ----------------------------------------------------------------------------- fast (inference) forms
+def test_w32_preset_is_the_equal_network():
+    """The public SDM at width 32 on 64 px (issue 14's equal-network benchmark): 15,761,382 parameters."""
+    model = build_sdm("w32", num_label_channels=6, device="meta")
+    assert sum(p.numel() for p in model.parameters()) == 15_761_382
+    assert model.config.image_size == 64 and model.config.channel_mult == (1, 2, 3, 4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kind", ["full", "affine", "hidden"])
+def test_fast_encode_decode_equals_forward_with_shared_state(tiny, kind, channels_last):
+    """Fused blocks, one encoder state for [cond, null], and every modulation kind give the plain result."""
+    x, t, y = _inputs(n=3)
+    model = tiny
+    if channels_last:
+        model = build_sdm(tiny.config).eval()
+        model.load_state_dict(tiny.state_dict())
+        model = model.to(memory_format=torch.channels_last)
+        x, y = (v.contiguous(memory_format=torch.channels_last) for v in (x, y))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.no_grad():
+        cond = tiny(x.contiguous(), t, y.contiguous())
+        uncond = tiny(x.contiguous(), t, torch.zeros_like(y.contiguous()))
+        state = model.encode(x, t, fast=True)
+        mods = model.modulation(y, kind).cat(model.null_modulation(3, 32, kind, memory_format=fmt))
+        both = model.decode(state, mods, fast=True)
+        single = model.decode(state, model.modulation(y, kind), fast=True)
+    torch.testing.assert_close(both[:3], cond, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(both[3:], uncond, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(single, cond, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="batch"):  # the plain decode still wants matching batches
+        model.decode(state, mods)
+
+
+@pytest.mark.parametrize("kind", ["full", "affine", "hidden"])
+@pytest.mark.parametrize("size", [(32, 32), (32, 16), (8, 16)])
+def test_null_modulation_equals_modulation_of_zeros(tiny, kind, size):
+    """The 3x3 border-pattern shortcut (and the full-size fallback for 1-pixel maps) == modulation(zeros)."""
+    with torch.no_grad():
+        fast = tiny.null_modulation(2, size, kind)
+        plain = tiny.modulation(torch.zeros(1, 6, *size), kind).expand(2)
+    assert fast.batch_size == 2 and fast.kind == kind
+    for a, b in zip(fast._tensors(), plain._tensors(), strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_affine_modulation_is_one_plus_gamma(tiny):
+    x, t, y = _inputs()
+    with torch.no_grad():
+        full, affine = tiny.modulation(y, "full"), tiny.modulation(y, "affine")
+        torch.testing.assert_close(tiny.decode(tiny.encode(x, t), affine), tiny(x, t, y), rtol=1e-5, atol=1e-5)
+    for (g, b), (g1, b1) in zip(full.values, affine.values, strict=True):
+        torch.testing.assert_close(g1, 1 + g, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(b1, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_fast_equals_plain(channels_last):
+    torch.manual_seed(0)
+    block = AttentionBlock(24, num_heads=4, num_groups=4).eval()  # head width 6, as w32's 96-channel level
+    torch.nn.init.normal_(block.proj_out.weight, std=0.1)
+    x = torch.randn(2, 24, 8, 8)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = block.forward_fast(x)
+        ref = block(x.contiguous())
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_fast_emb_cache_follows_weight_updates(tiny):
+    """The stacked time-embedding weights are rebuilt when a weight changes in place (training)."""
+    model = build_sdm(tiny.config).eval()
+    model.load_state_dict(tiny.state_dict())
+    x, t, y = _inputs()
+    with torch.no_grad():
+        model.decode(model.encode(x, t, fast=True), model.modulation(y), fast=True)
+        model.middle_block[0].emb_layer.weight.mul_(2.0)
+        fast = model.decode(model.encode(x, t, fast=True), model.modulation(y), fast=True)
+        torch.testing.assert_close(fast, model(x, t, y), rtol=1e-5, atol=1e-5)
