@@ -79,7 +79,7 @@ CONSEP_VAL_TILES = (1, 2, 3, 4, 5, 19)
 PRESETS = {
     "toy": {"quick": dict(n_train=16, n_test=8, iterations=8, batch_size=4, width=8, depth=2, ddim_steps=4,
                           pool_size=4, crop=0),
-            "full": dict(n_train=96, n_test=160, iterations=600, batch_size=8, width=16, depth=2, ddim_steps=20,
+            "full": dict(n_train=96, n_test=560, iterations=600, batch_size=8, width=16, depth=2, ddim_steps=20,
                          pool_size=96, crop=0)},
     "consep": {"quick": dict(n_train=0, n_test=8, iterations=8, batch_size=4, width=8, depth=2, ddim_steps=4,
                              pool_size=2, crop=64),
