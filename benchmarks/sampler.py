@@ -7,7 +7,15 @@ modulations, is separated out), and the per-patch time is extrapolated to DiffMi
 ``(setup + 55 x step) / batch``. The network cost does not depend on the timestep, so this is exact up
 to noise. Outputs of the fast fp32 path are compared with the reference on the same noise.
 
-    python benchmarks/sampler.py                       # CPU defaults: tiny@64 (batches 1,4,8,16), small@128 (batch 4)
+Every row also gives the per-patch time and the speed-up at 10 guided steps (``*_10``). The CPU
+default plan includes the equal-network case: the ``w32`` preset (the public SDM configuration at
+width 32: channel_mult (1, 2, 3, 4), 2 res-blocks, attention at 32/16/8, SPADE hidden 128,
+15,761,382 parameters) at 64 px, batch 4, whose fast/reference ratio at 10 guided steps is the
+issue-14 goal (>= 3.3x). The ratio against the public code itself is measured from its own source,
+not here.
+
+    python benchmarks/sampler.py                       # CPU defaults: tiny@64 (batches 1,4), w32@64 and small@128 (batch 4)
+    python benchmarks/sampler.py --threads 1           # one intra-op thread (a shared, busy machine)
     python benchmarks/sampler.py --device cuda         # GPU defaults: paper@256, fp32/fp16/bf16, eager and graph
 
 Writes ``benchmarks/results/sampler_<device>.json`` (machine, torch version, config, median and spread).
@@ -16,6 +24,7 @@ Writes ``benchmarks/results/sampler_<device>.json`` (machine, torch version, con
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -34,8 +43,8 @@ from diffmix_aug._io import atomic_write_text
 from diffmix_aug.sampling import DDIMSampler, ReferenceDDIMSampler
 from diffmix_aug.sdm import build_sdm
 
-PUBLIC_S_PER_PATCH = 12.7  # public DiffMix sampler, width 32, 64x64, batch 4, 2 cores (issue 5)
 STEPS_PER_PATCH = 55
+SHORT_STEPS = 10  # the equal-network comparison's guided steps
 
 
 def _sync(device: torch.device) -> None:
@@ -46,7 +55,7 @@ def _sync(device: torch.device) -> None:
 def random_sdm(preset: str, size: int, device: torch.device, seed: int = 0) -> torch.nn.Module:
     """An SDM preset with random weights everywhere (zero-initialised layers get small noise)."""
     torch.manual_seed(seed)
-    model = build_sdm(preset, 6, image_size=max(size, 64) if preset == "tiny" else 256)
+    model = build_sdm(preset, 6, image_size=max(size, 64) if preset in ("tiny", "w32") else 256)
     with torch.no_grad():
         for p in model.parameters():
             if not p.any():
@@ -77,10 +86,28 @@ def mode_name(mode: dict) -> str:
     return f"fast-{mode['precision']}" + ("-graph" if mode["graph"] else "") + ("-nhwc" if mode.get("channels_last") else "")
 
 
+def _register_cpu_flash_flops() -> None:
+    """Count the CPU flash-attention kernel (the fast path's attention) like the CUDA one: 4 b h L^2 d."""
+    from torch.utils import flop_counter
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or op.default in flop_counter.flop_registry or op in flop_counter.flop_registry:
+        return
+
+    def _flash_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    try:
+        flop_counter.register_flop_formula(op)(_flash_cpu_flop)
+    except RuntimeError:  # registered already (by torch or an earlier call)
+        pass
+
+
 def count_flops(model, mode: dict, batch: int, size: int, device: torch.device) -> dict:
     """FLOPs (2 per multiply-add, convs and matmuls) of one step and of the per-batch setup."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    _register_cpu_flash_flops()
     x0, cond, _ = inputs(batch, size, device)
     t = torch.full((batch,), 500, dtype=torch.long, device=device)
     sampler = make_sampler({**mode, "graph": False}, 1)
@@ -107,11 +134,14 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
         a @ b
     _sync(device)
     reps = 20 if device.type == "cuda" else 3
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e12
+    best = 0.0
+    for _ in range(3):  # best of three: a busy shared CPU only ever slows a trial down
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync(device)
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e12)
+    return best
 
 
 def timed_sample(sampler, model, x0, cond, noise, device) -> tuple[float, torch.Tensor, int]:
@@ -128,19 +158,25 @@ def timed_sample(sampler, model, x0, cond, noise, device) -> tuple[float, torch.
 
 
 def bench_case(preset: str, size: int, batch: int, modes: list[dict], args, device, model, pbar) -> list[dict]:
-    """All modes for one (preset, size, batch), interleaved over repeats."""
+    """All modes for one (preset, size, batch), interleaved over repeats.
+
+    NHWC modes run on a channels_last copy of the model (same weights).
+    """
     s1, s2 = args.steps
     x0, cond, noise = inputs(batch, size, device)
     samplers = {mode_name(m): (m, make_sampler(m, s1), make_sampler(m, s2)) for m in modes}
+    nhwc = (copy.deepcopy(model).to(memory_format=torch.channels_last)
+            if any(m.get("channels_last") for m in modes) else None)
+    models = {name: nhwc if m.get("channels_last") else model for name, (m, _, _) in samplers.items()}
     outs = {}
     for name, (_, a, b) in samplers.items():  # warm-up (and graph capture)
-        outs[name] = a.sample(model, x0, cond, noise=noise)
-        b.sample(model, x0, cond, noise=noise)
+        outs[name] = a.sample(models[name], x0, cond, noise=noise)
+        b.sample(models[name], x0, cond, noise=noise)
     times = {name: {"t1": [], "t2": [], "peak": []} for name in samplers}
     for _ in range(args.repeats):
         for name, (_, a, b) in samplers.items():
-            t1, _, p1 = timed_sample(a, model, x0, cond, noise, device)
-            t2, _, p2 = timed_sample(b, model, x0, cond, noise, device)
+            t1, _, p1 = timed_sample(a, models[name], x0, cond, noise, device)
+            t2, _, p2 = timed_sample(b, models[name], x0, cond, noise, device)
             times[name]["t1"].append(t1)
             times[name]["t2"].append(t2)
             times[name]["peak"].append(max(p1, p2))
@@ -158,6 +194,7 @@ def bench_case(preset: str, size: int, batch: int, modes: list[dict], args, devi
             "path": getattr(a, "last_run", {}).get("path", "eager"),
             "ms_per_step": 1e3 * step, "ms_per_step_min": 1e3 * min(steps), "ms_per_step_max": 1e3 * max(steps),
             "setup_ms": 1e3 * setup, "s_per_patch_55": per_patch, "patches_per_s": 1.0 / per_patch,
+            f"s_per_patch_{SHORT_STEPS}": (setup + SHORT_STEPS * step) / batch,
             "peak_memory_bytes": max(times[name]["peak"]),
             "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
         }
@@ -167,9 +204,11 @@ def bench_case(preset: str, size: int, batch: int, modes: list[dict], args, devi
             row["rel_err_vs_reference"] = float(diff.norm() / ref_out.norm())
         rows.append(row)
     ref = next((r for r in rows if r["mode"] == "reference-fp32"), None)
+    short = f"s_per_patch_{SHORT_STEPS}"
     for r in rows:
         if ref is not None:
             r["speedup_vs_reference"] = ref["s_per_patch_55"] / r["s_per_patch_55"]
+            r[f"speedup_vs_reference_{SHORT_STEPS}"] = ref[short] / r[short]
     return rows
 
 
@@ -181,9 +220,12 @@ def default_plan(device: torch.device) -> tuple[list[tuple[str, int, list[int]]]
             modes += [{"kind": "fast", "precision": p, "graph": False, "channels_last": True},
                       {"kind": "fast", "precision": p, "graph": True, "channels_last": True}]
         return cases, modes
-    cases = [("tiny", 64, [1, 4, 8, 16]), ("small", 128, [4])]
+    # a CPU run stays within minutes: tiny at two batches; bf16 (emulated without avx512_bf16/AMX) and
+    # NHWC only where they are asked about (the equal network)
+    cases = [("tiny", 64, [1, 4]), ("w32", 64, [4]), ("small", 128, [4])]
     modes = [{"kind": "reference"}, {"kind": "fast", "precision": "fp32", "graph": False},
-             {"kind": "fast", "precision": "bf16", "graph": False}]
+             {"kind": "fast", "precision": "fp32", "graph": False, "channels_last": True, "only": ("w32",)},
+             {"kind": "fast", "precision": "bf16", "graph": False, "only": ("w32",)}]
     return cases, modes
 
 
@@ -205,10 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default=None, help="fast-path precisions, e.g. 'fp32,bf16'")
     parser.add_argument("--steps", default="1,3", help="two step counts; per-step time is their difference")
     parser.add_argument("--repeats", type=int, default=None, help="default 3 on CUDA, 2 on CPU")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-flops", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.steps = [int(s) for s in args.steps.split(",")]
     if len(args.steps) != 2 or not 0 < args.steps[0] < args.steps[1]:
         parser.error("--steps needs two increasing positive counts, e.g. 1,3")
@@ -226,18 +271,24 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
+               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "load_average_at_start": list(os.getloadavg())}
     peaks = {"fp32": matmul_peak(device, torch.float32)}
     if device.type == "cuda":
         peaks.update(fp16=matmul_peak(device, torch.float16), bf16=matmul_peak(device, torch.bfloat16))
     rows: list[dict] = []
-    total = sum(len(b) for _, _, b in cases) * len(modes) * args.repeats
+    def case_modes(preset: str) -> list[dict]:
+        return [m for m in modes if preset in m.get("only", (preset,))]
+
+    total = sum(len(b) * len(case_modes(p)) for p, _, b in cases) * args.repeats
     with tqdm(total=total, desc="sampler bench", unit="run") as pbar:
         for preset, size, batches in cases:
             model = random_sdm(preset, size, device)
-            flops = {} if args.no_flops else {mode_name(m): count_flops(model, m, 1, size, device) for m in modes}
+            flops = {} if args.no_flops else {mode_name(m): count_flops(model, m, 1, size, device)
+                                              for m in case_modes(preset)}
             for batch in batches:
-                for row in bench_case(preset, size, batch, modes, args, device, model, pbar):
+                for row in bench_case(preset, size, batch, case_modes(preset), args, device, model, pbar):
                     f = flops.get(row["mode"])
                     if f:
                         row["gflop_per_step_per_image"] = f["step"] / 1e9
@@ -253,26 +304,34 @@ def main(argv: list[str] | None = None) -> int:
         if r["preset"] == "small" and r["size"] == 128 and r["batch"] == 4 and r["mode"] == "fast-fp32":
             goals["cpu_small128_b4_fast_vs_reference"] = {"ratio": r.get("speedup_vs_reference"), "goal": 2.0,
                                                           "max_abs_diff": r.get("max_abs_diff_vs_reference")}
-        if r["preset"] == "tiny" and r["size"] == 64 and r["batch"] == 4 and r["mode"].startswith("fast"):
-            goals[f"cpu_tiny64_b4_{r['mode']}_vs_public_12.7s"] = {
-                "s_per_patch": r["s_per_patch_55"], "ratio": PUBLIC_S_PER_PATCH / r["s_per_patch_55"], "goal": 2.0}
+        if r["preset"] == "w32" and r["size"] == 64 and r["batch"] == 4 and r["mode"].startswith("fast"):
+            # equal network (15.8 M parameters each), 10 guided steps: fast >= 3.3x its own reference is the
+            # mark for >= 4x the public sampler (whose loop costs about 1.2x this reference's, issue 14)
+            goals[f"cpu_w32_64_b4_{r['mode']}_vs_reference_{SHORT_STEPS}_steps"] = {
+                "ratio": r.get(f"speedup_vs_reference_{SHORT_STEPS}"), "goal": 3.3 if "fp32" in r["mode"] else None,
+                "ratio_55_steps": r.get("speedup_vs_reference"), "max_abs_diff": r.get("max_abs_diff_vs_reference"),
+                "fraction_of_matmul_peak": r.get("fraction_of_matmul_peak")}
         if r["preset"] == "paper" and r["size"] == 256 and r["batch"] == 8 and r["mode"] != "reference-fp32":
             goals[f"gpu_paper256_b8_{r['mode']}"] = {"ratio": r.get("speedup_vs_reference"), "goal_ratio": 5.0,
                                                      "patches_per_s": r["patches_per_s"], "goal_patches_per_s": 1.5}
 
     header = (f"{'preset':>6} {'size':>4} {'B':>3} {'mode':<20} {'ms/step':>9} {'setup ms':>9} {'s/patch':>8} "
-              f"{'patch/s':>8} {'x ref':>6} {'TFLOP/s':>8} {'maxdiff':>9}")
+              f"{'patch/s':>8} {'x ref':>6} {'x ref10':>7} {'TFLOP/s':>8} {'peak %':>6} {'maxdiff':>9}")
     print(header)
     for r in rows:
         print(f"{r['preset']:>6} {r['size']:>4} {r['batch']:>3} {r['mode']:<20} {r['ms_per_step']:9.1f} "
               f"{r['setup_ms']:9.1f} {r['s_per_patch_55']:8.3f} {r['patches_per_s']:8.3f} "
-              f"{r.get('speedup_vs_reference', float('nan')):6.2f} {r.get('achieved_tflops', float('nan')):8.4f} "
+              f"{r.get('speedup_vs_reference', float('nan')):6.2f} "
+              f"{r.get(f'speedup_vs_reference_{SHORT_STEPS}', float('nan')):7.2f} "
+              f"{r.get('achieved_tflops', float('nan')):8.4f} {100 * r.get('fraction_of_matmul_peak', float('nan')):6.1f} "
               f"{r.get('max_abs_diff_vs_reference', float('nan')):9.2e}")
     print("goals:", json.dumps(goals, indent=1))
     report = {"benchmark": "sampler", "machine": machine, "matmul_peak_tflops": peaks,
               "config": {"steps_measured": args.steps, "steps_per_patch": STEPS_PER_PATCH, "repeats": args.repeats,
-                         "cases": cases, "modes": [mode_name(m) for m in modes],
-                         "method": "per-step = (T(s2) - T(s1)) / (s2 - s1); per-patch = (setup + 55 step) / B"},
+                         "cases": cases, "modes": {p: [mode_name(m) for m in case_modes(p)] for p, _, _ in cases},
+                         "method": "per-step = (T(s2) - T(s1)) / (s2 - s1); per-patch = (setup + 55 step) / B; "
+                                   f"*_{SHORT_STEPS} = (setup + {SHORT_STEPS} step) / B; NHWC rows use a "
+                                   "channels_last copy of the model"},
               "results": rows, "goals": goals}
     out = Path(args.out or Path(__file__).parent / "results" / f"sampler_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
