@@ -316,7 +316,7 @@ def bootstrap(per_seed: list[dict], type_ids: list[int], n_boot: int, seed: int 
     n_img = per_seed[0]["seg"].shape[0]
     idx = np.random.default_rng([seed, 77]).integers(0, n_img, (n_boot, n_img))
     out: dict[str, np.ndarray] = {"pq": np.zeros(n_boot)}
-    for k, c in enumerate(type_ids):
+    for c in type_ids:
         out[f"f1_{c}"] = np.zeros(n_boot)
     for run in per_seed:
         out["pq"] += np.nanmean(run["seg"][idx, 5], 1) / len(per_seed)
@@ -416,7 +416,7 @@ def compare(runs: dict[str, list[dict]], type_ids: list[int], n_boot: int, rare:
             base = {r_seed: r for r_seed, r in zip([r["seed"] for r in runs["baseline"]], runs["baseline"])}
             paired = {}
             for k in keys:
-                def metric(r: dict) -> float:
+                def metric(r: dict, k: str = k) -> float:
                     return r["pq"] if k == "pq" else r["f1_per_type"].get(int(k[3:]), float("nan"))
 
                 diffs = [metric(r) - metric(base[r["seed"]]) for r in runs[arm] if r["seed"] in base]
@@ -467,7 +467,7 @@ def exposure_table(exposure: dict[str, list[dict]]) -> str:
              "rare instances in synthetic items", "distinct synthetic patches", "mean reuse", "max reuse"]
     lines = ["| Method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     for arm, reps in exposure.items():
-        def m(k: str) -> str:
+        def m(k: str, reps: list[dict] = reps) -> str:
             v = float(np.mean([r[k] for r in reps]))
             return f"{v:.1f}" if k == "mean_reuse" else f"{v:.0f}"
 

@@ -47,8 +47,16 @@ from torch import nn
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.consep_pool import ATTRIBUTION, MAX_SHIFT, PATCH, SDM_VAL_TILES, WEIGHTS, get_pool, load_split, \
-    make_samplers
+from benchmarks.consep_pool import (
+    ATTRIBUTION,
+    MAX_SHIFT,
+    PATCH,
+    SDM_VAL_TILES,
+    WEIGHTS,
+    get_pool,
+    load_split,
+    make_samplers,
+)
 from benchmarks.downstream.train import HarnessConfig, evaluate, train
 from diffmix_aug._io import atomic_write_text
 

@@ -24,6 +24,7 @@ Writes ``benchmarks/results/sampler_<device>.json`` (machine, torch version, con
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -97,10 +98,8 @@ def _register_cpu_flash_flops() -> None:
     def _flash_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
         return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
-    try:
+    with contextlib.suppress(RuntimeError):  # registered already (by torch or an earlier call)
         flop_counter.register_flop_formula(op)(_flash_cpu_flop)
-    except RuntimeError:  # registered already (by torch or an earlier call)
-        pass
 
 
 def count_flops(model, mode: dict, batch: int, size: int, device: torch.device) -> dict:

@@ -290,7 +290,7 @@ class SDMUNet(nn.Module):
                 rows = torch.tensor([0] + [1] * (hh - 2) + [2], device=device)
                 cols = torch.tensor([0] + [1] * (ww - 2) + [2], device=device)
 
-                def spread(t: torch.Tensor) -> torch.Tensor:
+                def spread(t: torch.Tensor, rows: torch.Tensor = rows, cols: torch.Tensor = cols) -> torch.Tensor:
                     return t.index_select(2, rows).index_select(3, cols)
 
                 value = spread(value) if kind == "hidden" else tuple(spread(t) for t in value)
