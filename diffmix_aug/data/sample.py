@@ -35,23 +35,47 @@ class InstanceInfo:
         return int(self.ids.shape[0])
 
 
-def instance_info(inst_map: np.ndarray, type_map: np.ndarray | None = None) -> InstanceInfo:
+def instance_info(inst_map: np.ndarray, type_map: np.ndarray | None = None, *, runs: Any = None) -> InstanceInfo:
     """Compute ids, types, centroids, bounding boxes and areas of every instance.
+
+    Works on the horizontal runs of the map (:func:`~diffmix_aug.data.grouping.group_runs`), about
+    15 times fewer than its pixels; the result equals :func:`instance_info_reference` exactly.
 
     Args:
         inst_map: ``int [H, W]``, 0 = background.
         type_map: ``int [H, W]`` or None. The type of an instance is read at its first pixel
             (row-major), which is exact for maps with one type per instance.
+        runs: ``group_runs(inst_map)`` if already at hand.
 
     Returns:
         :class:`InstanceInfo`.
     """
-    from .grouping import group_by_id
+    from .grouping import group_runs
 
-    ids, starts, areas, pos = group_by_id(inst_map.ravel())
+    if runs is None:
+        runs = group_runs(inst_map)
+    if runs.ids.size == 0:
+        return _empty_info()
+    sum_y, sum_x, bboxes, first = runs.stats()
+    types = np.zeros(runs.ids.shape, np.int32) if type_map is None else type_map.ravel()[first].astype(np.int32)
+    areas = runs.areas
+    return InstanceInfo(runs.ids.astype(np.int32), types, np.stack([sum_x / areas, sum_y / areas], axis=1),
+                        bboxes, areas)
+
+
+def _empty_info() -> InstanceInfo:
+    z = np.zeros(0, np.int64)
+    return InstanceInfo(z.astype(np.int32), z.astype(np.int32), np.zeros((0, 2)), np.zeros((0, 4), np.int64), z)
+
+
+def instance_info_reference(inst_map: np.ndarray, type_map: np.ndarray | None = None) -> InstanceInfo:
+    """The plain :func:`instance_info`: every foreground pixel grouped by id (a sort), then
+    per-id reductions over the pixels. Kept as the oracle of the run-based version."""
+    from .grouping import group_by_id_reference
+
+    ids, starts, areas, pos = group_by_id_reference(inst_map.ravel())
     if ids.size == 0:
-        z = np.zeros(0, np.int64)
-        return InstanceInfo(z.astype(np.int32), z.astype(np.int32), np.zeros((0, 2)), np.zeros((0, 4), np.int64), z)
+        return _empty_info()
     w = inst_map.shape[1]
     ys = pos // w
     xs = pos - ys * w

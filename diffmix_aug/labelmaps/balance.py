@@ -32,10 +32,12 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_array, check_in_range, check_positive_int
+from ..data.grouping import RunGroups, group_runs
 from ..data.sample import InstanceInfo, instance_info
 from .donors import DonorBank, border_excluded
 
-__all__ = ["BalanceParams", "apply_balance", "balance_label_map", "dilated_area", "draw_balance_params"]
+__all__ = ["BalanceParams", "apply_balance", "balance_label_map", "dilated_area", "dilated_areas",
+           "draw_balance_params", "draw_balance_params_reference"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,6 +113,69 @@ def dilated_area(inst_map: np.ndarray, inst_id: int, bbox: Sequence[int]) -> int
 _DIAMOND2 = (np.abs(np.arange(-2, 3))[:, None] + np.abs(np.arange(-2, 3))[None, :] <= 2).astype(np.uint8)
 
 
+def dilated_areas(inst_map: np.ndarray, ids: np.ndarray, runs: RunGroups | None = None) -> np.ndarray:
+    """:func:`dilated_area` of many instances at once, from the map's horizontal runs.
+
+    Row ``r + dr`` of the L1-ball dilation (``|dr| <= 2``) of a run ``[x0, x1)`` in row ``r`` is
+    ``[x0 - k, x1 + k)`` with ``k = 2 - |dr|``; an instance's dilated area is then the total length
+    of the union of these intervals per (instance, row), clipped to the image. The unions come
+    from one sort and a running maximum, with each (instance, row) group offset past the previous
+    one so that the running maximum restarts there.
+
+    Args:
+        inst_map: ``int [H, W]`` instance ids.
+        ids: ``int [k]`` ids present in ``inst_map`` (any order, no repeats).
+        runs: ``group_runs(inst_map)`` if already at hand.
+
+    Returns:
+        ``int64 [k]``: ``binary_dilation(inst_map == ids[j], iterations=2).sum()`` for each ``j``.
+    """
+    ids = np.asarray(ids, np.int64)
+    if ids.size == 0:
+        return np.zeros(0, np.int64)
+    h, w = inst_map.shape
+    if runs is None:
+        runs = group_runs(inst_map)
+    k = np.searchsorted(runs.ids, ids)  # runs.ids ascending; every id is present
+    counts = runs.count[k]
+    # runs of each wanted id, tagged with its index j
+    offs = np.zeros(ids.size, np.int64)
+    np.cumsum(counts[:-1], out=offs[1:])
+    take = np.repeat(runs.first[k] - offs, counts) + np.arange(int(counts.sum()), dtype=np.int64)
+    j = np.repeat(np.arange(ids.size, dtype=np.int64), counts)
+    start, length = runs.start[take], runs.length[take]
+    y = start // w
+    x0 = start - y * w
+    x1 = x0 + length
+    reach = np.array([0, 1, 2, 1, 0], np.int64)[:, None]
+    rows = y[None, :] + np.arange(-2, 3, dtype=np.int64)[:, None]  # [5, n]
+    s = np.maximum(x0[None, :] - reach, 0)
+    e = np.minimum(x1[None, :] + reach, w)
+    keep = (rows >= 0) & (rows < h)
+    stride = w + 8
+    group = (j[None, :] * (h + 4) + rows + 2)[keep] * stride  # one offset per (instance, row)
+    s, e = group + s[keep], group + e[keep]
+    # each of the 5 row shifts is already sorted (runs are grouped by id, row-major): a stable
+    # sort (timsort) only merges 5 sorted stretches
+    order = np.argsort(s, kind="stable")
+    s, e = s[order], e[order]
+    jj = s // ((h + 4) * stride)  # the instance index back from the group offset (s - group < stride)
+    reach_end = np.maximum.accumulate(e)
+    prev = np.empty_like(reach_end)
+    prev[0] = -1
+    prev[1:] = reach_end[:-1]
+    new = np.maximum(e - np.maximum(s, prev), 0)
+    return np.bincount(jj, weights=new, minlength=ids.size).astype(np.int64)
+
+
+def _member(values: np.ndarray, classes: Iterable[int]) -> np.ndarray:
+    """``np.isin(values, classes)`` for the few classes of a class table, without its set machinery."""
+    out = np.zeros(values.shape, bool)
+    for c in classes:
+        out |= values == c
+    return out
+
+
 def _shares(target_distribution) -> dict[int, float] | None:
     """Validate ``target_distribution`` into ``{class: share}``."""
     if target_distribution is None:
@@ -147,8 +212,138 @@ def draw_balance_params(
     use_own_donors: bool = True,
     exclude_source: int | None = None,
     info: InstanceInfo | None = None,
+    runs: RunGroups | None = None,
 ) -> BalanceParams:
     """Draw the majors, the donor pool order, and run the greedy donor assignment.
+
+    Args:
+        rng: The only source of randomness (major selection, then the bank's source order).
+        inst_map: ``int [H, W]`` target instance ids.
+        type_map: ``int [H, W]`` target classes (0 = background / untyped).
+        donors: The bank of other maps' rare nuclei, or None (own donors only).
+        rare_classes: Classes donors may bring; every other typed class is a major class.
+        major_fraction: Fraction of the interior majors drawn (``int(f * n)``).
+        size_ratio: A donor fits when ``dilated major area >= size_ratio * donor area``.
+        border: Centroid distance to the border below which nuclei take no part.
+        target_distribution: None (reference: convert every major that finds a donor), or the
+            wanted share of nuclei per class (mapping class -> share, or a sequence indexed by
+            class); only as many majors are converted as needed for each rare class to reach it.
+        use_own_donors: Put the map's own interior rare nuclei first in the pool (reference).
+        exclude_source: Bank source index of this map, whose donors are then not used twice.
+        info: ``instance_info(inst_map, type_map)`` if already at hand (``NucleiSample.info``).
+        runs: ``group_runs(inst_map)`` if already at hand (spares one pass over the map).
+
+    Returns:
+        :class:`BalanceParams`.
+    """
+    _check_pair(inst_map, type_map)
+    rare = tuple(int(c) for c in rare_classes)
+    if not rare:
+        raise ValueError("`rare_classes` must name at least one class, got ()")
+    check_in_range("major_fraction", major_fraction, 0.0, 1.0)
+    check_in_range("size_ratio", size_ratio, 0.0, float("inf"), low_inclusive=False)
+    check_positive_int("border", border, allow_zero=True)
+    shares = _shares(target_distribution)
+    if donors is not None and not isinstance(donors, DonorBank):
+        raise TypeError(f"`donors` must be a DonorBank or None, got {type(donors).__name__}")
+    bank = donors if donors is not None else DonorBank.empty(rare, border)
+    if info is None:
+        info = instance_info(inst_map, type_map)
+    if len(info) == 0:
+        return _empty_params(inst_map.shape, "empty map: no nuclei")
+    interior = ~border_excluded(info.centroids, inst_map.shape, border)
+    is_rare = _member(info.types, rare)
+    cand_mask = interior & (info.types > 0) & ~is_rare
+    cand = np.flatnonzero(cand_mask)
+    cand = cand[np.argsort(info.types[cand], kind="stable")]  # class by class, then by id (reference)
+    n_pick = int(major_fraction * cand.size)
+    picked = rng.choice(cand, n_pick, replace=False) if n_pick else np.zeros(0, np.int64)
+    own = np.flatnonzero(interior & is_rare) if use_own_donors else np.zeros(0, np.int64)
+    bank_order = bank.pool_order(rng, exclude_source) if len(bank) else np.zeros(0, np.int64)
+    keep_bank = _member(bank.types[bank_order], rare) if len(bank) else np.zeros(0, bool)
+    bank_order = bank_order[keep_bank]
+    pool = np.concatenate([-info.ids[own].astype(np.int64), bank_order])
+    selected = info.ids[picked]
+    if cand.size == 0:
+        return _empty_params(inst_map.shape, "no interior nuclei of a major (non-rare) class", pool=pool)
+    if n_pick == 0:
+        return _empty_params(inst_map.shape, f"no majors drawn: int({major_fraction} * {cand.size}) = 0", pool=pool)
+    if pool.size == 0:
+        return _empty_params(inst_map.shape, "no donors: no rare nuclei in the map or the bank", selected, pool)
+    order = np.argsort(info.areas[picked], kind="stable")
+    picked = picked[order]
+    pool_area = np.concatenate([info.areas[own], bank.areas[bank_order]]).astype(np.float64)
+    pool_type = np.concatenate([info.types[own], bank.types[bank_order]]).astype(np.int32)
+    quota = _quotas(shares, info.types, rare)
+    thresh = size_ratio * pool_area
+    picked_ids = info.ids[picked]
+    bb = info.bboxes[picked]
+    box_arr = (bb[:, 2] - bb[:, 0] + 4) * (bb[:, 3] - bb[:, 1] + 4)
+    box = box_arr.tolist()
+    # the dilated areas of all majors at once, from the map's runs; a major whose grown box is
+    # smaller than the smallest donor's threshold is never read by the loop below, so not computed
+    size_all = np.zeros(picked.size, np.int64)
+    need = np.flatnonzero(box_arr >= thresh.min())
+    size_all[need] = dilated_areas(inst_map, picked_ids[need], runs)
+    fits = size_all[:, None] >= thresh[None, :]  # [k, p]: donor d is small enough for major j
+    sizes = np.zeros(picked.size, np.int64)
+    avail = np.ones(pool.size, bool)
+    n_avail = int(pool.size)
+    min_avail = float(thresh.min())
+    pool_list, type_list, size_list = pool.tolist(), pool_type.tolist(), size_all.tolist()
+    am, ad, at = [], [], []
+    skipped: dict[str, list[int]] = {"no_small_enough_donor": [], "pool_exhausted": [], "target_reached": []}
+    for j, mid in enumerate(picked_ids.tolist()):
+        if quota is not None and not any(quota.values()):
+            skipped["target_reached"].append(mid)
+            continue
+        if not n_avail:
+            skipped["pool_exhausted"].append(mid)
+            continue
+        if box[j] < min_avail:
+            # the dilated mask cannot exceed its grown box: no donor can fit (the reference skips the dilation)
+            skipped["no_small_enough_donor"].append(mid)
+            continue
+        sizes[j] = size_list[j]
+        ok = fits[j] & avail
+        if quota is not None:
+            ok &= _member(pool_type, [c for c, q in quota.items() if q > 0])
+        d = int(np.argmax(ok))
+        if not ok[d]:
+            skipped["no_small_enough_donor"].append(mid)
+            continue
+        avail[d] = False
+        n_avail -= 1
+        if n_avail and thresh[d] == min_avail:
+            min_avail = float(thresh[avail].min())
+        am.append(mid)
+        ad.append(pool_list[d])
+        at.append(type_list[d])
+        if quota is not None:
+            quota[type_list[d]] -= 1
+    return BalanceParams(tuple(inst_map.shape), selected.astype(np.int32), info.ids[picked].astype(np.int32), sizes,
+                         pool, np.asarray(am, np.int32), np.asarray(ad, np.int64), np.asarray(at, np.int32),
+                         {k: v for k, v in skipped.items() if v}, None)
+
+
+def draw_balance_params_reference(
+    rng: np.random.Generator,
+    inst_map: np.ndarray,
+    type_map: np.ndarray,
+    donors: DonorBank | None,
+    *,
+    rare_classes: Iterable[int] = (1,),
+    major_fraction: float = 0.8,
+    size_ratio: float = 2.3,
+    border: int = 30,
+    target_distribution: Mapping[int, float] | Sequence[float] | None = None,
+    use_own_donors: bool = True,
+    exclude_source: int | None = None,
+    info: InstanceInfo | None = None,
+) -> BalanceParams:
+    """:func:`draw_balance_params` as it was first written: one ``cv2.dilate`` per major inside
+    the greedy loop, and full pool scans. Kept as the oracle of the fast version (same arguments,
+    same result for the same ``rng`` state).
 
     Args:
         rng: The only source of randomness (major selection, then the bank's source order).
@@ -290,7 +485,9 @@ def apply_balance(
     top = int(info.ids.max()) + 1 if len(info) else 1
     type_lut = np.zeros(top, np.int32)
     type_lut[info.ids] = info.types
-    row = {int(i): k for k, i in enumerate(info.ids.tolist())}
+    row_of = np.zeros(top, np.int64)
+    row_of[info.ids] = np.arange(len(info))
+    row = row_of.tolist()  # id -> row of info
     bboxes, centroids = info.bboxes.tolist(), info.centroids.tolist()
     for mid, ref, new_type in zip(params.assign_major.tolist(), params.assign_donor.tolist(),
                                   params.assign_type.tolist()):
@@ -367,9 +564,10 @@ def balance_label_map(
         ``(inst_map int32 [H, W], type_map int32 [H, W], report)``; see :func:`apply_balance`.
     """
     _check_pair(inst_map, type_map)
-    info = instance_info(inst_map, type_map)
+    runs = group_runs(inst_map)  # once: for the instance info and the dilated areas
+    info = instance_info(inst_map, type_map, runs=runs)
     params = draw_balance_params(rng, inst_map, type_map, donors, rare_classes=rare_classes,
                                  major_fraction=major_fraction, size_ratio=size_ratio, border=border,
                                  target_distribution=target_distribution, use_own_donors=use_own_donors,
-                                 exclude_source=exclude_source, info=info)
+                                 exclude_source=exclude_source, info=info, runs=runs)
     return apply_balance(inst_map, type_map, params, donors, info)

@@ -190,13 +190,17 @@ class DonorBank:
         Returns:
             ``int64 [n']`` indices into the bank.
         """
-        uniq = np.unique(self.sources)
-        perm = uniq[rng.permutation(uniq.size)]
+        cached = self.__dict__.get("_source_index")
+        if cached is None or cached[0] is not self.sources:  # computed once per bank (sources never change)
+            cached = (self.sources, *np.unique(self.sources, return_inverse=True))
+            self.__dict__["_source_index"] = cached
+        _, uniq, inverse = cached
+        perm = rng.permutation(uniq.size)  # positions into uniq: the same draw as permuting uniq itself
         if exclude_source is not None:
-            perm = perm[perm != exclude_source]
-        rank = np.full(int(uniq.max()) + 1 if uniq.size else 1, -1, np.int64)
+            perm = perm[uniq[perm] != exclude_source]
+        rank = np.full(uniq.size, -1, np.int64)
         rank[perm] = np.arange(perm.size)
-        r = rank[self.sources] if len(self) else np.zeros(0, np.int64)
+        r = rank[inverse.ravel()] if len(self) else np.zeros(0, np.int64)
         keep = np.flatnonzero(r >= 0)
         # stable: donors were collected in source order, then ascending id
         return keep[np.argsort(r[keep], kind="stable")].astype(np.int64)
