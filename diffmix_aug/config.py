@@ -125,7 +125,9 @@ class DiffMixConfig:
         producer_priority: ``"auto"``, ``"idle"``, ``"low"`` or ``"normal"`` (see
             :class:`~diffmix_aug.producer.Producer`).
         label_workers: Processes that build label maps for the producer (a small ``DataLoader``);
-            0 builds them in the producer thread (always so in cooperative mode).
+            0 builds them in the producer thread (always so in cooperative mode). The default 1
+            also on 2-core hosts: 0 measured no lower consumer wait there, and fewer patches/s
+            (``python -m benchmarks.loader --variants``, ``benchmarks/results/loader.json``).
         adapter: Force an adapter by name (``"hovernet"``, ``"sonnet"``, ``"nuclei"``, ``"dict"``,
             ``"tuple"``) or pass an :class:`~diffmix_aug.adapters.Adapter`; None detects it.
         keys: Image / instance / type keys (dict items) or positions (tuple items).

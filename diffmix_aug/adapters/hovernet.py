@@ -3,8 +3,9 @@
 A synthetic patch is padded (mirror, as HoVer-Net's patch extraction does) or cropped to the
 loader's raw ``.npy`` patch size and then goes through the loader's *own* pipeline, in the same
 order as ``FileLoader.__getitem__``: the deterministic ``shape_augs`` on image and annotation, the
-``input_augs`` on the image, the centre crops to ``input_shape`` / ``mask_shape``, the type merge
-``5 -> 1`` and ``target_gen_func(inst_map, mask_shape, **target_gen_kwargs)``. The item therefore
+``input_augs`` on the image, the centre crops to ``input_shape`` / ``mask_shape`` and
+``target_gen_func(inst_map, mask_shape, **target_gen_kwargs)``. Types are kept as they are: the
+``5 -> 1`` merge of early versions is commented out on HoVer-Net's master (PR #155). The item therefore
 has the same keys (``img``, ``tp_map`` when ``with_type``, the target keys), dtypes and shapes.
 """
 
@@ -77,8 +78,6 @@ class HoVerNetAdapter(Adapter):
         feed: dict[str, Any] = {"img": img}
         inst = ann[..., 0]
         if base.with_type:
-            tp = center_crop(ann[..., 1].copy(), base.mask_shape)
-            tp[tp == 5] = 1  # FileLoader merges neoplastic and non-neoplastic
-            feed["tp_map"] = tp
+            feed["tp_map"] = center_crop(ann[..., 1].copy(), base.mask_shape)
         feed.update(base.target_gen_func(inst, base.mask_shape, **base.target_gen_kwargs))
         return feed

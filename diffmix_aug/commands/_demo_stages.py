@@ -189,6 +189,22 @@ def collate_samples(batch: list[Any]) -> dict[str, torch.Tensor]:
             "is_synthetic": torch.tensor([bool(s.meta.get("is_synthetic", False)) for s in batch])}
 
 
+def train_step(net: TinySegNet, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One optimiser step of the demo's network on a :func:`collate_samples` batch: cross-entropy on
+    the nuclear-pixel (``np``) and type (``tp``) maps, HoVer-Net's two classification branches.
+
+    Returns:
+        The loss, a scalar tensor (graph freed).
+    """
+    out = net(batch["img"])
+    loss = (torch.nn.functional.cross_entropy(out["np"], batch["np"])
+            + torch.nn.functional.cross_entropy(out["tp"], batch["tp"]))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
 def downstream_run(dataset: Any, synth: Any, donors: Any, iterations: int, batch_size: int, num_workers: int, seed: int,
                    progress: bool) -> dict[str, Any]:
     """Train :class:`TinySegNet` on ``DiffMixDataset(dataset, synth)`` with a real DataLoader.
@@ -225,12 +241,7 @@ def downstream_run(dataset: Any, synth: Any, donors: Any, iterations: int, batch
             t_wait = time.perf_counter()
             for batch in loader:
                 wait += time.perf_counter() - t_wait
-                out = net(batch["img"])
-                loss = (torch.nn.functional.cross_entropy(out["np"], batch["np"])
-                        + torch.nn.functional.cross_entropy(out["tp"], batch["tp"]))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                loss = train_step(net, opt, batch)
                 step += 1
                 synthetic += int(batch["is_synthetic"].sum())
                 seen += int(batch["is_synthetic"].numel())

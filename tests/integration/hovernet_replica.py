@@ -2,12 +2,20 @@
 
 Same constructor signatures, ``setup_augmentor(worker_id, seed)`` creating ``shape_augs`` /
 ``input_augs`` (absent until it is called), the same ``__getitem__`` steps and output keys, dtypes
-and shapes as ``vqdang/hover_net`` ``dataloader/train_loader.py`` and
-``Taurusmumu/Sonnet_pytorch`` ``dataloader/train_loader.py``. imgaug is not installed (and breaks
-on numpy >= 1.24), so the augmenters are small numpy objects with imgaug's
-``to_deterministic().augment_image(x)`` API: nearest-neighbour flips / 90-degree rotations and a
-centre ``CropToFixedSize`` for the shape augs, a brightness shift for the input augs. HoVer-Net's
-``gen_targets`` is the project's re-implementation in ``benchmarks/downstream/targets.py``.
+and shapes as ``vqdang/hover_net`` ``dataloader/train_loader.py`` (master, PyTorch) and
+``Taurusmumu/Sonnet_pytorch`` ``dataloader/train_loader.py``. imgaug is not installed: imgaug 0.4.0
+fails to import on numpy >= 2 (``np.sctypes``, ``imgaug/imgaug.py``) and its ``iaa.OneOf``, which
+HoVer-Net's train-mode input augs use, fails on numpy >= 1.24 (``np.bool``,
+``imgaug/augmenters/meta.py``). So the augmenters are small numpy objects with imgaug's
+``to_deterministic().augment_image(x)`` API, in HoVer-Net's order: for the shape augs an
+order-0 stand-in for ``iaa.Affine`` (90-degree rotations), the centre ``CropToFixedSize``, then
+``Fliplr`` / ``Flipud``; for the input augs a brightness shift. HoVer-Net's ``gen_targets``
+(``models/hovernet/targets.py``) is the project's re-implementation in
+``benchmarks/downstream/targets.py``.
+
+Adapted from vqdang/hover_net (``dataloader/train_loader.py``, ``dataloader/augs.py``,
+``misc/utils.py::cropping_center``, ``models/hovernet/targets.py``), MIT License,
+Copyright (c) 2018 vqdang.
 """
 
 from __future__ import annotations
@@ -37,20 +45,26 @@ class _Det:
         return np.ascontiguousarray(x)
 
 
-class _FlipRot:
-    """Random flips and 90-degree rotations (order-0, label safe)."""
+class _Rot90:
+    """Stand-in for HoVer-Net's ``iaa.Affine(..., order=0)``: random 90-degree rotations (label safe)."""
 
     def __init__(self, rng):
         self.rng = rng
 
     def draw(self):
-        lr, ud, k = self.rng.random() < 0.5, self.rng.random() < 0.5, int(self.rng.integers(0, 4))
+        k = int(self.rng.integers(0, 4))
+        return lambda x: np.rot90(x, k, axes=(0, 1))
 
-        def op(x):
-            x = x[:, ::-1] if lr else x
-            x = x[::-1] if ud else x
-            return np.rot90(x, k, axes=(0, 1))
-        return op
+
+class _Flip:
+    """``iaa.Fliplr(0.5)`` (axis 1) / ``iaa.Flipud(0.5)`` (axis 0)."""
+
+    def __init__(self, rng, axis):
+        self.rng, self.axis = rng, axis
+
+    def draw(self):
+        flip = self.rng.random() < 0.5
+        return lambda x: np.flip(x, self.axis) if flip else x
 
 
 class _CropToFixedSize:
@@ -126,7 +140,7 @@ class FileLoader(torch.utils.data.Dataset):
         if self.with_type:
             type_map = (ann[..., 1]).copy()
             type_map = cropping_center(type_map, self.mask_shape)
-            type_map[type_map == 5] = 1
+            # type_map[type_map == 5] = 1  # commented out upstream (vqdang/hover_net PR #155)
             feed_dict["tp_map"] = type_map
         feed_dict.update(self.target_gen_func(inst_map, self.mask_shape, **self.target_gen_kwargs))
         return feed_dict
@@ -134,7 +148,8 @@ class FileLoader(torch.utils.data.Dataset):
     def _get_augmentation(self, mode, seed):
         rng = np.random.default_rng(seed)
         if mode == "train":
-            return ([_FlipRot(rng), _CropToFixedSize(*self.input_shape)], [_Brightness(rng)])
+            return ([_Rot90(rng), _CropToFixedSize(*self.input_shape), _Flip(rng, 1), _Flip(rng, 0)],
+                    [_Brightness(rng)])
         return ([_CropToFixedSize(*self.input_shape)], [])
 
 

@@ -98,21 +98,26 @@ def test_ordinal_map_matches_port_loop(seed, n):
 
 
 # ---------------------------------------------------------------- HoVer-Net / SONNET replicas
-@pytest.mark.parametrize("kind", ["hovernet", "sonnet"])
+@pytest.mark.parametrize("kind", ["hovernet", "sonnet", "hovernet-type5"])
 def test_synthetic_item_equals_loader_on_the_same_patch_file(kind, tmp_path, raw_samples, synth):
     """With deterministic (valid-mode) augs, a synthetic item is exactly what the loader itself
-    returns for that patch saved as its .npy file: same pipeline, keys, dtypes, values."""
-    make, sonnet_flag = (hovernet, False) if kind == "hovernet" else (sonnet, True)
+    returns for that patch saved as its .npy file: same pipeline, keys, dtypes, values.
+    ``hovernet-type5``: a type 5 in the map stays 5 (HoVer-Net's master no longer merges 5 -> 1)."""
+    make, sonnet_flag = (sonnet, True) if kind == "sonnet" else (hovernet, False)
     paths = write_patches(raw_samples, tmp_path / "train", sonnet=sonnet_flag)
     base = make(paths, mode="valid")
     adapter = select_adapter(base)
-    assert isinstance(adapter, HoVerNetAdapter if kind == "hovernet" else SonnetAdapter)
+    assert isinstance(adapter, SonnetAdapter if kind == "sonnet" else HoVerNetAdapter)
     src = adapter.read_raw(base, 3).crop(8, 8, SIZE, SIZE)
     img = synth(src.image[None], src.inst_map[None], src.type_map[None], generator=torch.Generator().manual_seed(0))[0]
-    item = adapter.synthetic_item(base, 0, img, src.inst_map, src.type_map)
+    types = src.type_map
+    if kind == "hovernet-type5":  # the 4-class SDM cannot render a 5; the adapter only carries the map
+        types = np.where(types == types.max(), 5, types).astype(types.dtype)
+        assert (types == 5).any()
+    item = adapter.synthetic_item(base, 0, img, src.inst_map, types)
     # the same patch, fitted to the raw size the way the adapter does, written as the loader's file
     fitted = np.concatenate([fit_to_shape(img, (RAW, RAW)).astype(np.int32),
-                             fit_to_shape(np.stack([src.inst_map, src.type_map], -1), (RAW, RAW))], -1)
+                             fit_to_shape(np.stack([src.inst_map, types], -1), (RAW, RAW))], -1)
     if sonnet_flag:
         ordinal = fit_to_shape(sonnet_ordinal_map(src.inst_map), (RAW, RAW))
         fitted = np.concatenate([fitted, ordinal[..., None]], -1)
@@ -123,6 +128,8 @@ def test_synthetic_item_equals_loader_on_the_same_patch_file(kind, tmp_path, raw
         assert item[k].dtype == ref[k].dtype and item[k].shape == ref[k].shape, k
         np.testing.assert_array_equal(item[k], ref[k], err_msg=k)
     assert not np.array_equal(item["img"], cropped_source(src, base))  # the SDM changed the image
+    if kind == "hovernet-type5":
+        assert (item["tp_map"] == 5).any()
 
 
 def cropped_source(src, base):
