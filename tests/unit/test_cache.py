@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -121,13 +122,17 @@ def test_concurrent_writer_never_yields_mixed_patches():
             inst = np.full((64, 64), v, np.int32)
             c.write(img, inst, np.full((64, 64), v % 7, np.int32), {"v": v})
             v += 1
+            # a few writes per reader pass: a writer spinning without a pause starves the reader's
+            # retries under the GIL (202 s on a CI machine), which no producer (seconds per patch) does
+            time.sleep(1e-4)
 
     t = threading.Thread(target=writer)
     t.start()
     try:
         rng = np.random.default_rng(0)
-        seen = 0
+        seen, deadline = 0, time.monotonic() + 60
         while seen < 300:
+            assert time.monotonic() < deadline, f"only {seen} of 300 consistent reads in 60 s"
             slot = c.pick(rng)
             if slot is None:
                 continue
