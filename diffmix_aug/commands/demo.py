@@ -145,7 +145,7 @@ def write_report(out: Path, numbers: dict[str, Any]) -> Path:
         f"{down['data_wait_share']:.1%} of the loop time, loss {down['loss_first']:.3f} -> {down['loss_last']:.3f}.",
         "",
         f"The synthetic items came from {down['distinct_patches_served']} distinct synthetic patches, each served "
-        f"{down['mean_reuse']:.1f} times on average (`max_reuse` 8 per epoch): on a CPU the producer makes few "
+        f"{down['mean_reuse']:.1f} times on average (`max_reuse` 8: a cached patch is served at most 8 times): on a CPU the producer makes few "
         "patches, so the cache replays them; a GPU synthesizer makes them fresh.", "",
     ]
     atomic_write_text(out / "report.json", json.dumps(numbers, indent=2, default=float) + "\n")
