@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - user errors become one line, others keep their traceback
         if args.debug or not isinstance(exc, _user_errors()):
             raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+            message = f"cannot open {exc.filename!r}: {exc.strerror} (check the path given on the command line)"
+        else:
+            message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"diffmix-aug: error: {message}", file=sys.stderr)
         return 2
 

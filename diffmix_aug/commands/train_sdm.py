@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.config.is_file():  # before the torch import: a typo answers at once
+        raise FileNotFoundError(f"--config {str(args.config)!r} does not exist (No such file or directory); see "
+                                "diffmix_aug/configs/sdm_tiny.yaml for a working example")
     import torch.distributed as dist
 
     from ..sdm.checkpoint import export_sdm

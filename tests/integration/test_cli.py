@@ -53,6 +53,8 @@ def test_user_error_is_one_line_exit_2(case, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("diffmix-aug: error:"), proc.stderr
     assert "Traceback" not in proc.stderr
+    if case.endswith("missing"):  # the line names the file and the cause
+        assert "--config" in lines[0] and "missing.yaml" in lines[0] and "does not exist" in lines[0], lines[0]
 
 
 def test_debug_shows_the_traceback(tmp_path):
