@@ -193,6 +193,11 @@ def train_step(net: TinySegNet, opt: torch.optim.Optimizer, batch: dict[str, tor
     """One optimiser step of the demo's network on a :func:`collate_samples` batch: cross-entropy on
     the nuclear-pixel (``np``) and type (``tp``) maps, HoVer-Net's two classification branches.
 
+    Args:
+        net: The demo's network; returns ``{"np": float [B, 2, H, W], "tp": float [B, C, H, W]}``.
+        opt: Its optimiser.
+        batch: ``img`` float ``[B, 3, H, W]``, ``np`` / ``tp`` int64 ``[B, H, W]``.
+
     Returns:
         The loss, a scalar tensor (graph freed).
     """
