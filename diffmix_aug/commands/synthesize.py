@@ -37,6 +37,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from . import require_config
+
 HELP = "Write N DiffMix synthetic patches (HoVer-Net .npy format) to a folder; sharded under torchrun."
 
 SECTIONS = ("data", "model", "diffmix", "synthesize")
@@ -251,9 +253,7 @@ def synthesize(cfg: dict[str, Any], out: Path, num: int | None = None, *, progre
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    if not args.config.is_file():
-        raise FileNotFoundError(f"--config {str(args.config)!r} does not exist; see diffmix_aug/configs/"
-                                "synthesize_toy.yaml for a working example")
+    require_config(args.config, "diffmix_aug/configs/synthesize_toy.yaml")
     with open(args.config, encoding="utf-8") as fh:
         cfg = yaml.safe_load(fh) or {}
     try:

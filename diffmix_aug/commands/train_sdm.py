@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from . import require_config
+
 HELP = "Train the SDM (stage 1 + classifier-free fine-tune) from a YAML config; works under torchrun."
 
 
@@ -33,9 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.config.is_file():  # before the torch import: a typo answers at once
-        raise FileNotFoundError(f"--config {str(args.config)!r} does not exist (No such file or directory); see "
-                                "diffmix_aug/configs/sdm_tiny.yaml for a working example")
+    require_config(args.config, "diffmix_aug/configs/sdm_tiny.yaml")  # before the torch import
     import torch.distributed as dist
 
     from ..sdm.checkpoint import export_sdm
