@@ -39,6 +39,8 @@ WARMUPS = ("none", "block")
 POLICIES = ("fifo", "reuse")
 INST_DTYPES = ("int32", "int16")
 CPU_PRIORITIES = ("auto", "idle", "low", "normal")
+#: where the background producer runs (see :class:`~diffmix_aug.producer.Producer`)
+PRODUCER_BACKENDS = ("auto", "thread", "process")
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,16 @@ class DiffMixConfig:
         inst_dtype: ``"int32"`` or ``"int16"`` instance maps in the cache.
         producer_priority: ``"auto"``, ``"idle"``, ``"low"`` or ``"normal"`` (see
             :class:`~diffmix_aug.producer.Producer`).
-        label_workers: Processes that build label maps for the producer (a small ``DataLoader``);
-            0 builds them in the producer thread (always so in cooperative mode). The default 1
+        producer_backend: ``"thread"`` (default: a daemon thread of the training process),
+            ``"process"`` (CPU synthesizer on Linux only: a forked process of its own, with one
+            intra-op thread, so it never holds the training process's GIL) or ``"auto"`` (the
+            process where it can run: a CPU synthesizer on Linux; else the thread, which a CUDA
+            synthesizer needs to launch kernels from the process holding the CUDA context).
+            The default stays the thread until the loader benchmark on a busy host has measured
+            the process (``python -m benchmarks.loader --busy 2``).
+        label_workers: Processes that build label maps for the producer thread (a small
+            ``DataLoader``); 0 builds them in the producer thread (always so in cooperative mode).
+            A producer process builds its label maps itself (it is off the training process already). The default 1
             also on 2-core hosts: 0 measured no lower consumer wait there, and fewer patches/s
             (``python -m benchmarks.loader --variants``, ``benchmarks/results/loader.json``).
         adapter: Force an adapter by name (``"hovernet"``, ``"sonnet"``, ``"nuclei"``, ``"dict"``,
@@ -152,6 +162,7 @@ class DiffMixConfig:
     max_reuse: int = 8
     inst_dtype: str = "int32"
     producer_priority: str = "auto"
+    producer_backend: str = "thread"
     label_workers: int = 1
     adapter: Any = None
     keys: tuple | None = None
@@ -209,6 +220,7 @@ class DiffMixConfig:
         put("max_reuse", check_positive_int("max_reuse", self.max_reuse))
         check_choice("inst_dtype", self.inst_dtype, INST_DTYPES)
         check_choice("producer_priority", self.producer_priority, CPU_PRIORITIES)
+        check_choice("producer_backend", self.producer_backend, PRODUCER_BACKENDS)
         put("label_workers", check_positive_int("label_workers", self.label_workers, allow_zero=True))
         if self.keys is not None:
             if isinstance(self.keys, (str, bytes)) or not isinstance(self.keys, Sequence):

@@ -102,6 +102,9 @@ class DiffMixDataset(torch.utils.data.Dataset):
             for it, raised to nice +10 when a batch starves on a busy host), ``"idle"`` (idle cores
             only, may starve), ``"low"`` (nice +10) or ``"normal"`` (see
             :class:`~diffmix_aug.producer.Producer`).
+        producer_backend: Where the producer runs: ``"thread"`` (default), ``"process"`` (a CPU
+            synthesizer in a forked process of its own, which never holds this process's GIL) or
+            ``"auto"`` (see :class:`~diffmix_aug.config.DiffMixConfig`).
         warmup_timeout: Seconds ``warmup="block"`` (or an int) waits for its patches before it
             raises ``TimeoutError`` naming the cause.
         label_workers: Processes building the producer's label maps (0: in the producer thread).
@@ -139,6 +142,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
         max_reuse: int = 8,
         inst_dtype: str = "int32",
         producer_priority: str = "auto",
+        producer_backend: str = "thread",
         warmup_timeout: float = 600.0,
         label_workers: int = 1,
         start: bool = True,
@@ -148,7 +152,8 @@ class DiffMixDataset(torch.utils.data.Dataset):
                        warmup=warmup, warmup_items=warmup_items, cooperative=cooperative,
                        cooperative_every=cooperative_every, rare_classes=rare_classes, num_classes=num_classes,
                        batch_size=batch_size, policy=policy, max_reuse=max_reuse, inst_dtype=inst_dtype,
-                       producer_priority=producer_priority, warmup_timeout=warmup_timeout,
+                       producer_priority=producer_priority, producer_backend=producer_backend,
+                       warmup_timeout=warmup_timeout,
                        label_workers=label_workers)
         self._setup(base, synthesizer, DiffMixConfig(**options), transform, label_sampler, donors, start)
 

@@ -142,7 +142,9 @@ def build_pipeline(config: DiffMixConfig, source: Sequence[NucleiSample], synthe
         if label_sampler is None:
             label_sampler = build_label_sampler(source, config.mode, num_classes, rare, donors, patch_size=shape)
         workers = 0 if config.cooperative else config.label_workers
+        # cooperative: step() in the caller, nothing to start; else the config's backend
+        backend = "thread" if config.cooperative else config.producer_backend
         producer = Producer(cache, synthesizer, source, label_sampler, batch_size=config.batch_size,
                             seed=config.seed, rank=rank, cpu_priority=config.producer_priority,
-                            label_workers=workers)
+                            label_workers=workers, backend=backend)
     return Pipeline(config, label_sampler, cache, producer)

@@ -1,7 +1,9 @@
 """The background producer: label maps -> synthesizer -> :class:`~diffmix_aug.cache.ReplayCache`.
 
-It runs in the main process only, in one daemon thread (on its own CUDA stream when the
-synthesizer is on a GPU); DataLoader workers never touch the synthesizer. Each batch is made from
+It runs in one daemon thread of the main process (on its own CUDA stream when the synthesizer is
+on a GPU), or, for a CPU synthesizer under ``backend="process"`` / ``"auto"`` (Linux), in one
+forked daemon process of its own, so that the synthesis never holds the consumer's GIL; DataLoader
+workers never touch the synthesizer. Each batch is made from
 a per-batch seed derived from ``(seed, rank, batch index)``, so a batch is reproducible on its own,
 and in ``cooperative`` use (:meth:`Producer.step` called synchronously by the dataset) whole runs
 are bit-reproducible. The thread waits on the cache's credits (a slot whose patch was already
@@ -17,7 +19,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import inspect
+import multiprocessing
 import os
+import pickle
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -32,15 +38,17 @@ import torch
 from ._checks import check_choice, check_positive_int
 from ._seeds import derive_seed
 from .cache import ReplayCache
-from .config import CPU_PRIORITIES
+from .config import CPU_PRIORITIES, PRODUCER_BACKENDS
 from .data.sample import NucleiSample
 from .labelmaps.jobs import LabelMapJobs, collate_jobs
 from .sampling._base import SamplingInterrupted
 
-__all__ = ["CPU_PRIORITIES", "Producer", "ProducerError", "derive_seed", "preload_imports"]
+__all__ = ["CPU_PRIORITIES", "PRODUCER_BACKENDS", "Producer", "ProducerError", "derive_seed", "preload_imports"]
 
 
 _LOADER_STREAMS = 1 << 40
+_TIMES = 64  # finished-batch times kept for patches_per_second()
+_EXC_BYTES = 1 << 16  # room for the producer process's pickled exception
 
 #: modules the producer thread may import lazily; imported by :func:`preload_imports` first
 _HEAVY_MODULES = ("cv2", "scipy.ndimage", "safetensors", "tqdm")
@@ -95,6 +103,13 @@ class Producer:
             ``"idle"`` (``SCHED_IDLE`` only), ``"low"`` (nice +10) or ``"normal"``.
         starve_after: Seconds a batch may take under ``"auto"`` before the producer's threads are
             raised from ``SCHED_IDLE`` to nice +10 for the rest of that batch (busy hosts).
+        backend: Where :meth:`start` runs the loop: ``"thread"`` (default here: a daemon thread of
+            this process), ``"process"`` (a CPU synthesizer on Linux: a forked daemon process, as
+            DataLoader workers are, with one intra-op thread; it builds its label maps itself and
+            writes into the shared cache; its GIL is its own, so a starved, deprioritised producer
+            never holds the consumer's) or ``"auto"`` (the process where it can run, else the
+            thread: on CUDA, which must launch kernels from the process holding the CUDA context,
+            and off Linux). :meth:`step` always runs in the calling thread.
     """
 
     def __init__(
@@ -113,6 +128,7 @@ class Producer:
         idle_timeout: float = 5.0,
         cpu_priority: str = "auto",
         starve_after: float = 10.0,
+        backend: str = "thread",
     ) -> None:
         if not callable(synthesizer):
             raise TypeError(f"`synthesizer` must be callable (images, inst_maps, type_maps, generator), "
@@ -143,26 +159,48 @@ class Producer:
         self._accepts_stop = _accepts_keyword(synthesizer, "should_stop")
         self._batch_started: float | None = None  # monotonic time the batch in flight began
         self._boosted: list[int] = []  # thread ids raised from SCHED_IDLE by the watchdog
-        self._write_lock = threading.Lock()  # close() takes it: no cache write after close()
         self._watchdog: threading.Thread | None = None
-        #: monotonic times of finished batches (patches/s in :meth:`stats`)
-        self.batch_times: list[float] = []
-        self.batches = 0
-        #: seq -> metadata of the latest patches (``item_info`` falls back to it after eviction)
+        #: seq -> metadata of the latest patches (``item_info`` falls back to it after eviction;
+        #: filled by the thread backend and by :meth:`step`, a producer process keeps its own)
         self.history: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self.history_size = 4 * cache.capacity
         self._class_counts: dict[int, np.ndarray] = {}
         self._cond = threading.Condition()
-        self._stop = threading.Event()
         self._exc: BaseException | None = None
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()  # one batch at a time (thread or cooperative step)
+        self._process: Any = None  # multiprocessing.Process of the process backend
         self._stream = None
         device = getattr(synthesizer, "device", None)
         if device is not None and torch.device(device).type == "cuda":
             self._stream = torch.cuda.Stream(device=torch.device(device))
-        _ALL_STOPS.add(self._stop)
-        self._finalizer = weakref.finalize(self, _shutdown, self._stop, cache, self._thread_box, self._iter_box)
+        backend = check_choice("backend", backend, PRODUCER_BACKENDS)
+        forkable = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+        if backend == "process" and (self._stream is not None or not forkable):
+            why = f"got a synthesizer on {device}" if self._stream is not None else f"this is {sys.platform}"
+            raise ValueError(f"`producer_backend`='process' forks a process for a CPU synthesizer on Linux, {why}; "
+                             "use producer_backend='auto' or 'thread'")
+        if backend == "auto":
+            backend = "process" if self._stream is None and forkable else "thread"
+        #: ``"thread"`` or ``"process"``: where :meth:`start` runs the loop (``"auto"`` resolved)
+        self.backend = backend
+        # the process backend shares the stop event, the locks and the batch clock with its child
+        shared = backend == "process"
+        sync: Any = multiprocessing.get_context("fork") if shared else threading
+        self._stop = _SharedFlag() if shared else threading.Event()
+        self._lock = sync.Lock()  # one batch at a time (thread, process or cooperative step)
+        self._write_lock = sync.Lock()  # close() takes it: no cache write after close()
+        # [batches, finished batches ever, ring of their monotonic times (CLOCK_MONOTONIC: one clock
+        # for every process of the host)]
+        self._clock = torch.zeros(2 + _TIMES, dtype=torch.float64)
+        # the process backend's failure, pickled (length in the first 8 bytes), for check()'s __cause__
+        self._exc_blob = torch.zeros(8 + _EXC_BYTES if shared else 0, dtype=torch.uint8)
+        if shared:
+            self._clock.share_memory_()
+            self._exc_blob.share_memory_()
+        self._owner = os.getpid()  # forked copies never stop the producer (see _shutdown)
+        _ALL_STOPS[self._stop] = self._owner
+        self._finalizer = weakref.finalize(self, _shutdown, self._stop, cache, self._thread_box, self._iter_box,
+                                           self._owner)
         if not _ALL_STOPS_REGISTERED:
             _ALL_STOPS_REGISTERED.append(atexit.register(_stop_all))
 
@@ -177,6 +215,33 @@ class Producer:
         if not hasattr(self, "_ibox"):
             self._ibox: list[Any] = []
         return self._ibox
+
+    @property
+    def batches(self) -> int:
+        """Batches made so far (the per-batch seeds derive from it); shared with a producer process."""
+        return int(self._clock[0])
+
+    @batches.setter
+    def batches(self, value: int) -> None:
+        self._clock[0] = int(value)
+
+    @property
+    def batch_times(self) -> list[float]:
+        """Monotonic times of the last (up to 64) finished batches, oldest first."""
+        n = int(self._clock[1])
+        ring = self._clock[2:].tolist()
+        return [ring[i % _TIMES] for i in range(max(0, n - _TIMES), n)]
+
+    def _record_batch(self) -> None:
+        n = int(self._clock[1])
+        self._clock[2 + n % _TIMES] = time.monotonic()
+        self._clock[1] = n + 1
+        self._clock[0] += 1
+
+    @property
+    def running_in(self) -> str | None:
+        """``"thread"`` or ``"process"`` once started (None before, and for :meth:`step` only)."""
+        return "process" if self._process is not None else ("thread" if self._thread is not None else None)
 
     # ------------------------------------------------------------------ batch construction
     def _counts(self, index: int) -> np.ndarray:
@@ -284,9 +349,7 @@ class Producer:
                         self.history[seq] = {**it["meta"], "seq": seq}
                 while len(self.history) > self.history_size:
                     self.history.popitem(last=False)
-                self.batches += 1
-                self.batch_times.append(time.monotonic())
-                del self.batch_times[:-64]
+                self._record_batch()
                 written += len(items)
             with self._cond:
                 self._cond.notify_all()
@@ -301,10 +364,13 @@ class Producer:
 
     # ------------------------------------------------------------------ thread
     def start(self) -> Producer:
-        """Start the background thread (idempotent)."""
-        if self._thread is None:
+        """Start the background thread or process (idempotent)."""
+        if self._thread is None and self._process is None:
             if self._stop.is_set():
                 raise RuntimeError("this Producer was closed; build a new one")
+            if self.backend != "thread" and self._stream is None:
+                self._start_process()
+                return self
             preload_imports()
             if self.label_workers > 0:
                 # workers start here, from the calling (main) thread, before the producer thread runs
@@ -320,6 +386,35 @@ class Producer:
                 self._watchdog = threading.Thread(target=self._watch, name="diffmix-watchdog", daemon=True)
                 self._watchdog.start()
         return self
+
+    def _start_process(self) -> None:
+        """Fork the producer process (it runs :meth:`_process_main` on a copy of this object)."""
+        preload_imports()  # a module half imported by another thread at fork time would stay half imported
+        proc = multiprocessing.get_context("fork").Process(target=self._process_main, args=(os.getpid(),),
+                                                           name="diffmix-producer", daemon=True)
+        proc.start()
+        self._process = proc
+        self._thread_box.append(proc)
+
+    def _process_main(self, parent: int) -> None:
+        """Entry point of the producer process (a fork of the process that made the producer): the
+        thread backend's loop, run in this process's main thread on the shared stop event, locks,
+        batch clock and cache.
+
+        One intra-op thread: GNU OpenMP, which PyTorch's CPU kernels use, hangs in a forked child
+        whose parent ran a parallel region (measured here: a 2-thread matmul in the child never
+        returned); with one thread it runs. DataLoader workers are limited the same way.
+        """
+        torch.set_num_threads(1)
+        self._finalizer.detach()  # the parent's copy owns the shutdown
+        threading.Thread(target=_orphan_guard, args=(parent, self._stop), name="diffmix-orphan-guard",
+                         daemon=True).start()
+        if self.cpu_priority == "auto" and hasattr(os, "SCHED_IDLE"):
+            self._watchdog = threading.Thread(target=self._watch, name="diffmix-watchdog", daemon=True)
+            self._watchdog.start()
+        self._run()  # a failure is published in the cache (set_error) for every process to raise
+        if self._exc is not None:
+            raise SystemExit(1)
 
     def _watch(self) -> None:
         """Starvation guard of ``"auto"``: raise a ``SCHED_IDLE`` batch that runs too long to nice +10."""
@@ -344,8 +439,15 @@ class Producer:
             if self._stop.is_set():
                 return  # closed under it (the cache may be gone): nothing to report
             self._exc = exc
+            text = "".join(traceback.format_exception(exc))
+            if self._exc_blob.numel():  # a producer process: the original for check()'s __cause__, if it pickles
+                with contextlib.suppress(Exception):
+                    blob = pickle.dumps(exc.with_traceback(None))
+                    if len(blob) <= _EXC_BYTES:
+                        self._exc_blob[8:8 + len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+                        self._exc_blob[:8].view(torch.int64)[0] = len(blob)
             with contextlib.suppress(Exception):
-                self.cache.set_error("".join(traceback.format_exception(exc)))
+                self.cache.set_error(text)
         finally:
             with self._cond:
                 self._cond.notify_all()
@@ -385,12 +487,48 @@ class Producer:
                 os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
 
     def check(self) -> None:
-        """Re-raise a failure of the background thread (the original is ``__cause__``)."""
+        """Re-raise a failure of the background thread (the original is ``__cause__``) or process."""
         if self._exc is not None:
             raise ProducerError(f"the DiffMix producer thread failed: {self._exc!r}") from self._exc
+        proc = self._process
+        if proc is None or self._stop.is_set():
+            return
+        err = self.cache.error()
+        if err is not None:
+            cause = self._child_exception()
+            if cause is not None:
+                cause.add_note(f"raised in the DiffMix producer process (pid {proc.pid}):\n{err}")
+            raise ProducerError(f"the DiffMix producer process failed:\n{err}") from cause
+        code = proc.exitcode
+        if code is not None:
+            cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            raise ProducerError(f"the DiffMix producer process (pid {proc.pid}) ended with {cause} and left no "
+                                "error (killed by the OOM killer or a signal?); build the dataset again, or use "
+                                "producer_backend='thread'")
+
+    def _child_exception(self) -> BaseException | None:
+        """The producer process's exception, unpickled (its traceback is in the cache's error text)."""
+        n = int(self._exc_blob[:8].view(torch.int64)[0]) if self._exc_blob.numel() else 0
+        if not 0 < n <= _EXC_BYTES:
+            return None
+        try:
+            exc = pickle.loads(self._exc_blob[8:8 + n].numpy().tobytes())
+        except Exception:  # noqa: BLE001 - an exception class that does not unpickle: the text remains
+            return None
+        return exc if isinstance(exc, BaseException) else None
 
     def wait_for(self, count: int, timeout: float | None = None) -> bool:
         """Block until the cache holds ``count`` patches (or the producer failed / stopped)."""
+        if self._process is not None:  # another process writes: poll (no condition crosses processes)
+            end = None if timeout is None else time.monotonic() + float(timeout)
+            while True:
+                self.check()
+                if len(self.cache) >= count:
+                    return True
+                left = None if end is None else end - time.monotonic()
+                if self._stop.is_set() or (left is not None and left <= 0):
+                    return False
+                self._stop.wait(0.05 if left is None else min(0.05, left))
         with self._cond:
             ok = self._cond.wait_for(lambda: len(self.cache) >= count or self._exc is not None
                                      or self._stop.is_set(), timeout=timeout)
@@ -399,7 +537,19 @@ class Producer:
 
     @property
     def alive(self) -> bool:
+        """Whether the background thread or process is running."""
+        if self._process is not None:
+            return _process_alive(self._process)
         return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the background thread or process has ended (it ends on a failure or after
+        :meth:`close`); True when it has."""
+        worker = self._process if self._process is not None else self._thread
+        if worker is not None:
+            with contextlib.suppress(ValueError):  # a Process object already closed
+                worker.join(timeout)
+        return not self.alive
 
     def close(self, timeout: float = 2.0) -> bool:
         """Stop the thread: the synthesis call in flight stops at its next step boundary.
@@ -418,6 +568,8 @@ class Producer:
             self.cache.release_credit(self.batch_size)
         with self._cond:
             self._cond.notify_all()
+        if self._process is not None:  # stops at its next step boundary, or is terminated
+            _end_process(self._process, max(0.0, deadline - time.monotonic() - 0.5))
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._watchdog is not None:
@@ -441,8 +593,15 @@ class Producer:
     @contextlib.contextmanager
     def paused(self):
         """Hold off the next batch while the block runs (a consistent ``state_dict`` of the dataset)."""
-        with self._lock:
+        got = self._lock.acquire(timeout=0.1)
+        while not got and (self._process is None or self.alive):
+            got = self._lock.acquire(timeout=0.1)
+        # else: the producer process ended holding the lock (terminated by close()): nothing to hold off
+        try:
             yield self
+        finally:
+            if got:
+                self._lock.release()
 
     def state_dict(self) -> dict[str, Any]:
         """The batch counter (per-batch seeds derive from it and from ``seed`` and ``rank``)."""
@@ -454,7 +613,7 @@ class Producer:
 
 #: the stop events of every producer alive: at interpreter exit all are set before any join, since
 #: producers sharing one synthesizer wait on each other's synthesis lock
-_ALL_STOPS: weakref.WeakSet[threading.Event] = weakref.WeakSet()
+_ALL_STOPS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()  # stop event -> owner pid
 _ALL_STOPS_REGISTERED: list = []  # holds the atexit hook once it is registered (lazily: no import side effect)
 
 
@@ -462,16 +621,49 @@ _ALL_STOPS_REGISTERED: list = []  # holds the atexit hook once it is registered 
 _EXIT_JOIN_S = 15.0
 
 
-def _shutdown(stop: threading.Event, cache: ReplayCache, box: list, iter_box: list) -> None:
-    """Finaliser / atexit hook: stop and join the thread without referencing the producer."""
+def _shutdown(stop: Any, cache: ReplayCache, box: list, iter_box: list, owner: int) -> None:
+    """Finaliser / atexit hook: stop and join the thread (or end the process) without referencing
+    the producer. Only in the process that made the producer: a forked copy (a DataLoader worker)
+    shares the process backend's stop event and must never stop the real producer."""
+    if os.getpid() != owner:
+        return
     stop.set()
     _raise_idle_threads(nice=0)
     with contextlib.suppress(Exception):  # best effort at interpreter exit
         cache.release_credit(8)
     for t in box:
-        if t is not threading.current_thread():  # a GC pass run by the thread itself
-            t.join(_EXIT_JOIN_S)
+        if isinstance(t, threading.Thread):
+            if t is not threading.current_thread():  # a GC pass run by the thread itself
+                t.join(_EXIT_JOIN_S)
+        else:
+            _end_process(t, 2.0)
     _shutdown_loaders(iter_box)
+
+
+def _process_alive(proc: Any) -> bool:
+    with contextlib.suppress(ValueError):  # a closed Process object
+        return proc.is_alive()
+    return False
+
+
+def _end_process(proc: Any, grace: float) -> None:
+    """Wait ``grace`` s for the producer process to stop by itself, then terminate / kill it and
+    release its handle (idempotent)."""
+    if not _process_alive(proc):
+        with contextlib.suppress(ValueError):
+            proc.join(0)
+            proc.close()
+        return
+    _raise_idle_threads(nice=0, pid=proc.pid)  # a starved SCHED_IDLE child must reach its boundary
+    proc.join(grace)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(0.5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(0.5)
+    if not proc.is_alive():
+        proc.close()
 
 
 def _shutdown_loaders(iter_box: list) -> None:
@@ -484,8 +676,9 @@ def _shutdown_loaders(iter_box: list) -> None:
 
 def _stop_all() -> None:
     """atexit hook (runs before the finalisers' joins): ask every live producer to stop."""
-    for stop in list(_ALL_STOPS):
-        stop.set()
+    for stop, owner in list(_ALL_STOPS.items()):
+        if owner == os.getpid():
+            stop.set()
 
 
 def _accepts_keyword(fn: Any, name: str) -> bool:
@@ -498,15 +691,21 @@ def _accepts_keyword(fn: Any, name: str) -> bool:
     return any(p.name == name and p.kind is not inspect.Parameter.POSITIONAL_ONLY for p in params)
 
 
-def _raise_idle_threads(nice: int) -> list[int]:
-    """Move this process's ``SCHED_IDLE`` threads (the producer's) to ``SCHED_OTHER`` at ``nice``.
+def _raise_idle_threads(nice: int, pid: int | None = None) -> list[int]:
+    """Move the ``SCHED_IDLE`` threads of this process (or of process ``pid``: the producer's) to
+    ``SCHED_OTHER`` at ``nice``.
 
     Returns the thread ids moved (Linux; elsewhere nothing is done and ``[]`` returned).
     """
-    if not hasattr(os, "SCHED_IDLE") or not os.path.isdir("/proc/self/task"):
+    tasks = f"/proc/{'self' if pid is None else int(pid)}/task"
+    if not hasattr(os, "SCHED_IDLE") or not os.path.isdir(tasks):
+        return []
+    try:
+        names = os.listdir(tasks)
+    except OSError:  # the process ended meanwhile
         return []
     moved = []
-    for name in os.listdir("/proc/self/task"):
+    for name in names:
         with contextlib.suppress(OSError, ValueError):
             tid = int(name)
             if os.sched_getscheduler(tid) == os.SCHED_IDLE:
@@ -515,3 +714,38 @@ def _raise_idle_threads(nice: int) -> list[int]:
                     os.setpriority(os.PRIO_PROCESS, tid, nice)
                 moved.append(tid)
     return moved
+
+
+
+class _SharedFlag:
+    """The process backend's stop event: one int64 in shared memory, waited on by polling.
+
+    Not a ``multiprocessing.Event``: its ``set()`` waits until every sleeper has woken, and a
+    process that ended inside ``wait()`` (the producer process, terminated) never wakes, so
+    ``set()`` would block for ever.
+    """
+
+    def __init__(self) -> None:
+        self._flag = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set(self) -> None:
+        self._flag[0] = 1
+
+    def is_set(self) -> bool:
+        return bool(self._flag[0])
+
+    def wait(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + float(timeout)
+        while not self.is_set():
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            time.sleep(0.01 if left is None else min(0.01, left))
+        return True
+
+
+def _orphan_guard(parent: int, stop: Any) -> None:
+    """End the producer process when the process that started it is gone (killed with SIGKILL)."""
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            os._exit(0)

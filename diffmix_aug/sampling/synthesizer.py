@@ -100,6 +100,20 @@ class Synthesizer:
 
     checkpoint: str | None = None  # the file or directory ``from_checkpoint`` loaded, for error messages
 
+    def __getstate__(self) -> dict:
+        # a producer process receives the synthesizer by pickling: the model travels (its tensors
+        # through shared memory); the lock, the stream and the model caches are made again there
+        state = self.__dict__.copy()
+        for k in ("_lock", "_stream", "caches"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.caches = ModelCaches(self.model)
+        self._lock = threading.Lock()
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
     def _check_finite_output(self, out: torch.Tensor) -> None:
         """Raise ``ValueError`` when the denoised batch holds NaN / inf (it would decode to black images)."""
         finite = torch.isfinite(out)

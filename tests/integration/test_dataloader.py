@@ -136,7 +136,7 @@ def test_producer_failure_surfaces_in_main_process_and_workers():
                         batch_size=4, warmup="block", synthetic_ratio=1.0, rare_classes=(1,))
     try:
         ds.cache.release_credit(4)  # as if 4 fresh patches had been read: the thread makes batch 2
-        ds.producer._thread.join(20)  # the second batch fails
+        ds.producer.join(20)  # the second batch fails
         with pytest.raises(ProducerError) as info:
             ds[0]
         assert isinstance(info.value.__cause__, FloatingPointError)
@@ -303,23 +303,37 @@ def test_synthesize_command_shards_and_warm_starts(tmp_path, monkeypatch, capsys
     assert len(warm) == 5 and warm.slot_meta(0)["mode"] == "balance"
 
 
+class RecordingSynth(NoiseSynth):
+    """Records (scheduling policy, nice) of the calling thread into shared memory (any process)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = torch.full((64, 2), -100, dtype=torch.int64).share_memory_()
+        self.n = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def __call__(self, images, *args, **kwargs):
+        tid = threading.get_native_id()
+        i = int(self.n[0]) % 64
+        self.seen[i] = torch.tensor([os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)])
+        self.n[0] += 1
+        return super().__call__(images, *args, **kwargs)
+
+    def records(self):
+        return [tuple(r) for r in self.seen[: min(64, int(self.n[0]))].tolist()]
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="per-thread scheduling is a Linux feature")
+@pytest.mark.parametrize("backend", ["thread", "process"])
 @pytest.mark.parametrize("priority", ["auto", "idle", "low", "normal"])
-def test_cpu_producer_thread_yields_to_workers(priority):
-    seen = []
-
-    class RecordingSynth(NoiseSynth):
-        def __call__(self, images, *args, **kwargs):
-            tid = threading.get_native_id()
-            seen.append((os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)))
-            return super().__call__(images, *args, **kwargs)
-
+def test_cpu_producer_yields_to_workers(priority, backend):
+    synth = RecordingSynth()
     me = threading.get_native_id()
     before = (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me))
-    with DiffMixDataset(toy(4), RecordingSynth(), synthetic_ratio=1.0, cache_capacity=4, batch_size=2,
-                        warmup=2, producer_priority=priority, rare_classes=(1,)) as ds:
+    with DiffMixDataset(toy(4), synth, synthetic_ratio=1.0, cache_capacity=4, batch_size=2, warmup=2,
+                        producer_priority=priority, producer_backend=backend, rare_classes=(1,)) as ds:
+        assert ds.producer.running_in == backend
         assert ds.producer.wait_for(2, timeout=30)
-        running = list(seen)  # calls made while running (close() raises a SCHED_IDLE thread so it can stop)
+        running = synth.records()  # calls made while running (close() raises a SCHED_IDLE thread so it can stop)
     expected = {"idle": (os.SCHED_IDLE, before[1]), "auto": (os.SCHED_IDLE, before[1]), "low": (before[0], min(19, before[1] + 10)),
                 "normal": before}[priority]
     assert running and all(s == expected for s in running), (running, expected)

@@ -88,8 +88,9 @@ def test_busy_host_still_gets_new_patches():
         h.start()
     try:
         with DiffMixDataset(DictDataset(16), NoiseSynth(), mode="enlarge", cache_capacity=4, batch_size=2,
-                            max_reuse=4) as ds:
-            ds.producer.starve_after = 1.0
+                            max_reuse=4, start=False) as ds:
+            ds.producer.starve_after = 1.0  # before start(): a producer process takes a copy
+            ds.start()
             assert ds.producer.wait_for(4, timeout=25.0), "the producer starved beside two busy processes"
             served = [ds[i] for i in range(len(ds))]
             assert len(served) == 16

@@ -83,13 +83,17 @@ def test_jobs_build_each_map_once_and_reproducibly():
     assert a["inst"].dtype == np.int32 and a["inst"].shape == (64, 64)
 
 
-@pytest.mark.parametrize("label_workers", [0, 1])
-def test_producer_with_and_without_label_workers(label_workers):
+@pytest.mark.parametrize(("backend", "label_workers"), [("thread", 0), ("thread", 1), ("process", 1)])
+def test_producer_with_and_without_label_workers(backend, label_workers):
+    """The thread builds its maps in label workers (or itself with 0); a producer process, already
+    off the training process, builds them itself."""
     base = toy(8)
     with DiffMixDataset(base, NoiseSynth(), synthetic_ratio=1.0, cache_capacity=8, batch_size=4, warmup="block",
-                        warmup_items=8, label_workers=label_workers, warmup_timeout=120) as ds:
+                        warmup_items=8, label_workers=label_workers, warmup_timeout=120,
+                        producer_backend=backend) as ds:
         assert len(ds.cache) == 8
-        assert (ds.producer._maps_iter is not None) == bool(label_workers)
+        assert ds.producer.running_in == backend
+        assert (ds.producer._maps_iter is not None) == (backend == "thread" and bool(label_workers))
         metas = [ds.cache.slot_meta(i) for i in range(8)]
         assert all(m["mode"] == "both" and m["params"]["mode"] == "both" for m in metas)
         assert len({m["map_seed"] for m in metas}) == 8
