@@ -126,13 +126,14 @@ class DiffMixConfig:
         inst_dtype: ``"int32"`` or ``"int16"`` instance maps in the cache.
         producer_priority: ``"auto"``, ``"idle"``, ``"low"`` or ``"normal"`` (see
             :class:`~diffmix_aug.producer.Producer`).
-        producer_backend: ``"thread"`` (default: a daemon thread of the training process),
-            ``"process"`` (CPU synthesizer on Linux only: a forked process of its own, with one
-            intra-op thread, so it never holds the training process's GIL) or ``"auto"`` (the
-            process where it can run: a CPU synthesizer on Linux; else the thread, which a CUDA
-            synthesizer needs to launch kernels from the process holding the CUDA context).
-            The default stays the thread until the loader benchmark on a busy host has measured
-            the process (``python -m benchmarks.loader --busy 2``).
+        producer_backend: ``"auto"`` (default: the process where it can run, a CPU synthesizer on
+            Linux; else the thread, which a CUDA synthesizer needs to launch kernels from the
+            process holding the CUDA context), ``"thread"`` (a daemon thread of the training
+            process) or ``"process"`` (CPU synthesizer on Linux only: a forked process of its own,
+            with one intra-op thread, so it never holds the training process's GIL). Measured
+            beside two busy processes on 2 cores (``python -m benchmarks.loader --busy 2``), the
+            thread cost the loop's wait +88 % of a 100 ms step at 0 workers as root (a SCHED_IDLE
+            thread preempted while holding the GIL), the process +3.5 %.
         label_workers: Processes that build label maps for the producer thread (a small
             ``DataLoader``); 0 builds them in the producer thread (always so in cooperative mode).
             A producer process builds its label maps itself (it is off the training process already). The default 1
@@ -162,7 +163,7 @@ class DiffMixConfig:
     max_reuse: int = 8
     inst_dtype: str = "int32"
     producer_priority: str = "auto"
-    producer_backend: str = "thread"
+    producer_backend: str = "auto"
     label_workers: int = 1
     adapter: Any = None
     keys: tuple | None = None

@@ -97,14 +97,16 @@ class DiffMixDataset(torch.utils.data.Dataset):
             synthesizer's; the synthesizer's own value must agree (checked here).
         batch_size: Synthesizer batch size.
         policy, max_reuse, inst_dtype: :class:`ReplayCache` options.
-        producer_priority: CPU scheduling of the producer thread when it synthesises on the CPU:
+        producer_priority: CPU scheduling of the producer when it synthesises on the CPU:
             ``"auto"`` (default: only on idle cores, so workers and the training step never wait
-            for it, raised to nice +10 when a batch starves on a busy host), ``"idle"`` (idle cores
-            only, may starve), ``"low"`` (nice +10) or ``"normal"`` (see
-            :class:`~diffmix_aug.producer.Producer`).
-        producer_backend: Where the producer runs: ``"thread"`` (default), ``"process"`` (a CPU
-            synthesizer in a forked process of its own, which never holds this process's GIL) or
-            ``"auto"`` (see :class:`~diffmix_aug.config.DiffMixConfig`).
+            for it, raised to nice +10 / +19 when a batch starves on a busy host; where the kernel
+            would refuse that raise, an ordinary user's case, a constant nice +10 / +19 instead),
+            ``"idle"`` (idle cores only, may starve), ``"low"`` (nice +10) or ``"normal"`` (see
+            :meth:`~diffmix_aug.producer.Producer._lower_priority`).
+        producer_backend: Where the producer runs: ``"auto"`` (default: ``"process"`` for a CPU
+            synthesizer on Linux, else ``"thread"``), ``"thread"`` or ``"process"`` (a CPU
+            synthesizer in a forked process of its own, which never holds this process's GIL; see
+            :class:`~diffmix_aug.config.DiffMixConfig`).
         warmup_timeout: Seconds ``warmup="block"`` (or an int) waits for its patches before it
             raises ``TimeoutError`` naming the cause.
         label_workers: Processes building the producer's label maps (0: in the producer thread).
@@ -142,7 +144,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
         max_reuse: int = 8,
         inst_dtype: str = "int32",
         producer_priority: str = "auto",
-        producer_backend: str = "thread",
+        producer_backend: str = "auto",
         warmup_timeout: float = 600.0,
         label_workers: int = 1,
         start: bool = True,
@@ -231,12 +233,12 @@ class DiffMixDataset(torch.utils.data.Dataset):
         if self._started or self._producer is None:
             return self
         self._started = True
-        if not self.cooperative:
-            self._producer.start()
         warmup = self.config.warmup
         k = warmup if isinstance(warmup, int) else (
             (self.config.warmup_items or min(self.cache.capacity, 8)) if warmup == "block" else 0)
         k = min(k, self.cache.capacity)
+        if not self.cooperative:
+            self._producer.start(warmup=k)  # the cache must hold k patches before the caller goes on
         if k > len(self.cache):
             if self.cooperative:
                 while len(self.cache) < k:

@@ -43,7 +43,8 @@ from .data.sample import NucleiSample
 from .labelmaps.jobs import LabelMapJobs, collate_jobs
 from .sampling._base import SamplingInterrupted
 
-__all__ = ["CPU_PRIORITIES", "PRODUCER_BACKENDS", "Producer", "ProducerError", "derive_seed", "preload_imports"]
+__all__ = ["CPU_PRIORITIES", "PRODUCER_BACKENDS", "Producer", "ProducerError", "derive_seed", "idle_is_reversible",
+           "preload_imports"]
 
 
 _LOADER_STREAMS = 1 << 40
@@ -99,10 +100,12 @@ class Producer:
         bias_candidates: Source candidates scored per patch for the rare-class bias (1 = uniform).
         idle_timeout: Seconds the thread waits for a read before overwriting an unread patch anyway.
         cpu_priority: Scheduling of the producer thread when it synthesises on the CPU (Linux):
-            ``"auto"`` (default: ``SCHED_IDLE`` with a starvation guard, see :meth:`_lower_priority`),
+            ``"auto"`` (default: ``SCHED_IDLE`` with a starvation guard where ``SCHED_IDLE`` can be
+            left again, else a constant nice :attr:`boost_nice`; see :meth:`_lower_priority`),
             ``"idle"`` (``SCHED_IDLE`` only), ``"low"`` (nice +10) or ``"normal"``.
         starve_after: Seconds a batch may take under ``"auto"`` before the producer's threads are
-            raised from ``SCHED_IDLE`` to nice +10 for the rest of that batch (busy hosts).
+            raised from ``SCHED_IDLE`` to :attr:`boost_nice` (+10 thread, +19 process) for the rest
+            of that batch (busy hosts).
         backend: Where :meth:`start` runs the loop: ``"thread"`` (default here: a daemon thread of
             this process), ``"process"`` (a CPU synthesizer on Linux: a forked daemon process, as
             DataLoader workers are, with one intra-op thread; it builds its label maps itself and
@@ -158,6 +161,8 @@ class Producer:
         self.starve_after = float(starve_after)
         self._accepts_stop = _accepts_keyword(synthesizer, "should_stop")
         self._batch_started: float | None = None  # monotonic time the batch in flight began
+        self._warmup = 0  # patches start() was told the caller blocks for
+        self._process_side = False  # True in the producer process itself
         self._boosted: list[int] = []  # thread ids raised from SCHED_IDLE by the watchdog
         self._watchdog: threading.Thread | None = None
         #: seq -> metadata of the latest patches (``item_info`` falls back to it after eviction;
@@ -363,11 +368,21 @@ class Producer:
         return (len(t) - 1) * self.batch_size / (t[-1] - t[0])
 
     # ------------------------------------------------------------------ thread
-    def start(self) -> Producer:
-        """Start the background thread or process (idempotent)."""
+    def start(self, warmup: int = 0) -> Producer:
+        """Start the background thread or process (idempotent).
+
+        Args:
+            warmup: Patches the caller is about to block for (``DiffMixDataset``'s ``warmup``). The
+                process backend makes them at normal priority, since nothing of the caller's runs
+                meanwhile, and only then lowers itself (see :meth:`_lower_priority`): on a busy
+                host a deprioritised warm-up would take minutes.
+        """
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"`warmup` must be a number of patches >= 0, got {warmup!r}")
         if self._thread is None and self._process is None:
             if self._stop.is_set():
                 raise RuntimeError("this Producer was closed; build a new one")
+            self._warmup = warmup
             if self.backend != "thread" and self._stream is None:
                 self._start_process()
                 return self
@@ -382,7 +397,7 @@ class Producer:
             self._thread = threading.Thread(target=self._run, name="diffmix-producer", daemon=True)
             self._thread_box.append(self._thread)
             self._thread.start()
-            if self.cpu_priority == "auto" and self._stream is None and hasattr(os, "SCHED_IDLE"):
+            if self._stream is None and self.idle_guarded:
                 self._watchdog = threading.Thread(target=self._watch, name="diffmix-watchdog", daemon=True)
                 self._watchdog.start()
         return self
@@ -406,26 +421,53 @@ class Producer:
         returned); with one thread it runs. DataLoader workers are limited the same way.
         """
         torch.set_num_threads(1)
+        self._process_side = True
         self._finalizer.detach()  # the parent's copy owns the shutdown
         threading.Thread(target=_orphan_guard, args=(parent, self._stop), name="diffmix-orphan-guard",
                          daemon=True).start()
-        if self.cpu_priority == "auto" and hasattr(os, "SCHED_IDLE"):
+        if self.idle_guarded:
             self._watchdog = threading.Thread(target=self._watch, name="diffmix-watchdog", daemon=True)
             self._watchdog.start()
         self._run()  # a failure is published in the cache (set_error) for every process to raise
         if self._exc is not None:
             raise SystemExit(1)
 
+    @property
+    def boost_nice(self) -> int:
+        """Nice value the starvation guard of ``"auto"`` raises a starved batch to.
+
+        +10 for the thread backend: a producer thread shares the consumer's GIL, and at nice +19 a
+        thread preempted while holding it would keep the consumer waiting longer. +19 for the
+        process backend, whose GIL is its own: on a saturated host it then takes about 1.5 % of a
+        core from nice-0 tasks (weight 15 against 1024), so it still makes progress while the
+        consumer loses under 1 % of its share.
+        """
+        return 19 if self.backend == "process" else 10
+
+    @property
+    def idle_guarded(self) -> bool:
+        """Whether ``cpu_priority="auto"`` runs the producer under ``SCHED_IDLE`` with the starvation
+        guard: only where a thread may leave ``SCHED_IDLE`` again (:func:`idle_is_reversible`: root,
+        ``CAP_SYS_NICE`` or ``RLIMIT_NICE`` >= 20). For an ordinary user on Linux the kernel refuses
+        that (EPERM), so the guard could never raise a starved batch; ``"auto"`` then keeps the
+        producer at the constant nice :attr:`boost_nice` instead.
+        """
+        return self.cpu_priority == "auto" and idle_is_reversible()
+
     def _watch(self) -> None:
-        """Starvation guard of ``"auto"``: raise a ``SCHED_IDLE`` batch that runs too long to nice +10."""
+        """Starvation guard of ``"auto"``: raise a ``SCHED_IDLE`` batch that runs too long to :attr:`boost_nice`."""
         while not self._stop.wait(min(1.0, self.starve_after / 4)):
             started = self._batch_started
             if started is not None and not self._boosted and time.monotonic() - started > self.starve_after:
-                self._boosted = _raise_idle_threads(nice=10)
+                self._boosted = _raise_idle_threads(nice=self.boost_nice)
 
     def _run(self) -> None:
         try:
-            self._lower_priority()
+            # the process backend makes the patches a blocked caller waits for at normal priority
+            # (priority can always be lowered, an ordinary user can never raise it again)
+            deferred = self._process_side and len(self.cache) < self._warmup
+            if not deferred:
+                self._lower_priority()
             while not self._stop.is_set():
                 got = 0
                 while got < self.batch_size and not self._stop.is_set():
@@ -435,6 +477,9 @@ class Producer:
                 if self._stop.is_set():
                     return
                 self.step()
+                if deferred and len(self.cache) >= self._warmup:
+                    deferred = False
+                    self._lower_priority()
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, never swallowed
             if self._stop.is_set():
                 return  # closed under it (the cache may be gone): nothing to report
@@ -466,18 +511,23 @@ class Producer:
         the consumer ~2 ms per batch waiting for the niced thread's time slice to end (EEVDF);
         ``"normal"`` changes nothing. ``"auto"`` is ``"idle"`` with a guard: on a host whose
         cores are all busy, ``SCHED_IDLE`` threads never run (measured: 0 new patches in 20,000
-        items), so a watchdog thread raises the producer's threads to nice +10 when a batch has run
-        longer than ``starve_after`` seconds, and they go back to ``SCHED_IDLE`` after the batch.
+        items), so a watchdog thread raises the producer's threads to :attr:`boost_nice` when a batch
+        has run longer than ``starve_after`` seconds, and they go back to ``SCHED_IDLE`` after the batch.
+        Where the kernel would refuse that raise (an ordinary user: :attr:`idle_guarded` is False),
+        ``"auto"`` is the constant nice :attr:`boost_nice` (+10 thread, +19 process) instead.
+        The process backend calls this only after the ``warmup`` patches of :meth:`start`.
         """
         if self._stream is not None or self.cpu_priority == "normal" or not hasattr(os, "setpriority"):
             return
         tid = threading.get_native_id()
-        if self.cpu_priority in ("idle", "auto") and hasattr(os, "SCHED_IDLE"):
+        if (self.cpu_priority == "idle" or self.idle_guarded) and hasattr(os, "SCHED_IDLE"):
             with contextlib.suppress(OSError):
                 os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
                 return
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
+            now = os.getpriority(os.PRIO_PROCESS, tid)
+            target = self.boost_nice if self.cpu_priority == "auto" else now + 10
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, max(now, target)))
 
     def _restore_priority(self) -> None:
         """Put threads the watchdog raised back under ``SCHED_IDLE`` (after their batch)."""
@@ -689,6 +739,39 @@ def _accepts_keyword(fn: Any, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return any(p.name == name and p.kind is not inspect.Parameter.POSITIONAL_ONLY for p in params)
+
+
+_IDLE_REVERSIBLE: dict[int, bool] = {}  # pid -> probe result
+
+
+def idle_is_reversible() -> bool:
+    """Whether a thread of this process may leave ``SCHED_IDLE`` for ``SCHED_OTHER`` again.
+
+    Linux treats ``SCHED_IDLE`` as nice 20: moving back needs ``CAP_SYS_NICE`` or an
+    ``RLIMIT_NICE`` that allows nice 0, which ordinary users do not have (default limit 0), so for
+    them ``SCHED_IDLE`` is one way. Probed once per process on a throwaway thread (capabilities,
+    limits and container policies all decide); False off Linux.
+    """
+    pid = os.getpid()
+    if pid not in _IDLE_REVERSIBLE:
+        if not hasattr(os, "SCHED_IDLE"):
+            _IDLE_REVERSIBLE[pid] = False
+        else:
+            result: list[bool] = []
+
+            def probe() -> None:
+                try:
+                    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+                    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+                    result.append(True)
+                except OSError:
+                    result.append(False)
+
+            t = threading.Thread(target=probe, name="diffmix-idle-probe", daemon=True)
+            t.start()
+            t.join()
+            _IDLE_REVERSIBLE[pid] = bool(result and result[0])
+    return _IDLE_REVERSIBLE[pid]
 
 
 def _raise_idle_threads(nice: int, pid: int | None = None) -> list[int]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -173,6 +176,15 @@ def _resources():
     return threading.active_count(), fds, shm
 
 
+def _settles_to(expected, timeout=5.0):
+    """Resources back to ``expected`` within ``timeout`` s (a process ended by close() is reaped
+    asynchronously on a loaded machine); a real leak stays and fails."""
+    end = time.monotonic() + timeout
+    while (now := _resources()) != expected and time.monotonic() < end:
+        time.sleep(0.1)
+    return now
+
+
 def test_no_leaks_over_100_cycles_and_shutdown_with_live_workers():
     base = DictDataset(8, torch_chw=False)
     ds = DiffMixDataset(base, NoiseSynth(), cache_capacity=4, batch_size=2, warmup="block", rare_classes=(1,))
@@ -181,7 +193,7 @@ def test_no_leaks_over_100_cycles_and_shutdown_with_live_workers():
     for _ in range(100):
         with DiffMixDataset(base, NoiseSynth(), cache_capacity=4, batch_size=2, warmup="block", rare_classes=(1,)) as ds:
             ds[0]
-    assert _resources() == before
+    assert _settles_to(before) == before
     ds = DiffMixDataset(base, NoiseSynth(), cache_capacity=4, batch_size=2, warmup="block", rare_classes=(1,))
     loader = DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=True, multiprocessing_context="fork")
     it = iter(loader)
@@ -189,7 +201,7 @@ def test_no_leaks_over_100_cycles_and_shutdown_with_live_workers():
     ds.close()  # workers still alive
     assert not ds.producer.alive
     del it, loader
-    assert _resources() == before
+    assert _settles_to(before) == before
 
 
 def test_yaml_config(tmp_path):
@@ -324,20 +336,63 @@ class RecordingSynth(NoiseSynth):
 
 @pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="per-thread scheduling is a Linux feature")
 @pytest.mark.parametrize("backend", ["thread", "process"])
-@pytest.mark.parametrize("priority", ["auto", "idle", "low", "normal"])
-def test_cpu_producer_yields_to_workers(priority, backend):
+@pytest.mark.parametrize("priority", ["auto", "auto-unprivileged", "idle", "low", "normal"])
+def test_cpu_producer_yields_to_workers(priority, backend, monkeypatch):
+    import diffmix_aug.producer as producer_module
+
+    if priority == "auto-unprivileged":  # what an ordinary user gets: SCHED_IDLE could not be left again
+        monkeypatch.setattr(producer_module, "idle_is_reversible", lambda: False)
+        priority = "auto"
+    guarded = priority == "auto" and producer_module.idle_is_reversible()
     synth = RecordingSynth()
     me = threading.get_native_id()
     before = (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me))
     with DiffMixDataset(toy(4), synth, synthetic_ratio=1.0, cache_capacity=4, batch_size=2, warmup=2,
                         producer_priority=priority, producer_backend=backend, rare_classes=(1,)) as ds:
         assert ds.producer.running_in == backend
-        assert ds.producer.wait_for(2, timeout=30)
+        assert ds.producer.idle_guarded == guarded
+        end = time.monotonic() + 30
+        while int(synth.n[0]) < 3 and time.monotonic() < end:  # the warm-up batch and one after it
+            _ = (ds[0], ds[1])  # serves release credits
+            time.sleep(0.05)
         running = synth.records()  # calls made while running (close() raises a SCHED_IDLE thread so it can stop)
-    expected = {"idle": (os.SCHED_IDLE, before[1]), "auto": (os.SCHED_IDLE, before[1]), "low": (before[0], min(19, before[1] + 10)),
-                "normal": before}[priority]
-    assert running and all(s == expected for s in running), (running, expected)
+    unguarded_auto = (os.SCHED_OTHER, max(before[1], 19 if backend == "process" else 10))
+    expected = {"idle": (os.SCHED_IDLE, before[1]), "low": (before[0], min(19, before[1] + 10)), "normal": before,
+                "auto": (os.SCHED_IDLE, before[1]) if guarded else unguarded_auto}[priority]
+    assert len(running) >= 3, running
+    if backend == "process":  # the warm-up batch (one call: 2 patches) the caller blocked for ran at its priority
+        assert running[0] == before, running
+        running = running[1:]
+    assert all(s == expected for s in running), (running, expected)
     assert (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me)) == before  # the caller is untouched
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="per-thread scheduling is a Linux feature")
+@pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0,
+                    reason="dropping CAP_SYS_NICE needs util-linux setpriv, run as root")
+def test_unprivileged_auto_priority_is_a_nice_level_not_sched_idle():
+    """Without CAP_SYS_NICE the kernel refuses SCHED_IDLE -> SCHED_OTHER (EPERM): "auto" must not
+    use SCHED_IDLE then, or its starvation guard could never raise a starved batch."""
+    code = (
+        "import os, threading\n"
+        "from diffmix_aug.producer import idle_is_reversible\n"
+        "from diffmix_aug.data.toy import make_toy_dataset\n"
+        "from diffmix_aug.dataset import DiffMixDataset\n"
+        "assert not idle_is_reversible()\n"
+        "seen = []\n"
+        "def synth(images, inst, typ, generator=None):\n"
+        "    tid = threading.get_native_id()\n"
+        "    seen.append((os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)))\n"
+        "    return images\n"
+        "with DiffMixDataset(make_toy_dataset(4, 32, 0), synth, producer_backend='thread', warmup=2, batch_size=2,\n"
+        "                    rare_classes=(1,), num_classes=5) as ds:\n"
+        "    assert not ds.producer.idle_guarded\n"
+        "assert seen and all(s == (os.SCHED_OTHER, 10) for s in seen), seen\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run(["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice", sys.executable, "-c", code],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
 
 
 def test_producer_priority_is_validated():

@@ -80,8 +80,14 @@ def test_warmup_block_times_out_with_a_named_cause():
         DiffMixDataset(DictDataset(8), Stuck(), mode="enlarge", warmup="block", warmup_items=4, warmup_timeout=0.5)
 
 
-def test_busy_host_still_gets_new_patches():
-    """Two CPU-bound neighbours on a 2-core box: the default priority still produces patches."""
+@pytest.mark.parametrize("privileged", [True, False], ids=["as-is", "unprivileged"])
+def test_busy_host_still_gets_new_patches(privileged, monkeypatch):
+    """Two CPU-bound neighbours on a 2-core box: the default priority still produces patches, also
+    for an ordinary user, for whom SCHED_IDLE cannot be left again (simulated: the probe says so)."""
+    if not privileged:
+        import diffmix_aug.producer as producer_module
+
+        monkeypatch.setattr(producer_module, "idle_is_reversible", lambda: False)
     ctx = multiprocessing.get_context("fork")
     hogs = [ctx.Process(target=_spin, args=(30.0,), daemon=True) for _ in range(2)]
     for h in hogs:
