@@ -12,7 +12,10 @@ default plan includes the equal-network case: the ``w32`` preset (the public SDM
 width 32: channel_mult (1, 2, 3, 4), 2 res-blocks, attention at 32/16/8, SPADE hidden 128,
 15,761,382 parameters) at 64 px, batch 4, whose fast/reference ratio at 10 guided steps is the
 issue-14 goal (>= 3.3x). The ratio against the public code itself is measured from its own source,
-not here.
+not here. Label maps (``--labels``): ``real`` (default: crops of the three real patches' nuclei maps,
+what the sampler sees, where most 5x5 label windows repeat and the SPADE setup runs once per distinct
+window, ``diffmix_aug/sdm/spade_windows.py``) or ``random`` (a random class per pixel: nothing
+repeats, the setup keeps the full convolutions).
 
     python benchmarks/sampler.py                       # CPU defaults: tiny@64 (batches 1,4), w32@64 and small@128 (batch 4)
     python benchmarks/sampler.py --threads 1           # one intra-op thread (a shared, busy machine)
@@ -64,11 +67,44 @@ def random_sdm(preset: str, size: int, device: torch.device, seed: int = 0) -> t
     return model.eval().to(device)
 
 
+LABELS = ("real", "random")
+_labels = {"kind": "real"}  # set by --labels
+
+
+def real_conditions(batch: int, size: int) -> torch.Tensor:
+    """``[batch, 6, size, size]``: ``size`` crops of the three real patches' label maps
+    (``tests/data/he_patches``; PanNuke types 5 folded into 4 for the 5-class benchmark model), as
+    the sampler sees nuclei maps."""
+    import numpy as np
+
+    from benchmarks.labelmaps import HE_DIR
+    from diffmix_aug.data.classes import get_dataset_info
+    from diffmix_aug.data.readers import read_consep_tile
+    from diffmix_aug.labelmaps.encode import encode_condition_torch
+
+    info = get_dataset_info("consep")
+    samples = [read_consep_tile(HE_DIR / f"patch{k}.png", HE_DIR / f"patch{k}.mat", info=info, merge=False)
+               for k in (1, 2, 3)]
+    maps = [(s.inst_map, s.type_map) for s in samples]
+    crops = []
+    for i in range(batch):
+        inst, typ = maps[i % len(maps)]
+        reps = -(-size // min(inst.shape))  # tile small patches up to ``size``
+        inst, typ = np.tile(inst, (reps, reps)), np.tile(typ, (reps, reps))
+        o = (i // len(maps)) * 37 % max(1, inst.shape[0] - size + 1)
+        crops.append((inst[o:o + size, o:o + size], np.minimum(typ[o:o + size, o:o + size], 4)))
+    inst = torch.stack([torch.from_numpy(np.ascontiguousarray(c[0])).long() for c in crops])
+    typ = torch.stack([torch.from_numpy(np.ascontiguousarray(c[1])).long() for c in crops])
+    return encode_condition_torch(typ, inst, 5)
+
+
 def inputs(batch: int, size: int, device: torch.device, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     x0 = torch.rand((batch, 3, size, size), generator=gen) * 2 - 1
     types = torch.randint(0, 5, (batch, size, size), generator=gen)
     cond = torch.nn.functional.one_hot(types, 6).permute(0, 3, 1, 2).float()
+    if _labels["kind"] == "real":
+        cond = real_conditions(batch, size)
     noise = torch.randn((batch, 3, size, size), generator=gen)
     return x0.to(device), cond.to(device), noise.to(device)
 
@@ -248,9 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="default 3 on CUDA, 2 on CPU")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-flops", action="store_true")
+    parser.add_argument("--labels", choices=LABELS, default="real",
+                        help="label maps: 'real' (crops of the real patches' nuclei maps, the default: what the "
+                             "sampler sees) or 'random' (a random class per pixel: no label window repeats, "
+                             "so the per-window SPADE setup falls back to full convolutions)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    _labels["kind"] = args.labels
     if args.threads:
         torch.set_num_threads(args.threads)
     args.steps = [int(s) for s in args.steps.split(",")]
@@ -326,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r.get('max_abs_diff_vs_reference', float('nan')):9.2e}")
     print("goals:", json.dumps(goals, indent=1))
     report = {"benchmark": "sampler", "machine": machine, "matmul_peak_tflops": peaks,
-              "config": {"steps_measured": args.steps, "steps_per_patch": STEPS_PER_PATCH, "repeats": args.repeats,
+              "config": {"labels": args.labels, "steps_measured": args.steps, "steps_per_patch": STEPS_PER_PATCH, "repeats": args.repeats,
                          "cases": cases, "modes": {p: [mode_name(m) for m in case_modes(p)] for p, _, _ in cases},
                          "method": "per-step = (T(s2) - T(s1)) / (s2 - s1); per-patch = (setup + 55 step) / B; "
                                    f"*_{SHORT_STEPS} = (setup + {SHORT_STEPS} step) / B; NHWC rows use a "

@@ -33,10 +33,14 @@ from .blocks import (
     zero_module,
 )
 from .config import SDMConfig
+from .spade_windows import LabelWindows, label_windows, spade_affine_from_windows
 
 __all__ = ["MODULATION_KINDS", "EncoderState", "SDMUNet", "SpadeModulation"]
 
 MODULATION_KINDS = ("full", "hidden", "affine")
+#: ``modulation(windows=None)`` computes gamma / beta per distinct label window when at most this
+#: share of the pixels has a window of its own (nuclei maps: far fewer; random labels: about all)
+WINDOW_RATIO_MAX = 0.5
 
 
 @dataclass
@@ -239,19 +243,35 @@ class SDMUNet(nn.Module):
             skips.append(h)
         return EncoderState(h, skips, emb)
 
-    def modulation(self, y: torch.Tensor, kind: str = "full") -> SpadeModulation:
+    def modulation(self, y: torch.Tensor, kind: str = "full", *, windows: bool | None = None) -> SpadeModulation:
         """Every SPADE layer's label-only input, in forward order (see :class:`SpadeModulation`).
 
         Args:
             y: ``[N, label_channels, H, W]`` condition at image resolution (all zeros = null label).
             kind: ``"full"`` for (gamma, beta), ``"affine"`` for (1 + gamma, beta) (gamma and beta by one
                 convolution with both weights), ``"hidden"`` for the shared hidden activation.
+            windows: Compute gamma / beta once per distinct 5x5 label window
+                (:mod:`~diffmix_aug.sdm.spade_windows`, exact to float rounding; without autograd
+                only): None (default) where at most ``WINDOW_RATIO_MAX`` (half) of the pixels have
+                a window of their own, as in nuclei label maps; True always; False never.
         """
         check_choice("kind", kind, MODULATION_KINDS)
         self._check_label(y)
+        if windows not in (None, True, False):
+            raise TypeError(f"`windows` must be None (auto), True or False, got {windows!r}")
         values = []
         fmt = _memory_format_of(y)
+        found: dict[tuple[int, int], LabelWindows | None] = {}  # per resolution; None: full convolutions
         for norm in self._spade_list:
+            size = (y.shape[-2] // norm.ds, y.shape[-1] // norm.ds)
+            if kind != "hidden" and windows is not False and not torch.is_grad_enabled():
+                if size not in found:
+                    ys = y if tuple(y.shape[-2:]) == size else F.interpolate(y, size=size, mode="nearest")
+                    win = label_windows(ys)
+                    found[size] = win if windows or win.ratio <= WINDOW_RATIO_MAX else None
+                if found[size] is not None:
+                    values.append(_spade_values_from_windows(norm, found[size], kind, fmt))
+                    continue
             a = norm.hidden(y)
             values.append(a if kind == "hidden" else _spade_values(norm, a, kind, fmt))
         return SpadeModulation(kind, values)
@@ -427,6 +447,16 @@ def _spade_values(norm: SPADEGroupNorm, a: torch.Tensor, kind: str, fmt: torch.m
     w = torch.cat([norm.mlp_gamma.weight, norm.mlp_beta.weight])
     b = torch.cat([norm.mlp_gamma.bias, norm.mlp_beta.bias])
     gamma, beta = F.conv2d(a, w, b, padding=1).chunk(2, dim=1)
+    return (1 + gamma.float()).contiguous(memory_format=fmt), beta.contiguous(memory_format=fmt)
+
+
+def _spade_values_from_windows(norm: SPADEGroupNorm, win: LabelWindows, kind: str, fmt: torch.memory_format) -> tuple:
+    """:func:`_spade_values` of ``norm`` from the distinct label windows (:mod:`.spade_windows`)."""
+    w = torch.cat([norm.mlp_gamma.weight, norm.mlp_beta.weight])
+    b = torch.cat([norm.mlp_gamma.bias, norm.mlp_beta.bias])
+    gamma, beta = spade_affine_from_windows(norm.mlp_shared, w, b, win, fmt).chunk(2, dim=1)
+    if kind == "full":
+        return gamma.contiguous(memory_format=fmt), beta.contiguous(memory_format=fmt)
     return (1 + gamma.float()).contiguous(memory_format=fmt), beta.contiguous(memory_format=fmt)
 
 
