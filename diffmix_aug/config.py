@@ -132,8 +132,8 @@ class DiffMixConfig:
             process) or ``"process"`` (CPU synthesizer on Linux only: a forked process of its own,
             with one intra-op thread, so it never holds the training process's GIL). Measured
             beside two busy processes on 2 cores (``python -m benchmarks.loader --busy 2``), the
-            thread cost the loop's wait +88 % of a 100 ms step at 0 workers as root (a SCHED_IDLE
-            thread preempted while holding the GIL), the process +3.5 %.
+            thread cost the loop's wait +49 % of a 100 ms step at 0 workers as root (a SCHED_IDLE
+            thread preempted while holding the GIL), the process -0.8 % (+1.6 % at 2 workers).
         label_workers: Processes that build label maps for the producer thread (a small
             ``DataLoader``); 0 builds them in the producer thread (always so in cooperative mode).
             A producer process builds its label maps itself (it is off the training process already). The default 1

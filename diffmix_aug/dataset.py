@@ -99,8 +99,8 @@ class DiffMixDataset(torch.utils.data.Dataset):
         policy, max_reuse, inst_dtype: :class:`ReplayCache` options.
         producer_priority: CPU scheduling of the producer when it synthesises on the CPU:
             ``"auto"`` (default: only on idle cores, so workers and the training step never wait
-            for it, raised to nice +10 / +19 when a batch starves on a busy host; where the kernel
-            would refuse that raise, an ordinary user's case, a constant nice +10 / +19 instead),
+            for it, raised to nice +10 when a batch starves on a busy host; where the kernel
+            would refuse that raise, an ordinary user's case, a constant nice +10 instead),
             ``"idle"`` (idle cores only, may starve), ``"low"`` (nice +10) or ``"normal"`` (see
             :meth:`~diffmix_aug.producer.Producer._lower_priority`).
         producer_backend: Where the producer runs: ``"auto"`` (default: ``"process"`` for a CPU

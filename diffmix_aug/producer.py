@@ -104,8 +104,8 @@ class Producer:
             left again, else a constant nice :attr:`boost_nice`; see :meth:`_lower_priority`),
             ``"idle"`` (``SCHED_IDLE`` only), ``"low"`` (nice +10) or ``"normal"``.
         starve_after: Seconds a batch may take under ``"auto"`` before the producer's threads are
-            raised from ``SCHED_IDLE`` to :attr:`boost_nice` (+10 thread, +19 process) for the rest
-            of that batch (busy hosts).
+            raised from ``SCHED_IDLE`` to :attr:`boost_nice` (+10) for the rest of that batch
+            (busy hosts).
         backend: Where :meth:`start` runs the loop: ``"thread"`` (default here: a daemon thread of
             this process), ``"process"`` (a CPU synthesizer on Linux: a forked daemon process, as
             DataLoader workers are, with one intra-op thread; it builds its label maps itself and
@@ -434,15 +434,15 @@ class Producer:
 
     @property
     def boost_nice(self) -> int:
-        """Nice value the starvation guard of ``"auto"`` raises a starved batch to.
+        """Nice value of a starved batch (``"auto"`` with :attr:`idle_guarded`) or of the whole run
+        (``"auto"`` without it): +10 for both backends.
 
-        +10 for the thread backend: a producer thread shares the consumer's GIL, and at nice +19 a
-        thread preempted while holding it would keep the consumer waiting longer. +19 for the
-        process backend, whose GIL is its own: on a saturated host it then takes about 1.5 % of a
-        core from nice-0 tasks (weight 15 against 1024), so it still makes progress while the
-        consumer loses under 1 % of its share.
+        On a host whose cores are all busy, nice +10 (weight 110 against 1024 for a nice-0 task)
+        keeps the producer making patches; +19 (weight 15) made none in the demo's training stage
+        (a training loop and 2 workers on 2 cores), where +10 made some. A thread at +19 would
+        also keep the consumer waiting longer for the GIL when preempted while holding it.
         """
-        return 19 if self.backend == "process" else 10
+        return 10
 
     @property
     def idle_guarded(self) -> bool:
@@ -514,7 +514,7 @@ class Producer:
         items), so a watchdog thread raises the producer's threads to :attr:`boost_nice` when a batch
         has run longer than ``starve_after`` seconds, and they go back to ``SCHED_IDLE`` after the batch.
         Where the kernel would refuse that raise (an ordinary user: :attr:`idle_guarded` is False),
-        ``"auto"`` is the constant nice :attr:`boost_nice` (+10 thread, +19 process) instead.
+        ``"auto"`` is the constant nice :attr:`boost_nice` (+10) instead.
         The process backend calls this only after the ``warmup`` patches of :meth:`start`.
         """
         if self._stream is not None or self.cpu_priority == "normal" or not hasattr(os, "setpriority"):
