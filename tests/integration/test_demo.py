@@ -36,7 +36,7 @@ def test_demo_runs_all_stages_and_reports(tmp_path, random_sdm, capsys):
     out = tmp_path / "demo"
     rc = cli_main(["demo", "--out", str(out), "--sdm", str(random_sdm), "--n", "12", "--columns", "2",
                    "--ddim-steps", "4", "--iterations", "4", "--batch-size", "4", "--num-workers", "2",
-                   "--no-progress"])
+                   "--warmup-patches", "4", "--max-reuse", "40", "--no-progress"])
     assert rc == 0
     for name in ("toy_preview.png", "class_histogram.png", "figure2.png", "class_histogram_balanced.png",
                  "report.md", "report.json", "class_stats.json"):
@@ -51,6 +51,9 @@ def test_demo_runs_all_stages_and_reports(tmp_path, random_sdm, capsys):
     down = numbers["downstream"]
     assert down["iterations"] == 4 and down["items"] == 16
     assert 0.0 <= down["synthetic_share"] <= 1.0 and down["items_per_s"] > 0
+    # the 4 warm-up patches, up to 40 serves each, cover every item asked for a synthetic one
+    assert down["patches_synthesised"] >= 4 and down["warmup_s"] > 0
+    assert down["synthetic_share"] > 0
     assert math.isfinite(down["loss_last"])
     assert numbers["synthesis"]["patches"] == 4
     report = (out / "report.md").read_text()
@@ -68,6 +71,8 @@ def test_demo_data_only_and_bad_arguments(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(["demo", "--out", str(tmp_path), "--iterations", "0"]) == 2  # one line, no traceback
     assert "--iterations" in capsys.readouterr().err
+    assert cli_main(["demo", "--out", str(tmp_path), "--warmup-patches", "65"]) == 2
+    assert "--warmup-patches" in capsys.readouterr().err
     assert cli_main(["demo", "--out", str(tmp_path), "--train", "--sdm", "x.safetensors"]) == 2
     assert "either `--sdm PATH` or `--train`" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--iterations"):  # --debug re-raises
