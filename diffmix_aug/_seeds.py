@@ -51,8 +51,10 @@ def key_indices(count: int, high: int, *keys: int) -> list[int]:
     Each is ``floor(u * high)`` for a 53-bit uniform ``u`` of the chained hash, so the bias against
     a uniform choice is below ``high / 2**53``.
     """
+    if count < 0:
+        raise ValueError(f"`count` must be >= 0, got {count}")
     if high < 1:
-        raise ValueError(f"`high` must be >= 1, got {high}")
+        raise ValueError(f"`high` must be >= 1 (an empty range has no index), got {high}")
     h = _key_hash(keys)
     out = []
     for i in range(count):

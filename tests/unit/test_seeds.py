@@ -54,6 +54,8 @@ def test_key_indices_cover_the_range_evenly_and_reject_an_empty_range():
     assert counts.min() > 0.95 * len(draws) / 7 and counts.max() < 1.05 * len(draws) / 7
     with pytest.raises(ValueError, match="high"):
         key_indices(1, 0, 1)
+    with pytest.raises(ValueError, match="count"):
+        key_indices(-1, 5, 1)
 
 
 def test_derive_seed_is_unchanged():
