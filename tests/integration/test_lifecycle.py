@@ -98,3 +98,51 @@ def test_spawn_50_fresh_runs_never_hang(tmp_path):
     for _ in range(50):
         proc, _ = _run("spawn", 1, close=True, loader=True, timeout=180, tmp=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the process backend forks (Linux)")
+def test_process_producer_forked_beside_a_busy_thread_producer_of_the_same_synthesizer():
+    """Two datasets share one Synthesizer: a thread producer synthesises while a process producer is
+    forked. Measured before the fix (benchmarks/loader.py, then a 1 s hold): the child inherited the
+    Synthesizer's call lock held, and its blocking warm-up made 0 patches in 600 s."""
+    import threading
+
+    from diffmix_aug import DiffMixDataset, Synthesizer, make_toy_dataset
+
+    synth = Synthesizer.from_checkpoint(CKPT, num_steps=20, strength=0.2)  # 4 steps: a fast call
+    base = make_toy_dataset(8, 64, 0)
+    with DiffMixDataset(base, synth, synthetic_ratio=0.5, producer_backend="thread", batch_size=2,
+                        rare_classes=(1,)) as busy:
+        stop = threading.Event()
+
+        def read():  # keeps the thread producer making batches (reads release its credits)
+            while not stop.is_set():
+                for i in range(len(busy)):
+                    busy[i]
+                time.sleep(0.01)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            for run in range(2):
+                entered = threading.Event()
+
+                def in_flight(entered=entered):  # a call in flight at the fork, deterministically
+                    with synth.paused(timeout=60):
+                        entered.set()
+                        time.sleep(1.0)
+
+                holder = threading.Thread(target=in_flight)
+                holder.start()
+                assert entered.wait(60)
+                t = time.monotonic()
+                with DiffMixDataset(base, synth, synthetic_ratio=0.5, producer_backend="process", batch_size=2,
+                                    warmup="block", warmup_items=2, warmup_timeout=60, seed=run,
+                                    rare_classes=(1,)) as ds:
+                    assert ds.producer.running_in == "process"
+                    assert len(ds.cache) >= 2
+                assert time.monotonic() - t < 60
+                holder.join(10)
+        finally:
+            stop.set()
+            reader.join(10)
