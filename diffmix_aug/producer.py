@@ -104,7 +104,7 @@ class Producer:
             left again, else a constant nice :attr:`boost_nice`; see :meth:`_lower_priority`),
             ``"idle"`` (``SCHED_IDLE`` only), ``"low"`` (nice +10) or ``"normal"``.
         starve_after: Seconds a batch may take under ``"auto"`` before the producer's threads are
-            raised from ``SCHED_IDLE`` to :attr:`boost_nice` (+15 process, +10 thread) for the rest of that batch
+            raised from ``SCHED_IDLE`` to :attr:`boost_nice` (+10) for the rest of that batch
             (busy hosts).
         backend: Where :meth:`start` runs the loop: ``"thread"`` (default here: a daemon thread of
             this process), ``"process"`` (a CPU synthesizer on Linux: a forked daemon process, as
@@ -440,17 +440,16 @@ class Producer:
     @property
     def boost_nice(self) -> int:
         """Nice value of a starved batch (``"auto"`` with :attr:`idle_guarded`) or of the whole run
-        (``"auto"`` without it): +15 for the process backend, +10 for the thread backend.
+        (``"auto"`` without it): +10 for both backends.
 
-        On a host whose cores are all busy, the kernel shares a core by weight: 1024 for a nice-0
-        task, 110 at +10, 36 at +15, 15 at +19. A consumer that loads its own items (``num_workers=0``)
-        beside two busy processes on 2 cores gave the process producer at +10 about 3 % of its core
-        (measured: +2.2 % extra wait of a 100 ms step, the goal is < 1 %); +15 leaves it about 1 %
-        and the producer still progresses (about a third of its +10 rate). The thread backend stays
-        at +10: a thread preempted while it holds the GIL keeps the consumer waiting for it, and the
-        lower its weight the longer that lasts.
+        On a host whose cores are all busy, nice +10 (weight 110 against 1024 for a nice-0 task)
+        leaves the producer a small share (+19: weight 15). Measured: beside two busy processes it
+        made 0.26 patches/s at 0 workers; in the demo's training stage (a loop and 2 workers on 2
+        cores) the process producer made no patch after its warm-up at either value (synthetic share
+        2.7 %). A thread at +19 would keep the consumer waiting longer for the GIL when preempted
+        while holding it.
         """
-        return 15 if self.backend == "process" else 10
+        return 10
 
     @property
     def idle_guarded(self) -> bool:
@@ -522,7 +521,7 @@ class Producer:
         items), so a watchdog thread raises the producer's threads to :attr:`boost_nice` when a batch
         has run longer than ``starve_after`` seconds, and they go back to ``SCHED_IDLE`` after the batch.
         Where the kernel would refuse that raise (an ordinary user: :attr:`idle_guarded` is False),
-        ``"auto"`` is the constant nice :attr:`boost_nice` (+15 process, +10 thread) instead.
+        ``"auto"`` is the constant nice :attr:`boost_nice` (+10) instead.
         The process backend calls this only after the ``warmup`` patches of :meth:`start`.
         """
         if self._stream is not None or self.cpu_priority == "normal" or not hasattr(os, "setpriority"):
