@@ -6,7 +6,8 @@ cast back to the input dtype. Every block supports ``channels_last`` inputs.
 Each block also has a ``forward_fast`` (inference only, no autograd: it works in place) used by the fast
 sampler through ``SDMUNet.encode(..., fast=True)`` / ``decode(..., fast=True)``: the same math with fused
 kernels (``scaled_dot_product_attention`` instead of einsum + softmax, ``addcmul`` for the modulations,
-in-place SiLU, per-step time embeddings computed once on the shared batch). ``forward`` stays the plain
+in-place SiLU, per-step time embeddings computed once on the shared batch, the up-sampling
+convolution at the low resolution). ``forward`` stays the plain
 form that the reference sampler runs.
 """
 
@@ -18,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from .upsample_conv import add_nearest_up_, conv3x3_of_nearest_up, fold_nearest_up_conv3x3
 
 __all__ = [
     "AttentionBlock",
@@ -168,15 +171,16 @@ def spade_apply_fast(norm: SPADEGroupNorm, x: torch.Tensor, cond: tuple[str, obj
         gamma1 = 1 + gamma.float()
     xn = norm.norm(x)
     if xn.dtype == gamma1.dtype == beta.dtype == torch.float32:
-        return torch.addcmul(beta, xn, gamma1)
+        return torch.addcmul(beta, xn, gamma1, out=xn)  # in place: xn is this call's own buffer
     return (xn.float() * gamma1.float() + beta.float()).to(xn.dtype)
 
 
 def _film_fast(h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """``h * (1 + scale) + shift`` with ``(scale, shift) = e.chunk(2, dim=1)`` (``e`` ``[N, 2C, 1, 1]``)."""
+    """``h * (1 + scale) + shift`` with ``(scale, shift) = e.chunk(2, dim=1)`` (``e`` ``[N, 2C, 1, 1]``),
+    written into ``h`` in float32 (the caller's own buffer)."""
     scale, shift = e.to(h.dtype).chunk(2, dim=1)
     if h.dtype == torch.float32:
-        return torch.addcmul(shift, h, 1 + scale)
+        return torch.addcmul(shift, h, 1 + scale, out=h)
     return h * (1 + scale) + shift
 
 
@@ -292,16 +296,35 @@ class SDMResBlock(nn.Module):
         return self.skip(x) + h
 
     def forward_fast(self, x: torch.Tensor, e: torch.Tensor, cond_in: tuple, cond_out: tuple) -> torch.Tensor:
-        """Inference form of :meth:`forward`; ``e = emb_layer(silu(emb))[:, :, None, None]`` precomputed."""
+        """Inference form of :meth:`forward`; ``e = emb_layer(silu(emb))[:, :, None, None]`` precomputed.
+
+        An up-sampling block convolves at the low resolution (:mod:`.upsample_conv`) and adds the
+        up-sampled skip without materialising it.
+        """
         h = F.silu(spade_apply_fast(self.in_norm, x, cond_in), inplace=True)
-        h = self.in_conv(_resample(h, self.resample))
-        x = _resample(x, self.resample)
+        up = self.resample == "up" and isinstance(self.skip, nn.Identity)
+        if up:
+            h = conv3x3_of_nearest_up(h, *self._folded_up_conv())
+        else:
+            h = self.in_conv(_resample(h, self.resample))
+            x = _resample(x, self.resample)
         if self.use_scale_shift_norm:
             h = _film_fast(spade_apply_fast(self.out_norm, h, cond_out), e)
         else:
             h = spade_apply_fast(self.out_norm, h + e.to(h.dtype), cond_out)
         h = self.out_conv(self.dropout(F.silu(h, inplace=True)))
-        return h.add_(self.skip(x))
+        return add_nearest_up_(h, x) if up else h.add_(self.skip(x))
+
+    def _folded_up_conv(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``in_conv`` folded for :func:`conv3x3_of_nearest_up`, cached while its weights are unchanged."""
+        params = [p for p in (self.in_conv.weight, self.in_conv.bias) if p is not None]
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        hit = self.__dict__.get("_fast_up_cache")
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                hit = (key, *fold_nearest_up_conv3x3(self.in_conv.weight, self.in_conv.bias))
+            self.__dict__["_fast_up_cache"] = hit
+        return hit[1], hit[2]
 
 
 class AttentionBlock(nn.Module):
