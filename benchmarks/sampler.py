@@ -13,7 +13,7 @@ width 32: channel_mult (1, 2, 3, 4), 2 res-blocks, attention at 32/16/8, SPADE h
 15,761,382 parameters) at 64 px, batch 4, whose fast/reference ratio at 10 guided steps is the
 issue-14 goal (>= 3.3x). The ratio against the public code itself is measured from its own source,
 not here. Label maps (``--labels``): ``real`` (default: crops of the three real patches' nuclei maps,
-what the sampler sees, where most 5x5 label windows repeat and the SPADE setup runs once per distinct
+what the sampler sees, where most 3x3 label windows repeat and the SPADE setup runs once per distinct
 window, ``diffmix_aug/sdm/spade_windows.py``) or ``random`` (a random class per pixel: nothing
 repeats, the setup keeps the full convolutions).
 

@@ -150,13 +150,17 @@ class SDMGuidance:
         return mods
 
     def prepare(self, cond: torch.Tensor):
-        """Modulations for one batch, computed once before the loop: ``cat(mods(cond), null x B)`` on 2B."""
+        """Modulations for one batch, computed once before the loop: ``cat(mods(cond), null x B)`` on 2B
+        (with the fast blocks, the batch-1 null modulation as a broadcast tail, not copied B times)."""
         y = _memory_format(cond.float(), self.channels_last)
         with autocast_context(cond.device, self.precision):
             mods = self.model.modulation(y, kind=self._model_kind)
         if not self.guided:
             return mods
-        return mods.cat(self.null_modulation(y).expand(y.shape[0]))
+        null = self.null_modulation(y)
+        if self.fast and callable(getattr(mods, "with_tail", None)):  # the null half broadcast, never copied
+            return mods.with_tail(null, y.shape[0])
+        return mods.cat(null.expand(y.shape[0]))
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, conditioning) -> torch.Tensor:
         """Guided epsilon, float32 ``[B, 3, H, W]``: encoder on B, middle and decoder on 2B.

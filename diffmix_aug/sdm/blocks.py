@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .spade_windows import tap_major
 from .upsample_conv import add_nearest_up_, conv3x3_of_nearest_up, fold_nearest_up_conv3x3
 
 __all__ = [
@@ -129,6 +130,20 @@ class SPADEGroupNorm(nn.Module):
         gamma, beta = self.gamma_beta(self.hidden(y, tuple(x.shape[-2:])))
         return self.modulate(x, gamma, beta)
 
+    def tap_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """gamma and beta convolutions stacked, tap-major (``[hidden, 9 * 2C]``, see
+        :func:`~diffmix_aug.sdm.spade_windows.tap_major`), and their biases ``[2C]``; cached while the
+        weights are unchanged (inference only)."""
+        params = (self.mlp_gamma.weight, self.mlp_beta.weight, self.mlp_gamma.bias, self.mlp_beta.bias)
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        hit = self.__dict__.get("_tap_cache")
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                weight = tap_major(torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight]))
+                hit = (key, weight, torch.cat([self.mlp_gamma.bias, self.mlp_beta.bias]))
+            self.__dict__["_tap_cache"] = hit
+        return hit[1], hit[2]
+
 
 def spade_apply(norm: SPADEGroupNorm, x: torch.Tensor, cond: tuple[str, object]) -> torch.Tensor:
     """Apply ``norm`` to ``x`` with one of three condition forms.
@@ -153,26 +168,38 @@ def spade_apply(norm: SPADEGroupNorm, x: torch.Tensor, cond: tuple[str, object])
     return norm.modulate(x, gamma, beta)
 
 
-def spade_apply_fast(norm: SPADEGroupNorm, x: torch.Tensor, cond: tuple[str, object]) -> torch.Tensor:
+def spade_apply_fast(norm: SPADEGroupNorm, x: torch.Tensor, cond: tuple) -> torch.Tensor:
     """:func:`spade_apply` with one fused ``addcmul`` in float32 (other dtypes: the plain float32 form).
 
-    ``cond`` may also be ``("affine", (1 + gamma, beta))``, the fast sampler's cached form.
+    ``cond`` may also be ``("affine", (1 + gamma, beta))``, the fast sampler's cached form, and may carry
+    a third entry: the value of a batch-1 tail, broadcast over the rows of ``x`` after the value's own
+    (``SpadeModulation.with_tail``; e.g. the null label's modulation under guidance).
     """
-    kind, value = cond
+    kind, value, *tail = cond
     if kind == "label":
         return norm(x, value)
-    if kind == "hidden":
-        gamma, beta = norm.gamma_beta(value)
-        gamma1 = 1 + gamma.float()
-    elif kind == "affine":
-        gamma1, beta = value
-    else:
-        gamma, beta = value
-        gamma1 = 1 + gamma.float()
     xn = norm.norm(x)
-    if xn.dtype == gamma1.dtype == beta.dtype == torch.float32:
-        return torch.addcmul(beta, xn, gamma1, out=xn)  # in place: xn is this call's own buffer
-    return (xn.float() * gamma1.float() + beta.float()).to(xn.dtype)
+    rows = _value_batch(kind, value)
+    parts = [(xn, value)] if not tail else [(xn[:rows], value), (xn[rows:], tail[0])]
+    for xp, v in parts:
+        gamma1, beta = _affine_of(norm, kind, v)
+        if xp.dtype == gamma1.dtype == beta.dtype == torch.float32:
+            torch.addcmul(beta, xp, gamma1, out=xp)  # in place: xn is this call's own buffer
+        else:
+            xp.copy_(xp.float() * gamma1.float() + beta.float())
+    return xn
+
+
+def _value_batch(kind: str, value) -> int:
+    return (value if kind == "hidden" else value[0]).shape[0]
+
+
+def _affine_of(norm: SPADEGroupNorm, kind: str, value) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1 + gamma, beta)`` from a ``"hidden"``, ``"full"`` or ``"affine"`` condition value."""
+    if kind == "affine":
+        return value
+    gamma, beta = norm.gamma_beta(value) if kind == "hidden" else value
+    return 1 + gamma.float(), beta
 
 
 def _film_fast(h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:

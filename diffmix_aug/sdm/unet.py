@@ -33,14 +33,14 @@ from .blocks import (
     zero_module,
 )
 from .config import SDMConfig
-from .spade_windows import LabelWindows, label_windows, spade_affine_from_windows
+from .spade_windows import LabelWindows, label_windows, spread_windows, window_values
 
 __all__ = ["MODULATION_KINDS", "EncoderState", "SDMUNet", "SpadeModulation"]
 
 MODULATION_KINDS = ("full", "hidden", "affine")
 #: ``modulation(windows=None)`` computes gamma / beta per distinct label window when at most this
 #: share of the pixels has a window of its own (nuclei maps: far fewer; random labels: about all)
-WINDOW_RATIO_MAX = 0.5
+WINDOW_RATIO_MAX = 0.75
 
 
 @dataclass
@@ -76,22 +76,52 @@ class SpadeModulation:
             ``"affine"``: as full with the one folded in, ``(1 + gamma_i, beta_i)`` (the fast fp32 cache);
             ``"hidden"``: ``values[i]`` = the shared ``ReLU(conv3x3(y))`` ``[N, spade_hidden, h_i, w_i]``.
         values: One entry per SPADE layer.
+        tail: None, or a batch-1 modulation of the same kind that stands for ``tail_repeats`` more rows
+            after those of ``values`` (see :meth:`with_tail`).
+        tail_repeats: Rows the tail stands for (0 without a tail).
     """
 
     kind: str
     values: list
+    tail: SpadeModulation | None = None
+    tail_repeats: int = 0
+
+    def _own_tensors(self) -> list[torch.Tensor]:
+        return [t for v in self.values for t in (v if isinstance(v, tuple) else (v,))]
 
     def _tensors(self) -> list[torch.Tensor]:
-        return [t for v in self.values for t in (v if isinstance(v, tuple) else (v,))]
+        return self._own_tensors() + ([] if self.tail is None else self.tail._tensors())
 
     @property
     def batch_size(self) -> int:
-        return self._tensors()[0].shape[0]
+        return self._own_tensors()[0].shape[0] + self.tail_repeats
 
     def _map(self, fn) -> SpadeModulation:
+        tail = None if self.tail is None else self.tail._map(fn)
         if self.kind != "hidden":
-            return SpadeModulation(self.kind, [(fn(g), fn(b)) for g, b in self.values])
-        return SpadeModulation(self.kind, [fn(a) for a in self.values])
+            return SpadeModulation(self.kind, [(fn(g), fn(b)) for g, b in self.values], tail, self.tail_repeats)
+        return SpadeModulation(self.kind, [fn(a) for a in self.values], tail, self.tail_repeats)
+
+    def with_tail(self, tail: SpadeModulation, repeats: int) -> SpadeModulation:
+        """``self.cat(tail.expand(repeats))`` without the copy: the fast decode broadcasts the batch-1
+        ``tail`` over the last ``repeats`` rows (e.g. the null label's modulation under guidance), so
+        neither memory nor the per-step reads grow with ``repeats``. Other uses see the concatenation
+        (:meth:`materialize`)."""
+        if not isinstance(tail, SpadeModulation) or tail.kind != self.kind or len(tail.values) != len(self.values):
+            raise ValueError(f"`tail` must be a {self.kind!r} SpadeModulation of {len(self.values)} layers, got "
+                             f"{type(tail).__name__ if not isinstance(tail, SpadeModulation) else (tail.kind, len(tail.values))}")
+        if tail.batch_size != 1 or tail.tail is not None or self.tail is not None:
+            raise ValueError(f"`tail` must be a plain batch-1 modulation appended to one without a tail, got tail batch "
+                             f"{tail.batch_size} (own tail: {tail.tail is not None}, self's: {self.tail is not None})")
+        if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+            raise ValueError(f"`repeats` must be an int >= 1, got {repeats!r}")
+        return SpadeModulation(self.kind, self.values, tail, repeats)
+
+    def materialize(self) -> SpadeModulation:
+        """The same modulation with the tail (if any) concatenated in memory."""
+        if self.tail is None:
+            return self
+        return SpadeModulation.concat([SpadeModulation(self.kind, self.values), self.tail.expand(self.tail_repeats)])
 
     def cat(self, other: SpadeModulation) -> SpadeModulation:
         """Concatenate along the batch: ``self`` first, then ``other`` (same kind and layers)."""
@@ -99,11 +129,12 @@ class SpadeModulation:
 
     @staticmethod
     def concat(mods: Sequence[SpadeModulation]) -> SpadeModulation:
-        """Concatenate several modulations along the batch."""
+        """Concatenate several modulations along the batch (tails materialised)."""
         kinds = {m.kind for m in mods}
         if len(kinds) != 1 or len({len(m.values) for m in mods}) != 1:
             raise ValueError(f"can only concatenate SpadeModulations of one kind and layer count, got kinds "
                              f"{sorted(kinds)} and layer counts {[len(m.values) for m in mods]}")
+        mods = [m.materialize() for m in mods]
         kind = mods[0].kind
         if kind != "hidden":
             values = [(torch.cat([m.values[i][0] for m in mods]), torch.cat([m.values[i][1] for m in mods]))
@@ -114,20 +145,24 @@ class SpadeModulation:
 
     def repeat(self, k: int) -> SpadeModulation:
         """Batch repeated ``k`` times (``[m, m]`` for k = 2)."""
-        return self._map(lambda t: torch.cat([t] * k))
+        return self.materialize()._map(lambda t: torch.cat([t] * k))
 
     def expand(self, n: int) -> SpadeModulation:
         """Broadcast a batch-1 modulation to batch ``n`` without copying (stride-0 views)."""
-        if self.batch_size != 1:
-            raise ValueError(f"`expand` needs a batch-1 modulation, got batch {self.batch_size}")
+        if self.batch_size != 1 or self.tail is not None:
+            raise ValueError(f"`expand` needs a batch-1 modulation without a tail, got batch {self.batch_size}")
         return self._map(lambda t: t.expand(n, *t.shape[1:]))
 
     def to(self, *args, **kwargs) -> SpadeModulation:
         """``Tensor.to`` on every tensor (device, dtype, memory_format)."""
         return self._map(lambda t: t.to(*args, **kwargs))
 
-    def conds(self) -> list[tuple[str, object]]:
-        return [(self.kind, v) for v in self.values]
+    def conds(self, *, tails: bool = False) -> list[tuple]:
+        """Per layer ``(kind, value)``; with ``tails``, ``(kind, value, tail value)`` where there is a
+        tail (the fast blocks' broadcast form), else the tail materialised."""
+        if tails and self.tail is not None:
+            return [(self.kind, v, t) for v, t in zip(self.values, self.tail.values, strict=True)]
+        return [(self.kind, v) for v in self.materialize().values]
 
 
 class SDMUNet(nn.Module):
@@ -250,10 +285,10 @@ class SDMUNet(nn.Module):
             y: ``[N, label_channels, H, W]`` condition at image resolution (all zeros = null label).
             kind: ``"full"`` for (gamma, beta), ``"affine"`` for (1 + gamma, beta) (gamma and beta by one
                 convolution with both weights), ``"hidden"`` for the shared hidden activation.
-            windows: Compute gamma / beta once per distinct 5x5 label window
+            windows: Compute gamma / beta from the distinct label windows
                 (:mod:`~diffmix_aug.sdm.spade_windows`, exact to float rounding; without autograd
-                only): None (default) where at most ``WINDOW_RATIO_MAX`` (half) of the pixels have
-                a window of their own, as in nuclei label maps; True always; False never.
+                only): None (default) where there are at most ``WINDOW_RATIO_MAX`` (three quarters as many)
+                distinct 3x3 label windows as pixels, as in nuclei label maps; True always; False never.
         """
         check_choice("kind", kind, MODULATION_KINDS)
         self._check_label(y)
@@ -344,7 +379,7 @@ class SDMUNet(nn.Module):
             raise ValueError(f"`mods` batch {mods.batch_size} != encoder state batch {state.batch_size}; use "
                              "EncoderState.repeat(k) / SpadeModulation.cat(...) so that they match")
         if fast:
-            return self._decode_fast(state, mods.conds(), mods.batch_size // state.batch_size)
+            return self._decode_fast(state, mods.conds(tails=True), mods.batch_size // state.batch_size)
         return self._decode(state, mods.conds())
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -452,12 +487,16 @@ def _spade_values(norm: SPADEGroupNorm, a: torch.Tensor, kind: str, fmt: torch.m
 
 def _spade_values_from_windows(norm: SPADEGroupNorm, win: LabelWindows, kind: str, fmt: torch.memory_format) -> tuple:
     """:func:`_spade_values` of ``norm`` from the distinct label windows (:mod:`.spade_windows`)."""
-    w = torch.cat([norm.mlp_gamma.weight, norm.mlp_beta.weight])
-    b = torch.cat([norm.mlp_gamma.bias, norm.mlp_beta.bias])
-    gamma, beta = spade_affine_from_windows(norm.mlp_shared, w, b, win, fmt).chunk(2, dim=1)
-    if kind == "full":
-        return gamma.contiguous(memory_format=fmt), beta.contiguous(memory_format=fmt)
-    return (1 + gamma.float()).contiguous(memory_format=fmt), beta.contiguous(memory_format=fmt)
+    weight, bias = norm.tap_weights()
+    channels = norm.mlp_gamma.out_channels
+    if kind == "affine":  # fold the 1 of (1 + gamma) into the bias of the U distinct values
+        bias = torch.cat([bias[:channels] + 1, bias[channels:]])
+    per_field = window_values(norm.mlp_shared, weight, bias, win)  # [U, 2C]
+    n, h, w = win.shape
+    out = tuple(torch.empty((n, channels, h, w), dtype=dtype, device=per_field.device, memory_format=fmt)
+                for dtype in (torch.float32 if kind == "affine" else per_field.dtype, per_field.dtype))
+    spread_windows(per_field, win, out)
+    return out
 
 
 def _memory_format_of(x: torch.Tensor) -> torch.memory_format:
