@@ -134,6 +134,14 @@ class DiffMixConfig:
             beside two busy processes on 2 cores (``python -m benchmarks.loader --busy 2``), the
             thread cost the loop's wait +49 % of a 100 ms step at 0 workers as root (a SCHED_IDLE
             thread preempted while holding the GIL), the process -0.8 % (+1.6 % at 2 workers).
+        producer_pause_on_load: With the process backend, stop the producer process while the
+            training process loads a batch itself (``num_workers=0``: ``SIGSTOP`` / ``SIGCONT``
+            around the batch, at most 90 % of the wall time; Linux), so on a busy host its CPU time
+            comes out of the training step instead of the loop's loading (see
+            :mod:`~diffmix_aug.load_pause`). Measured beside two busy processes on 2 cores:
+            extra wait +3.1 % of a 100 ms step without, -0.8 % with it, for 91 % of the producer's
+            CPU time. DataLoader workers never pause it. False lets it run through loads (on an
+            idle many-core host it then also uses the loading time).
         label_workers: Processes that build label maps for the producer thread (a small
             ``DataLoader``); 0 builds them in the producer thread (always so in cooperative mode).
             A producer process builds its label maps itself (it is off the training process already). The default 1
@@ -164,6 +172,7 @@ class DiffMixConfig:
     inst_dtype: str = "int32"
     producer_priority: str = "auto"
     producer_backend: str = "auto"
+    producer_pause_on_load: bool = True
     label_workers: int = 1
     adapter: Any = None
     keys: tuple | None = None
@@ -222,6 +231,7 @@ class DiffMixConfig:
         check_choice("inst_dtype", self.inst_dtype, INST_DTYPES)
         check_choice("producer_priority", self.producer_priority, CPU_PRIORITIES)
         check_choice("producer_backend", self.producer_backend, PRODUCER_BACKENDS)
+        put("producer_pause_on_load", _bool("producer_pause_on_load", self.producer_pause_on_load))
         put("label_workers", check_positive_int("label_workers", self.label_workers, allow_zero=True))
         if self.keys is not None:
             if isinstance(self.keys, (str, bytes)) or not isinstance(self.keys, Sequence):

@@ -29,6 +29,7 @@ import torch
 from ._checks import check_positive_int, describe
 from ._seeds import key_uniform
 from .adapters import Adapter, select_adapter
+from .cache import CachedPatch
 from .config import MODES, DiffMixConfig, Schedule, load_diffmix_config
 from .data.sample import NucleiSample
 from .pipeline import build_label_sampler, build_pipeline
@@ -37,6 +38,7 @@ from .producer import Producer, ProducerError
 __all__ = ["MODES", "DiffMixConfig", "DiffMixDataset", "Schedule", "build_label_sampler", "load_diffmix_config"]
 
 _log = logging.getLogger("diffmix_aug")
+_NO_PAUSE = contextlib.nullcontext()
 
 
 class _RawView(Sequence):
@@ -107,6 +109,9 @@ class DiffMixDataset(torch.utils.data.Dataset):
             synthesizer on Linux, else ``"thread"``), ``"thread"`` or ``"process"`` (a CPU
             synthesizer in a forked process of its own, which never holds this process's GIL; see
             :class:`~diffmix_aug.config.DiffMixConfig`).
+        producer_pause_on_load: With the process backend and ``num_workers=0``, stop the producer
+            while this process loads a batch (at most 90 % of the time), so a busy host's loop never
+            waits for it (:mod:`~diffmix_aug.load_pause`).
         warmup_timeout: Seconds ``warmup="block"`` (or an int) waits for its patches before it
             raises ``TimeoutError`` naming the cause.
         label_workers: Processes building the producer's label maps (0: in the producer thread).
@@ -145,6 +150,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
         inst_dtype: str = "int32",
         producer_priority: str = "auto",
         producer_backend: str = "auto",
+        producer_pause_on_load: bool = True,
         warmup_timeout: float = 600.0,
         label_workers: int = 1,
         start: bool = True,
@@ -155,7 +161,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
                        cooperative_every=cooperative_every, rare_classes=rare_classes, num_classes=num_classes,
                        batch_size=batch_size, policy=policy, max_reuse=max_reuse, inst_dtype=inst_dtype,
                        producer_priority=producer_priority, producer_backend=producer_backend,
-                       warmup_timeout=warmup_timeout,
+                       producer_pause_on_load=producer_pause_on_load, warmup_timeout=warmup_timeout,
                        label_workers=label_workers)
         self._setup(base, synthesizer, DiffMixConfig(**options), transform, label_sampler, donors, start)
 
@@ -390,8 +396,12 @@ class DiffMixDataset(torch.utils.data.Dataset):
             self._producer.step()
         self._control[1] = clock + 1
 
-    def __getitem__(self, index: int) -> Any:
-        index = int(index)
+    def _pick(self, index: int) -> CachedPatch | None:
+        """First half of an item: the decision for ``index`` and, when synthetic, the cache read.
+
+        Also starts the producer on the first item and re-raises its failure. Recorded in the
+        served records; the item itself is built by :meth:`_build`.
+        """
         if not self._started and self._producer is not None and not _in_worker():
             self.start()
         self._check_health()
@@ -399,22 +409,48 @@ class DiffMixDataset(torch.utils.data.Dataset):
             self._cooperative_tick()
         control, served, served_epoch, asked_rec = self._records()
         epoch = int(control[0])
-        item, seq = None, -1
+        patch = None
         asked = self.wants_synthetic(index, epoch)
         if asked:
             slot = self.cache.pick((self.seed, epoch, index, 0xCAC4E))
             patch = self.cache.read(slot) if slot is not None else None
-            if patch is not None:
-                item = self.adapter.synthetic_item(self.base, index, patch.image, patch.inst_map, patch.type_map)
-                seq = patch.seq
-        if item is None:
-            item = self.base[index]
-        served[index] = seq
+        served[index] = patch.seq if patch is not None else -1
         served_epoch[index] = epoch
         asked_rec[index] = asked
+        return patch
+
+    def _build(self, index: int, patch: CachedPatch | None) -> Any:
+        """Second half: the synthetic item of ``patch`` in the base's own structure, else the base's
+        item ``index``; then the transform and ``is_synthetic``. Reads nothing from the cache."""
+        if patch is not None:
+            item = self.adapter.synthetic_item(self.base, index, patch.image, patch.inst_map, patch.type_map)
+        else:
+            item = self.base[index]
         if self.transform is not None:
             item = self.adapter.apply_transform(self.transform, item)
-        return self.adapter.mark(item, seq >= 0)
+        return self.adapter.mark(item, patch is not None)
+
+    def _loading(self) -> contextlib.AbstractContextManager:
+        """While this process builds items itself (``num_workers=0``), the producer process is
+        stopped (:meth:`~diffmix_aug.producer.Producer.loading`); a no-op in workers."""
+        producer = self._producer
+        if producer is None or _in_worker():
+            return _NO_PAUSE
+        return producer.loading()
+
+    def __getitem__(self, index: int) -> Any:
+        index = int(index)
+        patch = self._pick(index)
+        with self._loading():
+            return self._build(index, patch)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        """A batch (what ``DataLoader`` calls when it is defined): every decision and cache read
+        first, then the items built under one :meth:`_loading` (one producer pause per batch, not
+        one per item, and never a cache read while the producer is stopped)."""
+        picked = [(int(i), self._pick(int(i))) for i in indices]
+        with self._loading():
+            return [self._build(i, patch) for i, patch in picked]
 
     def item_info(self, index: int) -> dict[str, Any]:
         """What the last serve of item ``index`` was: original or synthetic, and how it was made.

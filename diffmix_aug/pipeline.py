@@ -146,5 +146,5 @@ def build_pipeline(config: DiffMixConfig, source: Sequence[NucleiSample], synthe
         backend = "thread" if config.cooperative else config.producer_backend
         producer = Producer(cache, synthesizer, source, label_sampler, batch_size=config.batch_size,
                             seed=config.seed, rank=rank, cpu_priority=config.producer_priority,
-                            label_workers=workers, backend=backend)
+                            label_workers=workers, backend=backend, pause_on_load=config.producer_pause_on_load)
     return Pipeline(config, label_sampler, cache, producer)

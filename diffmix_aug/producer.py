@@ -41,6 +41,7 @@ from .cache import ReplayCache
 from .config import CPU_PRIORITIES, PRODUCER_BACKENDS
 from .data.sample import NucleiSample
 from .labelmaps.jobs import LabelMapJobs, collate_jobs
+from .load_pause import LoadPause, continue_on_parent_death, open_load_pause
 from .sampling._base import SamplingInterrupted
 
 __all__ = ["CPU_PRIORITIES", "PRODUCER_BACKENDS", "Producer", "ProducerError", "derive_seed", "idle_is_reversible",
@@ -132,6 +133,7 @@ class Producer:
         cpu_priority: str = "auto",
         starve_after: float = 10.0,
         backend: str = "thread",
+        pause_on_load: bool = True,
     ) -> None:
         if not callable(synthesizer):
             raise TypeError(f"`synthesizer` must be callable (images, inst_maps, type_maps, generator), "
@@ -188,6 +190,10 @@ class Producer:
             backend = "process" if self._stream is None and forkable else "thread"
         #: ``"thread"`` or ``"process"``: where :meth:`start` runs the loop (``"auto"`` resolved)
         self.backend = backend
+        if not isinstance(pause_on_load, bool):
+            raise TypeError(f"`pause_on_load` must be True or False, got {pause_on_load!r}")
+        self.pause_on_load = pause_on_load
+        self._pause: LoadPause | None = None  # the process backend's pause during this process's loads
         # the process backend shares the stop event, the locks and the batch clock with its child
         shared = backend == "process"
         sync: Any = multiprocessing.get_context("fork") if shared else threading
@@ -414,6 +420,10 @@ class Producer:
         with paused(_FORK_WAIT_S) if callable(paused) else contextlib.nullcontext():
             proc.start()
         self._process = proc
+        if self.pause_on_load:
+            self._pause = open_load_pause(proc.pid)
+            if self._pause is not None:
+                self._thread_box.append(self._pause)  # resumed by _shutdown before it ends the process
         self._thread_box.append(proc)
 
     def _process_main(self, parent: int) -> None:
@@ -426,6 +436,7 @@ class Producer:
         returned); with one thread it runs. DataLoader workers are limited the same way.
         """
         torch.set_num_threads(1)
+        continue_on_parent_death()  # a parent killed while it held us stopped (LoadPause) must not leave us stopped
         self._process_side = True
         self._finalizer.detach()  # the parent's copy owns the shutdown
         threading.Thread(target=_orphan_guard, args=(parent, self._stop), name="diffmix-orphan-guard",
@@ -625,6 +636,8 @@ class Producer:
             self.cache.release_credit(self.batch_size)
         with self._cond:
             self._cond.notify_all()
+        if self._pause is not None:
+            self._pause.close()  # a process stopped by a load in another thread must reach its boundary
         if self._process is not None:  # stops at its next step boundary, or is terminated
             _end_process(self._process, max(0.0, deadline - time.monotonic() - 0.5))
         if self._thread is not None:
@@ -646,6 +659,19 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def loading(self) -> contextlib.AbstractContextManager:
+        """Context of a load by the training process itself (``num_workers=0``): the producer
+        process is stopped while it runs (:class:`~diffmix_aug.load_pause.LoadPause`, at most 90 %
+        of the time), so its CPU time never comes out of the loop's loading on a busy host.
+
+        A no-op for the thread backend, with ``pause_on_load=False``, before :meth:`start`, after
+        :meth:`close` and in any other process (a DataLoader worker never stops the producer).
+        """
+        pause = self._pause
+        if pause is None or pause.closed or os.getpid() != self._owner:
+            return _NO_PAUSE
+        return pause
 
     @contextlib.contextmanager
     def paused(self):
@@ -674,6 +700,8 @@ _ALL_STOPS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()  #
 _ALL_STOPS_REGISTERED: list = []  # holds the atexit hook once it is registered (lazily: no import side effect)
 
 
+_NO_PAUSE = contextlib.nullcontext()
+
 #: seconds the process backend's start waits for a synthesis call of another thread to finish before it forks
 _FORK_WAIT_S = 300.0
 
@@ -692,7 +720,9 @@ def _shutdown(stop: Any, cache: ReplayCache, box: list, iter_box: list, owner: i
     with contextlib.suppress(Exception):  # best effort at interpreter exit
         cache.release_credit(8)
     for t in box:
-        if isinstance(t, threading.Thread):
+        if isinstance(t, LoadPause):
+            t.close()  # resume a process stopped by a load, so that it can reach its step boundary
+        elif isinstance(t, threading.Thread):
             if t is not threading.current_thread():  # a GC pass run by the thread itself
                 t.join(_EXIT_JOIN_S)
         else:
