@@ -18,7 +18,10 @@ Loaders over the same base, each at ``num_workers`` 0 and 2, measured in one run
   counts the cheaper synthetic items);
 - ``live_thread`` / ``live_process``: ``DiffMixDataset(base, <tiny SDM Synthesizer on CPU>)`` with
   its producer running while the loader is read, as a thread of the training process
-  (``producer_backend="thread"``) or as a forked process (``"process"``);
+  (``producer_backend="thread"``) or as a forked process (``"process"``, stopped while the
+  training process loads a batch itself: ``producer_pause_on_load``, the default);
+- ``live_nopause``: the process producer with ``producer_pause_on_load=False`` (it runs through
+  the loads of a ``num_workers=0`` loop; with workers the two are the same);
 - ``burner``: the thread backend, but the synthesizer is a GIL-free CPU load (torch matmuls, which
   release the GIL) as long as one real batch, returning its input. It separates what a producer
   thread costs by taking CPU time (``burner`` - ``warm``) from what it costs by holding the GIL in
@@ -27,6 +30,15 @@ Loaders over the same base, each at ``num_workers`` 0 and 2, measured in one run
   reuse limit, the producing loaders serve an original past ``max_reuse``;
 - ``--variants`` adds ``live_lw0`` (``label_workers=0``) and ``live_normal``
   (``producer_priority="normal"``), two settings a user might reach for when the consumer waits.
+
+Interleaved blocks (``--blocks``, ``num_workers=0``): the per-run figures above move by a few per
+cent of the step between runs on a busy host, as much as the effect measured. So the 0-worker wait
+is also measured with the loaders alive side by side: ``base``, ``live_process`` and
+``live_nopause`` take turns in blocks of ``--block-steps`` steps, in a fresh random order each
+round, and only the producer of the arm being measured runs (the others are stopped with
+``SIGSTOP``; in a ``base`` block both are: a stopped process takes no CPU). The extra wait is the
+mean over rounds of (arm - base of the same round) with its standard error; the same blocks give
+each producer's CPU seconds, i.e. what the pause costs it.
 
 Design: the repeats are the outer loop and the kinds run in a fresh random order in each, so a
 drifting host load falls on every kind alike; each run's wait is paired with the ``base`` run of the
@@ -141,6 +153,95 @@ def wait_per_step(ds, workers: int, batch: int, steps: int, step_s: float, colla
     return waits
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def interleaved(make, blocks: int, block_steps: int, batch: int, step_s: float, seed: int = 0) -> dict[str, Any]:
+    """The 0-worker wait of ``live_process`` and ``live_nopause`` against ``base`` in interleaved blocks.
+
+    Args:
+        make: ``kind -> dataset`` (the benchmark's factory).
+        blocks: Rounds; each runs one block of every arm, in a fresh random order.
+        block_steps: Steps per block (a step: wait for a batch, then sleep ``step_s``).
+
+    Returns:
+        Per arm: mean and standard error of the extra wait per step (fraction of the step) against
+        the base block of the same round, the mean wait, the producer's CPU seconds per block and
+        the patches it wrote.
+    """
+    import signal
+
+    live = {k: make(k) for k in ("live_process", "live_nopause")}
+    pids = {k: ds.producer._process.pid for k, ds in live.items()}
+    stopped: set[str] = set()
+
+    def hold(kinds: set[str]) -> None:  # only the measured arm's producer runs
+        for k in live:
+            if k in kinds and k not in stopped:
+                os.kill(pids[k], signal.SIGSTOP)
+                stopped.add(k)
+            elif k not in kinds and k in stopped:
+                os.kill(pids[k], signal.SIGCONT)
+                stopped.discard(k)
+
+    def cycle(ds):
+        loader = DataLoader(ds, batch_size=batch, num_workers=0)
+        while True:
+            yield from loader
+
+    # "stopped": the live_process loader read while both producers are stopped: the same wrapper and
+    # cache, no producer CPU, so arm - stopped is the producer's own cost (arm - base also counts the
+    # synthetic items, which skip the base's augmentation)
+    arms = ["base", "stopped", *live]
+    its = {k: cycle(make("base") if k == "base" else live.get(k, live["live_process"])) for k in arms}
+    waits: dict[str, list[float]] = {k: [] for k in arms}
+    cpu: dict[str, list[float]] = {k: [] for k in live}
+    writes0 = {k: ds.cache.writes for k, ds in live.items()}
+    rng = np.random.default_rng(seed)
+    try:
+        from tqdm.auto import tqdm
+
+        for _ in tqdm(range(blocks), desc="interleaved blocks (0 workers)"):
+            for arm in rng.permutation(arms):
+                hold(set(live) - {arm})
+                it = its[arm]
+                next(it)  # the first batch after a switch is not timed
+                c0 = _cpu_seconds(pids[arm]) if arm in live else 0.0
+                block = []
+                for _ in range(block_steps):
+                    t0 = time.perf_counter()
+                    next(it)
+                    block.append(time.perf_counter() - t0)
+                    time.sleep(step_s)
+                if arm in live:
+                    cpu[arm].append(_cpu_seconds(pids[arm]) - c0)
+                waits[arm].append(statistics.fmean(block))
+    finally:
+        hold(set())
+        written = {k: ds.cache.writes - writes0[k] for k, ds in live.items()}
+        for ds in live.values():
+            ds.close()
+    def extra(arm: str, ref: str) -> dict[str, float]:
+        d = [(a - b) / step_s for a, b in zip(waits[arm], waits[ref])]
+        return {"mean": statistics.fmean(d), "se": statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else 0.0,
+                "median": statistics.median(d)}
+
+    out: dict[str, Any] = {"blocks": blocks, "block_steps": block_steps,
+                           "base_wait_mean_s": statistics.fmean(waits["base"]),
+                           "stopped": {"wait_mean_s": statistics.fmean(waits["stopped"]),
+                                       "extra_wait_fraction_of_step": extra("stopped", "base")}}
+    for k in live:
+        out[k] = {"extra_wait_fraction_of_step": extra(k, "base"),
+                  "producer_cost_fraction_of_step": extra(k, "stopped"),
+                  "wait_mean_s": statistics.fmean(waits[k]),
+                  "producer_cpu_s_per_block": statistics.fmean(cpu[k]), "producer_writes": written[k]}
+    return out
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -162,10 +263,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="label_workers of the live DiffMixDataset (default: the library's default)")
     p.add_argument("--variants", action="store_true",
                    help="also live_lw0 (label_workers=0) and live_normal (producer_priority='normal'), 2 workers")
+    p.add_argument("--blocks", type=int, default=40,
+                   help="rounds of the interleaved 0-worker measurement (0: skip it)")
+    p.add_argument("--block-steps", type=int, default=10)
     p.add_argument("--out", type=Path, default=RESULTS / "loader.json")
     args = p.parse_args(argv)
     if args.quick:
-        args.items, args.epochs, args.repeats, args.steps = 64, 1, 1, 10
+        args.items, args.epochs, args.repeats, args.steps, args.blocks, args.block_steps = 64, 1, 1, 10, 2, 3
     if args.busy and args.out == RESULTS / "loader.json":
         args.out = RESULTS / "loader_busy.json"
     torch.set_num_threads(1)
@@ -209,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
             return DiffMixDataset(base, None, synthetic_ratio=0.5, cache_capacity=32, cache_dir=spent_dir,
                                   patch_size=64, num_classes=5)
         kw = dict(live_kw)
-        kw["producer_backend"] = "process" if kind == "live_process" else "thread"
+        kw["producer_backend"] = "process" if kind in ("live_process", "live_nopause") else "thread"
+        if kind == "live_nopause":
+            kw["producer_pause_on_load"] = False
         if kind == "live_lw0":
             kw["label_workers"] = 0
         elif kind == "live_normal":
@@ -226,10 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     default_backend = DiffMixConfig().producer_backend
     if default_backend == "auto":
         default_backend = "process" if sys.platform.startswith("linux") else "thread"
-    kinds = ["base", "warm", "spent", "live_thread", "live_process", "burner"]
+    kinds = ["base", "warm", "spent", "live_thread", "live_process", "live_nopause", "burner"]
     if args.variants:
         kinds += ["live_lw0", "live_normal"]
-    producing = {"live_thread", "live_process", "burner", "live_lw0", "live_normal"}
+    producing = {"live_thread", "live_process", "live_nopause", "burner", "live_lw0", "live_normal"}
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     runs: dict[tuple[str, int], list[dict[str, float]]] = {(k, w): [] for w in (0, 2) for k in kinds}
     label_workers = None
@@ -258,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                                 ds.close()
                         runs[(kind, workers)].append(run)
                         bar.update()
+        inter = interleaved(make, args.blocks, args.block_steps, args.batch, args.step_ms / 1000) \
+            if args.blocks and default_backend == "process" else None
     finally:
         for h in hogs:
             h.kill()
@@ -305,11 +413,15 @@ def main(argv: list[str] | None = None) -> int:
                    "default_producer_backend": default_backend},
         "rows": rows,
         "extra_wait_decomposition": decomposition,
+        "interleaved_0_workers": inter,
         "goals": {
             "warm_ratio_ge_0.95": all(row[("warm", w)]["ratio_vs_base"]["median"] >= 0.95 for w in (0, 2)),
             f"{live_default}_extra_wait_lt_1pct": all(med_extra(live_default, w) < 0.01 for w in (0, 2)),
         },
     }
+    if inter is not None:
+        result["goals"]["interleaved_0_workers_live_process_extra_wait_lt_1pct"] = \
+            inter["live_process"]["extra_wait_fraction_of_step"]["mean"] < 0.01
     print(f"{'loader':<13}{'workers':>8}{'items/s':>9}{'vs base':>9}{'wait/step':>11}"
           f"{'extra wait (min..max)':>26}{'patches/s':>11}")
     for r in rows:
@@ -321,6 +433,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{spread:>26}" + (f"{pp['median']:>11.3f}" if pp else ""))
     for w, d in decomposition.items():
         print(f"extra wait, {w} workers, fraction of the step:", {k: f"{v:+.2%}" for k, v in d.items()})
+    if inter is not None:
+        print(f"interleaved, 0 workers, {inter['blocks']} rounds of {inter['block_steps']} steps "
+              f"(base wait {inter['base_wait_mean_s'] * 1000:.2f} ms):")
+        e = inter["stopped"]["extra_wait_fraction_of_step"]
+        print(f"  {'stopped':<13} extra wait vs base {e['mean']:+.2%} +- {e['se']:.2%} (se) (the wrapper, no producer CPU)")
+        for k in ("live_process", "live_nopause"):
+            e, c = inter[k]["extra_wait_fraction_of_step"], inter[k]["producer_cost_fraction_of_step"]
+            print(f"  {k:<13} extra wait vs base {e['mean']:+.2%} +- {e['se']:.2%} (se), median {e['median']:+.2%}; "
+                  f"vs stopped {c['mean']:+.2%} +- {c['se']:.2%}; producer {inter[k]['producer_cpu_s_per_block']:.3f} "
+                  f"CPU s per block, {inter[k]['producer_writes']} patches")
     print("goals:", result["goals"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from diffmix_aug._io import atomic_write_text
