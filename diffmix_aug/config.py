@@ -138,10 +138,12 @@ class DiffMixConfig:
             training process loads a batch itself (``num_workers=0``: ``SIGSTOP`` / ``SIGCONT``
             around the batch, at most 90 % of the wall time; Linux), so on a busy host its CPU time
             comes out of the training step instead of the loop's loading (see
-            :mod:`~diffmix_aug.load_pause`). Measured beside two busy processes on 2 cores:
-            extra wait +3.1 % of a 100 ms step without, -0.8 % with it, for 91 % of the producer's
-            CPU time. DataLoader workers never pause it. False lets it run through loads (on an
-            idle many-core host it then also uses the loading time).
+            :mod:`~diffmix_aug.load_pause`). Measured beside two busy processes on 2 cores
+            (``python -m benchmarks.loader --busy 2``, 0 workers, extra wait of a 100 ms step
+            against the bare dataset): -3.7 % with it, +3.1 % without (medians of 3 paired runs);
+            -4.1 +- 1.1 % and -3.0 +- 1.2 % in 60 interleaved rounds. DataLoader workers never
+            pause it. False lets it run through loads (on an idle many-core host it then also uses
+            the loading time).
         label_workers: Processes that build label maps for the producer thread (a small
             ``DataLoader``); 0 builds them in the producer thread (always so in cooperative mode).
             A producer process builds its label maps itself (it is off the training process already). The default 1

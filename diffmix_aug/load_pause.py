@@ -2,12 +2,14 @@
 
 With ``num_workers=0`` the training process loads its own items, on the critical path of every
 step. A CPU producer process beside it takes its CPU share from whatever runs on the host; on a
-host whose cores are all busy a share of that comes out of the loop's loading (measured beside two
-CPU-bound processes on 2 cores, interleaved blocks: +3.1 % of a 100 ms step at nice +10). Stopping
-the producer (``SIGSTOP``) for the duration of the load and resuming it (``SIGCONT``) afterwards
-moves its CPU time into the training step (a GPU step leaves the host CPU idle): measured, the
-loop's wait went back to the bare dataset's (-0.8 % +- 1.4) while the producer got 91 % of its
-CPU time (``benchmarks/loader.py``, rows ``live_process`` and ``live_nopause``).
+host whose cores are all busy a share of that comes out of the loop's loading. Stopping the
+producer (``SIGSTOP``) for the duration of the load and resuming it (``SIGCONT``) afterwards moves
+its CPU time into the training step (a GPU step leaves the host CPU idle). Measured beside two
+CPU-bound processes on 2 cores (``python -m benchmarks.loader --busy 2``, rows ``live_process``
+and ``live_nopause``; extra wait of a 100 ms step against the bare dataset): -3.7 % with the pause
+and +3.1 % without it (medians of 3 paired runs), -4.1 +- 1.1 % and -3.0 +- 1.2 % in 60
+interleaved rounds, where the paused producer also made more patches (104 on 6.4 CPU s against 60
+on 9.4 CPU s). Both include the cheaper synthetic items (``spent``: -3.1 %).
 
 Three guards make a stopped process safe:
 
