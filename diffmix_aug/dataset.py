@@ -32,13 +32,13 @@ from .adapters import Adapter, select_adapter
 from .cache import CachedPatch
 from .config import MODES, DiffMixConfig, Schedule, load_diffmix_config
 from .data.sample import NucleiSample
+from .load_pause import NO_PAUSE
 from .pipeline import build_label_sampler, build_pipeline
 from .producer import Producer, ProducerError
 
 __all__ = ["MODES", "DiffMixConfig", "DiffMixDataset", "Schedule", "build_label_sampler", "load_diffmix_config"]
 
 _log = logging.getLogger("diffmix_aug")
-_NO_PAUSE = contextlib.nullcontext()
 
 
 class _RawView(Sequence):
@@ -435,7 +435,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
         stopped (:meth:`~diffmix_aug.producer.Producer.loading`); a no-op in workers."""
         producer = self._producer
         if producer is None or _in_worker():
-            return _NO_PAUSE
+            return NO_PAUSE
         return producer.loading()
 
     def __getitem__(self, index: int) -> Any:

@@ -36,9 +36,12 @@ import sys
 import threading
 import time
 
-__all__ = ["LoadPause", "continue_on_parent_death", "open_load_pause"]
+__all__ = ["NO_PAUSE", "LoadPause", "continue_on_parent_death", "open_load_pause"]
 
 _log = logging.getLogger(__name__)
+
+#: the context of a load that pauses nothing (thread backend, workers, option off)
+NO_PAUSE = contextlib.nullcontext()
 
 #: the longest share of wall time a producer stays stopped (a loop that only loads still leaves it 10 %)
 MAX_SHARE = 0.9

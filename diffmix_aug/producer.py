@@ -41,7 +41,7 @@ from .cache import ReplayCache
 from .config import CPU_PRIORITIES, PRODUCER_BACKENDS
 from .data.sample import NucleiSample
 from .labelmaps.jobs import LabelMapJobs, collate_jobs
-from .load_pause import LoadPause, continue_on_parent_death, open_load_pause
+from .load_pause import NO_PAUSE, LoadPause, continue_on_parent_death, open_load_pause
 from .sampling._base import SamplingInterrupted
 
 __all__ = ["CPU_PRIORITIES", "PRODUCER_BACKENDS", "Producer", "ProducerError", "derive_seed", "idle_is_reversible",
@@ -670,7 +670,7 @@ class Producer:
         """
         pause = self._pause
         if pause is None or pause.closed or os.getpid() != self._owner:
-            return _NO_PAUSE
+            return NO_PAUSE
         return pause
 
     @contextlib.contextmanager
@@ -699,8 +699,6 @@ class Producer:
 _ALL_STOPS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()  # stop event -> owner pid
 _ALL_STOPS_REGISTERED: list = []  # holds the atexit hook once it is registered (lazily: no import side effect)
 
-
-_NO_PAUSE = contextlib.nullcontext()
 
 #: seconds the process backend's start waits for a synthesis call of another thread to finish before it forks
 _FORK_WAIT_S = 300.0
