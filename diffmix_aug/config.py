@@ -132,8 +132,9 @@ class DiffMixConfig:
             process) or ``"process"`` (CPU synthesizer on Linux only: a forked process of its own,
             with one intra-op thread, so it never holds the training process's GIL). Measured
             beside two busy processes on 2 cores (``python -m benchmarks.loader --busy 2``), the
-            thread cost the loop's wait +49 % of a 100 ms step at 0 workers as root (a SCHED_IDLE
-            thread preempted while holding the GIL), the process -0.8 % (+1.6 % at 2 workers).
+            thread cost the loop's wait +49 % of a 100 ms step at 0 workers as root in one run (a
+            SCHED_IDLE thread preempted while holding the GIL; +0.6 % in the latest), the process
+            -3.7 % (-2.6 % at 2 workers; ``loader_busy.json``).
         producer_pause_on_load: With the process backend, stop the producer process while the
             training process loads a batch itself (``num_workers=0``: ``SIGSTOP`` / ``SIGCONT``
             around the batch, at most 90 % of the wall time; Linux), so on a busy host its CPU time
