@@ -21,6 +21,8 @@ from diffmix_helpers import DictDataset, NoiseSynth
 from torch.utils.data import DataLoader
 
 from diffmix_aug import DiffMixDataset
+from tests.proc_state import state as _state
+from tests.proc_state import wait_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,21 +30,8 @@ pytestmark = pytest.mark.skipif(not (sys.platform.startswith("linux") and hasatt
                                 reason="the process producer and its pause need Linux (fork, pidfds)")
 
 
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return ""
-
-
-def _becomes(pid: int, state: str, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if _state(pid) == state:
-            return True
-        time.sleep(0.002)
-    return _state(pid) == state
+def _becomes(pid: int, want: str, timeout: float) -> bool:
+    return wait_state(pid, {want}, timeout) == want
 
 
 class Watching(DictDataset):

@@ -16,27 +16,10 @@ import time
 import pytest
 
 from diffmix_aug.load_pause import LoadPause, open_load_pause
+from tests.proc_state import wait_state as _wait_state
 
 pytestmark = pytest.mark.skipif(not (sys.platform.startswith("linux") and hasattr(os, "pidfd_open")),
                                 reason="LoadPause needs Linux pidfds")
-
-
-def _state(pid: int) -> str:
-    """The kernel's one-letter state of ``pid`` (``T``: stopped), '' once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return ""
-
-
-def _wait_state(pid: int, want: set[str], timeout: float = 5.0) -> str:
-    end = time.monotonic() + timeout
-    s = _state(pid)
-    while s not in want and time.monotonic() < end:
-        time.sleep(0.005)
-        s = _state(pid)
-    return s
 
 
 @pytest.fixture
