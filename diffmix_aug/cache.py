@@ -139,6 +139,9 @@ class ReplayCache:
         # patch. Readers give one back when they read a fresh patch. A spawn-context semaphore
         # stays valid in forked and spawned workers alike.
         self._credits = multiprocessing.get_context("spawn").Semaphore(self.capacity)
+        # serialises the serve accounting of read() across the workers: the claim against max_reuse
+        # and the reuse / reads counters (a read-modify-write from two workers at once lost updates)
+        self._serve_lock = multiprocessing.get_context("spawn").Lock()
         self._views()
         self.cache_dir: Path | None = None  # where patches are persisted (None: not writable)
         # unique per cache instance, so that a second run with the same seed never overwrites the first
@@ -160,6 +163,7 @@ class ReplayCache:
         state.pop("_np")
         if _mp_context.get_spawning_popen() is None:
             state["_credits"] = None  # a semaphore can only travel to a process being started
+            state["_serve_lock"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -177,7 +181,7 @@ class ReplayCache:
 
     @property
     def reads(self) -> int:
-        """Total patches served so far (approximate under concurrent workers)."""
+        """Total patches served so far, by every process that got the cache when it started."""
         return int(self._np["control"][_READS])
 
     @property
@@ -289,7 +293,8 @@ class ReplayCache:
 
         Args:
             slot: Slot index.
-            count: Count this as a serve (reuse counter, producer credit on a first read).
+            count: Count this as a serve (reuse counter, producer credit on a first read); a slot
+                that reached ``max_reuse`` meanwhile (another worker's serve) gives None.
             max_retries: Give up (return None) after this many torn reads.
         """
         n = self._np
@@ -310,15 +315,29 @@ class ReplayCache:
                 continue  # torn: the writer touched the slot while we copied
             if seq < 0:
                 return None
-            if count:
-                before = int(n["reuse"][slot])
-                n["reuse"][slot] = before + 1
-                n["control"][_READS] += 1
-                if before == 0:
-                    self.release_credit()
+            if count and not self._claim(slot):
+                return None  # another reader took its last serve meanwhile: the caller serves an original
             meta = json.loads(blob.decode()) if blob else {}
             return CachedPatch(image, inst, typ, slot, seq, meta)
         return None
+
+    def _claim(self, slot: int) -> bool:
+        """Count one serve of ``slot`` unless it already reached ``max_reuse``; False then.
+
+        Under the serve lock, so concurrent workers neither lose a count nor serve a patch past
+        ``max_reuse`` between :meth:`pick` and here (without the lock: a process that got the cache
+        other than at its start, the counts are approximate).
+        """
+        n = self._np
+        with self._serve_lock if self._serve_lock is not None else contextlib.nullcontext():
+            before = int(n["reuse"][slot])
+            if before >= self.max_reuse:
+                return False
+            n["reuse"][slot] = before + 1
+            n["control"][_READS] += 1
+        if before == 0:
+            self.release_credit()
+        return True
 
     def class_fractions(self) -> np.ndarray:
         """``float64 [num_classes]``: share of each class among the cached nuclei (0 when empty)."""

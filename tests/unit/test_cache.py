@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
+import sys
 import threading
 import time
 import warnings
@@ -302,3 +304,27 @@ def test_error_channel_and_close():
     assert "boom" in c.error()
     c.close()
     assert c._tensors == {}
+
+
+def _serve_all(cache: ReplayCache, tries: int, got: torch.Tensor, who: int) -> None:
+    for _ in range(tries):
+        if cache.read(0) is not None:
+            got[who] += 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked readers")
+def test_concurrent_readers_never_serve_past_max_reuse_and_lose_no_count():
+    """Two processes reading one slot at once: exactly max_reuse serves in all, each counted (the
+    reuse and reads counters were a read-modify-write that lost updates across workers)."""
+    cache = ReplayCache(1, (H, W), max_reuse=300, num_classes=4)
+    cache.write(*patch(5))
+    got = torch.zeros(2, dtype=torch.int64).share_memory_()
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_serve_all, args=(cache, 400, got, k)) for k in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert int(got.sum()) == 300
+    assert cache.reads == 300 and int(cache._np["reuse"][0]) == 300
