@@ -29,10 +29,9 @@ arm's own items:
 (:mod:`benchmarks.consep_pool`; the paper also trains on an offline pool). Pool entries come from
 training patches drawn uniformly: no arm gets a bias toward rare-rich sources. The pool has
 ``--pool-size`` entries per kind; the JSON reports how often each distinct patch was served.
-Rendering: a ``--ddim-steps`` schedule entered at t = 540 (``strength`` 0.55, guidance 1.5). The
-reference uses a 100-step schedule (55 guided steps, 33 s per 128 px patch on 2 CPU cores); the CPU
-run uses 20 steps (11 guided steps, about 4 s per patch), and ``benchmarks/fidelity.py`` measures the
-renders it gets.
+Rendering: ``--ddim-steps`` guided DDIM steps from ``--t-start`` (default 540, guidance 1.5). The
+reference runs 55 steps (33 s per 128 px patch on 2 CPU cores); the CPU run uses 11 steps (about
+4 s per patch), and ``benchmarks/fidelity.py`` measures the renders it gets.
 
 **Evaluation.** Dice, AJI, DQ, SQ, PQ (mean over images), AJI+, and the pooled detection F1, type
 accuracy and per-type F1 (HoVer-Net's definitions, :mod:`diffmix_aug.metrics`); mean +- sd over seeds;
@@ -77,13 +76,13 @@ EXTRA_COLS = ("aji_plus", "f1_detection", "accuracy")
 CONSEP_VAL_TILES = (1, 2, 3, 4, 5, 19)
 
 PRESETS = {
-    "toy": {"quick": dict(n_train=16, n_test=8, iterations=8, batch_size=4, width=8, depth=2, ddim_steps=4,
+    "toy": {"quick": dict(n_train=16, n_test=8, iterations=8, batch_size=4, width=8, depth=2, ddim_steps=2,
                           pool_size=4, crop=0),
-            "full": dict(n_train=96, n_test=560, iterations=600, batch_size=8, width=16, depth=2, ddim_steps=20,
+            "full": dict(n_train=96, n_test=560, iterations=600, batch_size=8, width=16, depth=2, ddim_steps=11,
                          pool_size=96, crop=0)},
-    "consep": {"quick": dict(n_train=0, n_test=8, iterations=8, batch_size=4, width=8, depth=2, ddim_steps=4,
+    "consep": {"quick": dict(n_train=0, n_test=8, iterations=8, batch_size=4, width=8, depth=2, ddim_steps=2,
                              pool_size=2, crop=64),
-               "full": dict(n_train=0, n_test=0, iterations=600, batch_size=8, width=16, depth=3, ddim_steps=20,
+               "full": dict(n_train=0, n_test=0, iterations=600, batch_size=8, width=16, depth=3, ddim_steps=11,
                             pool_size=96, crop=64)},
 }
 
@@ -355,7 +354,7 @@ def get_arm_pool(args: argparse.Namespace, train_ds: Any, info: Any, progress: b
 
     kinds = sorted({k for a in args.arm_list for k in POOL_KINDS.get(a, ())}, key=KINDS.index)
     return get_pool(train_ds, args.pool_size, args.pool_dir, kinds=kinds, seed=0, steps=args.ddim_steps,
-                    strength=args.strength, guidance=args.guidance, weights=Path(args.sdm), patch=args.patch,
+                    t_start=args.t_start, guidance=args.guidance, weights=Path(args.sdm), patch=args.patch,
                     max_shift=args.max_shift, rare=tuple(info.rare_classes), progress=progress)
 
 
@@ -533,8 +532,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--n-test", type=int, default=None, help="toy: test patches; CoNSeP: cap (0 = all)")
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--depth", type=int, default=None)
-    ap.add_argument("--ddim-steps", type=int, default=None, help="schedule length, entered at t = 540")
-    ap.add_argument("--strength", type=float, default=0.55)
+    ap.add_argument("--ddim-steps", type=int, default=None, help="guided DDIM steps from --t-start")
+    ap.add_argument("--t-start", type=int, default=540, help="entry timestep (the reference's 540)")
     ap.add_argument("--guidance", type=float, default=1.5)
     ap.add_argument("--pool-size", type=int, default=None, help="offline pool entries per kind")
     ap.add_argument("--pool-dir", type=Path, default=Path("runs/pools"))
@@ -646,8 +645,8 @@ def run(args: argparse.Namespace) -> dict:
           f"({args.jobs} jobs).\n"]
     if pool_meta:
         md.append(f"Offline pool: {pool_meta['size']} entries per kind ({', '.join(pool_meta['kinds'])}), sources "
-                  f"drawn uniformly; SDM renders with a {pool_meta['steps']}-step schedule from t = 540 "
-                  f"({pool_meta['guided_steps']} guided steps, guidance {pool_meta['guidance_scale']}), "
+                  f"drawn uniformly; SDM renders with {pool_meta['steps']} guided DDIM steps from "
+                  f"t = {pool_meta['t_start']} (guidance {pool_meta['guidance_scale']}), "
                   f"{pool_meta['s_per_patch']} s per patch. DiffMix = union of the balancing and enlarging pools "
                   f"(the paper's composition).\n")
     for name, rep in report.items():

@@ -1,8 +1,7 @@
 """Real CoNSeP for the benchmarks: the tile split at 20x, and the offline synthetic pools of the ablation.
 
 The SDM of ``diffmix_aug/configs/sdm_consep_cpu.yaml`` renders a 128 px patch (20x, a 256 px window
-at 40x) in about 33 s on 2 CPU cores with the reference protocol (a 100-step schedule entered at
-t = 540: 55 guided steps). An online producer at that speed would serve each patch hundreds of
+at 40x) in about 33 s on 2 CPU cores with the reference protocol (55 guided DDIM steps from t = 540). An online producer at that speed would serve each patch hundreds of
 times, so the real-data ablation uses what the paper uses: an **offline pool**, rendered once per
 split and cached on disk, then drawn from by every seed. The pool is built from the *training*
 tiles only, one entry per draw ``k``:
@@ -77,11 +76,11 @@ def load_split(data_root: str | Path, val_tiles: Sequence[int], downsample: int 
     return train, val
 
 
-def pool_key(names: Sequence[str], size: int, seed: int, steps: int, strength: float, guidance: float,
+def pool_key(names: Sequence[str], size: int, seed: int, steps: int, t_start: int, guidance: float,
              weights: Path, patch: int = PATCH, max_shift: int = MAX_SHIFT, rare: Sequence[int] = RARE) -> str:
     """A short hash of everything that defines a pool (so a changed split or protocol never reuses one)."""
     h = hashlib.sha256()
-    h.update(json.dumps([list(names), size, seed, steps, strength, guidance, weights.name,
+    h.update(json.dumps([list(names), size, seed, steps, t_start, guidance, weights.name,
                          weights.stat().st_size, patch, max_shift, list(rare)]).encode())
     return h.hexdigest()[:12]
 
@@ -104,8 +103,8 @@ def make_samplers(train: Any, patch: int = PATCH, max_shift: int = MAX_SHIFT, ra
     return enl, bal, both, gm
 
 
-def build_pool(train: Any, size: int, *, kinds: Sequence[str] = KINDS[:3], seed: int = 0, steps: int = 20,
-               strength: float = 0.55, guidance: float = 1.5, weights: Path = WEIGHTS, batch: int = 8,
+def build_pool(train: Any, size: int, *, kinds: Sequence[str] = KINDS[:3], seed: int = 0, steps: int = 11,
+               t_start: int = 540, guidance: float = 1.5, weights: Path = WEIGHTS, batch: int = 8,
                patch: int = PATCH, max_shift: int = MAX_SHIFT, rare: Sequence[int] = RARE,
                progress: bool = True) -> dict[str, Any]:
     """Draw ``size`` label maps per kind from the training patches and render them.
@@ -156,8 +155,8 @@ def build_pool(train: Any, size: int, *, kinds: Sequence[str] = KINDS[:3], seed:
         typ = np.stack([m[2] for m in maps[kind]]).astype(np.int32)
         if kind.startswith("sdm_"):
             if synth is None:
-                synth = Synthesizer.from_checkpoint(weights, device="cpu", num_steps=steps, strength=strength,
-                                                    guidance_scale=guidance)
+                synth = Synthesizer.from_checkpoint(weights, device="cpu", sampler="reference", steps=steps,
+                                                    t_start=t_start, guidance_scale=guidance)
             gen = torch.Generator().manual_seed(seed * 1000 + KINDS.index(kind))
             rendered = []
             t0 = time.perf_counter()
@@ -168,8 +167,9 @@ def build_pool(train: Any, size: int, *, kinds: Sequence[str] = KINDS[:3], seed:
             imgs = np.concatenate(rendered)
         out[kind] = {"img": imgs, "inst_map": inst, "type_map": typ}
     bar.close()
-    out["meta"] = {"size": size, "seed": seed, "steps": steps, "strength": strength, "guidance_scale": guidance,
-                   "guided_steps": int(round(steps * strength)), "weights": weights.name, "kinds": list(kinds),
+    out["meta"] = {"size": size, "seed": seed, "steps": steps, "t_start": t_start, "guidance_scale": guidance,
+                   "guided_steps": steps, "sampler": synth.sampler_settings if synth is not None else None,
+                   "weights": weights.name, "kinds": list(kinds),
                    "sdm_seconds": round(seconds, 1), "sdm_patches": n_sdm,
                    "s_per_patch": round(seconds / max(1, n_sdm), 2), "max_shift": max_shift, "patch": patch,
                    "rare_classes": list(rare),
@@ -200,17 +200,17 @@ def load_pool(path: Path) -> dict[str, Any]:
 
 
 def get_pool(train: Any, size: int, cache_dir: Path, *, kinds: Sequence[str] = KINDS[:3], seed: int = 0,
-             steps: int = 20, strength: float = 0.55, guidance: float = 1.5, weights: Path = WEIGHTS,
+             steps: int = 11, t_start: int = 540, guidance: float = 1.5, weights: Path = WEIGHTS,
              patch: int = PATCH, max_shift: int = MAX_SHIFT, rare: Sequence[int] = RARE,
              progress: bool = True) -> tuple[dict[str, Any], Path]:
     """The cached pool for this split and protocol (any cached one holding ``kinds``), built when absent."""
     names = train.item_names() or [f"{len(train)} items"]
-    key = pool_key(names, size, seed, steps, strength, guidance, Path(weights), patch, max_shift, rare)
+    key = pool_key(names, size, seed, steps, t_start, guidance, Path(weights), patch, max_shift, rare)
     for cached in sorted(Path(cache_dir).glob(f"pool_{key}_*.npz")):
         if set(kinds) <= set(cached.stem.split("_", 2)[2].split("-")):
             return load_pool(cached), cached
     path = Path(cache_dir) / f"pool_{key}_{'-'.join(sorted(kinds))}.npz"
-    pool = build_pool(train, size, kinds=kinds, seed=seed, steps=steps, strength=strength, guidance=guidance,
+    pool = build_pool(train, size, kinds=kinds, seed=seed, steps=steps, t_start=t_start, guidance=guidance,
                       weights=Path(weights), patch=patch, max_shift=max_shift, rare=rare, progress=progress)
     save_pool(pool, path)
     return pool, path
@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-tiles", default="1,2,3,4,5,19", help="tiles held out whole (comma-separated)")
     ap.add_argument("--size", type=int, default=64, help="draws per kind")
     ap.add_argument("--kinds", default=",".join(KINDS[:3]))
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--strength", type=float, default=0.55)
+    ap.add_argument("--steps", type=int, default=11, help="guided DDIM steps from --t-start")
+    ap.add_argument("--t-start", type=int, default=540, help="entry timestep (the reference's 540)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", type=Path, default=Path("runs/pools"))
     ap.add_argument("--threads", type=int, default=2)
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     tiles = [int(t) for t in args.val_tiles.split(",") if t.strip()]
     train, _ = load_split(args.data_root, tiles)
     pool, path = get_pool(train, args.size, args.cache_dir, kinds=args.kinds.split(","), seed=args.seed,
-                          steps=args.steps, strength=args.strength)
+                          steps=args.steps, t_start=args.t_start)
     print(json.dumps(pool["meta"]), "->", path)
     return 0
 

@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", type=Path, default=Path("../shared/data/consep_256/train"))
     ap.add_argument("--weights", type=Path, default=WEIGHTS)
     ap.add_argument("--rows", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=100, help="DDIM steps of the schedule (reference: 100)")
-    ap.add_argument("--strength", type=float, default=0.55, help="reference: 0.55 (start at t = 540)")
+    ap.add_argument("--steps", type=int, default=55, help="guided DDIM steps from --t-start (reference: 55)")
+    ap.add_argument("--t-start", type=int, default=540, help="entry timestep (reference: 540)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
               for k, s in enumerate(samples)]
     gradmix = [gm(NucleiSample.trusted(s.image, s.inst_map, s.type_map), np.random.default_rng([args.seed, k, 2]))
                for k, s in enumerate(samples)]
-    synth = Synthesizer.from_checkpoint(args.weights, device="cpu", num_steps=args.steps, strength=args.strength,
-                                        guidance_scale=1.5)
+    synth = Synthesizer.from_checkpoint(args.weights, device="cpu", sampler="reference", steps=args.steps,
+                                        t_start=args.t_start, guidance_scale=1.5)
     images = np.stack([s.image for s in samples] * 2)
     inst = np.stack([m.inst_map for m in maps_e] + [m.inst_map for m in maps_b])
     types = np.stack([m.type_map for m in maps_e] + [m.type_map for m in maps_b])
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "SDM(balance)", "GradMix"])
     report = {"benchmark": "consep_preview", "weights": str(args.weights), "data_root": str(args.data_root),
               "validation_tiles": list(VAL_TILES), "downsample": DOWNSAMPLE, "patch": PATCH,
-              "max_shift": MAX_SHIFT, "borders": borders, "steps": args.steps, "strength": args.strength,
+              "max_shift": MAX_SHIFT, "borders": borders, "steps": args.steps, "t_start": args.t_start,
+              "sampler": synth.sampler_settings,
               "guidance_scale": 1.5, "patches": 2 * n, "synthesis_s": round(wall, 2),
               "s_per_patch": round(wall / (2 * n), 3),
               "converted": [int(m.report["balance"]["converted_total"]) for m in maps_b],

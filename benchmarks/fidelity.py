@@ -343,7 +343,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seg-iterations", type=int, default=500)
     ap.add_argument("--typer-steps", type=int, default=600)
     ap.add_argument("--c2st-steps", type=int, default=300)
-    ap.add_argument("--ddim-steps", type=int, default=20)
+    ap.add_argument("--ddim-steps", type=int, default=11, help="guided DDIM steps from --t-start")
+    ap.add_argument("--t-start", type=int, default=540, help="entry timestep (the reference's 540)")
     ap.add_argument("--pool-size", type=int, default=96, help="training-map renders per kind (shared with the ablation)")
     ap.add_argument("--pool-dir", type=Path, default=Path("runs/pools"))
     ap.add_argument("--threads", type=int, default=None)
@@ -351,7 +352,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.n_val, args.seeds, args.seg_seeds, args.seg_iterations = 2, 1, 1, 4
-        args.typer_steps, args.c2st_steps, args.ddim_steps, args.pool_size = 4, 4, 4, 2
+        args.typer_steps, args.c2st_steps, args.ddim_steps, args.pool_size = 4, 4, 2, 2
     if args.data_root is None:
         ap.error("--data-root is required (../shared/data/consep_256)")
     return args
@@ -372,12 +373,12 @@ def run(args: argparse.Namespace) -> dict:
     val = held.subset(val_idx).materialised()
     real_val = [val[i] for i in range(len(val))]
     _samplers = make_samplers(train_ds, PATCH, MAX_SHIFT, RARE)
-    synth = Synthesizer.from_checkpoint(args.sdm, device="cpu", num_steps=args.ddim_steps, strength=0.55,
-                                        guidance_scale=1.5)
+    synth = Synthesizer.from_checkpoint(args.sdm, device="cpu", sampler="reference", steps=args.ddim_steps,
+                                        t_start=args.t_start, guidance_scale=1.5)
     print(f"rendering {3 * min(args.n_val, len(val))} validation patches ...", flush=True)
     rendered = render_validation(val, args.n_val, synth, seed=0)
     pool, pool_path = get_pool(train_ds, args.pool_size, args.pool_dir,
-                               kinds=("sdm_balance", "gradmix_balance", "sdm_enlarge"), steps=args.ddim_steps,
+                               kinds=("sdm_balance", "gradmix_balance", "sdm_enlarge"), steps=args.ddim_steps, t_start=args.t_start,
                                weights=args.sdm)
     # label fidelity over segmentation seeds
     lf = []
@@ -407,7 +408,8 @@ def run(args: argparse.Namespace) -> dict:
         "validation_tiles": list(SDM_VAL_TILES), "judge_train_patches": len(train_ds),
         "rendered_validation_patches": len(rendered["samples"]), "render_seconds": round(rendered["seconds"], 1),
         "s_per_render": round(rendered["seconds"] / max(1, rendered["renders"]), 2),
-        "protocol": {"ddim_steps": args.ddim_steps, "strength": 0.55, "guided_steps": round(0.55 * args.ddim_steps),
+        "protocol": {"ddim_steps": args.ddim_steps, "t_start": args.t_start, "guided_steps": args.ddim_steps,
+                     "sampler": synth.sampler_settings,
                      "guidance_scale": 1.5, "max_shift": MAX_SHIFT, "patch": PATCH, "field_of_view": "20x"},
         "pool": pool["meta"] | {"file": pool_path.name},
         "label_fidelity": _agg(lf), "type_fidelity": _agg(tf), "realism": _agg(realism), "stain_w1": stain,
@@ -455,8 +457,8 @@ def markdown(r: dict) -> str:
     names = {1: "misc", 2: "inflammatory", 3: "epithelial", 4: "spindle"}
     lines = [f"# Fidelity of the CoNSeP CPU SDM on validation tiles {r['validation_tiles']}\n",
              f"Command: `{r['command']}`  \n{r['rendered_validation_patches']} validation patches rendered 3 times "
-             f"(enlarged map, balanced map, label swap) with a {r['protocol']['ddim_steps']}-step schedule from t = 540 "
-             f"({r['protocol']['guided_steps']} guided steps), {r['s_per_render']} s per render; judges trained on "
+             f"(enlarged map, balanced map, label swap) with {r['protocol']['guided_steps']} guided DDIM steps from "
+             f"t = {r['protocol']['t_start']}, {r['s_per_render']} s per render; judges trained on "
              f"{r['judge_train_patches']} training patches; mean ± sd over judge seeds; {r['elapsed_seconds'] / 60:.1f} min.\n",
              "## Label fidelity (segmentation network trained on real patches)\n",
              "| Images scored | PQ | PQ / real | DQ | F1 det | " + " | ".join(f"F^{names[c]}" for c in (1, 2, 3, 4)) + " |",

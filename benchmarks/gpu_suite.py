@@ -1,7 +1,8 @@
 """The GPU suite: everything a lent H100/H200 should measure, in one command under 8 minutes.
 
     python benchmarks/gpu_suite.py                 # on the GPU: benchmarks/results/gpu/gpu_suite.{json,md}
-    python benchmarks/gpu_suite.py --dry-run       # CPU, tiny sizes, seconds: proves the script runs (CI)
+    python benchmarks/gpu_suite.py --dry-run       # CPU, tiny sizes, seconds: proves the script runs (CI);
+                                                   # writes to a new temporary folder unless --out is given
 
 Parts, in order, each skipped (with the reason written) when the remaining budget cannot hold it:
 
@@ -119,7 +120,7 @@ def step_flops(model, batch: int, size: int, device: torch.device, precision: st
     return {"step": float(fc.get_total_flops()), "setup": float(fs.get_total_flops())}
 
 
-def bench_sampler(device: torch.device, preset: str, size: int, batch: int, num_steps: int, strength: float,
+def bench_sampler(device: torch.device, preset: str, size: int, batch: int, steps: int, t_start: int,
                   reps: int, peak_tflops: float | None, budget: Budget) -> dict[str, Any]:
     from benchmarks.sampler import inputs
     from diffmix_aug.sampling import DDIMSampler, ReferenceDDIMSampler
@@ -127,7 +128,7 @@ def bench_sampler(device: torch.device, preset: str, size: int, batch: int, num_
 
     model = _model(preset, size, device)
     x0, cond, noise = inputs(batch, size, device)
-    kw = dict(num_steps=num_steps, strength=strength, guidance_scale=1.5)
+    kw = dict(steps=steps, t_start=t_start, guidance_scale=1.5)
     cuda = device.type == "cuda"
     half = "fp16" if cuda else "bf16"
     arms = [("reference-fp32-eager", ReferenceDDIMSampler(**kw), None),
@@ -172,7 +173,7 @@ def bench_sampler(device: torch.device, preset: str, size: int, batch: int, num_
     base = next((r for r in rows if r["arm"].startswith("reference")), None)
     for r in rows:
         r["speedup_vs_reference"] = None if base is None else base["median_s"] / r["median_s"]
-    return {"preset": preset, "size": size, "batch": batch, "guided_steps": steps, "strength": strength,
+    return {"preset": preset, "size": size, "batch": batch, "guided_steps": steps, "t_start": t_start,
             "params": sum(p.numel() for p in model.parameters()), "flops_per_step": flops["step"],
             "flops_setup": flops["setup"], "peak_tflops_used": peak_tflops, "rows": rows, "skipped": skipped}
 
@@ -202,7 +203,7 @@ def bench_loader(device: torch.device, preset: str, size: int, items: int, worke
     base = make_toy_dataset(items, size=size, seed=0).materialised()
     bare = _BareDataset(base)
     half = "fp16" if device.type == "cuda" else "fp32"
-    synth = Synthesizer(_model(preset, size, device), DDIMSampler(num_steps=100, strength=0.55), device=device,
+    synth = Synthesizer(_model(preset, size, device), DDIMSampler(steps=55, t_start=540), device=device,
                         precision=half)
 
     def collate(batch):
@@ -282,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: check that every part runs")
     ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget (default 450 s, dry run 300 s)")
-    ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/gpu)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output folder (default benchmarks/results/gpu; with --dry-run a new temporary folder)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: peak,sampler,loader,tests")
     args = ap.parse_args(argv)
     dry = args.dry_run
@@ -290,7 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no CUDA device: run on a GPU, or pass --dry-run to check the script on the CPU")
     device = torch.device("cpu" if dry else "cuda")
     budget = Budget(args.budget_s if args.budget_s is not None else (300.0 if dry else 450.0))
-    out_dir = args.out or (RESULTS / "dry_run" if dry else RESULTS)
+    if args.out is not None:
+        out_dir = args.out
+    elif dry:  # a dry run is no measurement: never into the source tree
+        import tempfile
+
+        out_dir = Path(tempfile.mkdtemp(prefix="gpu_suite_dry_run_"))
+    else:
+        out_dir = RESULTS
     skip = {s for s in args.skip.split(",") if s}
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -302,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_s": budget.total, "skipped": {}}
     plan = {"peak": dict(n=256 if dry else 8192, reps=3 if dry else 20),
             "sampler": dict(preset="tiny" if dry else "paper", size=32 if dry else 256, batch=2 if dry else 8,
-                            num_steps=10 if dry else 100, strength=0.3 if dry else 0.55, reps=1 if dry else 3),
+                            steps=3 if dry else 55, t_start=200 if dry else 540, reps=1 if dry else 3),
             "loader": dict(preset="tiny", size=32 if dry else 256, items=16 if dry else 256, workers=2 if dry else 4,
                            step_s=0.02 if dry else 0.1, steps=8 if dry else 100),
             "tests": dict(timeout=60 if dry else 150)}

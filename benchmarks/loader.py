@@ -114,7 +114,7 @@ def tiny_synthesizer(image_size: int):
 
     torch.manual_seed(0)
     model = build_sdm("tiny", num_label_channels=6, image_size=image_size)
-    return Synthesizer(model, DDIMSampler(num_steps=4, strength=0.5), device="cpu")
+    return Synthesizer(model, DDIMSampler(steps=2, t_start=250), device="cpu")
 
 
 def items_per_s(ds, workers: int, batch: int, epochs: int) -> float:

@@ -113,7 +113,7 @@ def inputs(batch: int, size: int, device: torch.device, seed: int = 0):
 
 
 def make_sampler(mode: dict, steps: int):
-    kw = dict(num_steps=100, strength=(steps + 0.5) / 100)
+    kw = dict(steps=steps, t_start=540)
     if mode["kind"] == "reference":
         return ReferenceDDIMSampler(**kw)
     return DDIMSampler(**kw, precision=mode["precision"], cuda_graph=mode["graph"],

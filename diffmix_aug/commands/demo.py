@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SDM checkpoint (.safetensors export or training dir); default: the shipped one")
     parser.add_argument("--train", action="store_true", help="train a tiny SDM here instead of loading one")
     parser.add_argument("--train-steps", type=int, default=600, help="SDM steps with --train (default: 600)")
-    parser.add_argument("--ddim-steps", type=int, default=50,
-                        help="respaced DDIM steps (the paper's 100; default 50 for CPU speed: 27 run at strength 0.55)")
+    parser.add_argument("--ddim-steps", type=int, default=27,
+                        help="DDIM steps from t = 540 (the paper's 55; default 27 for CPU speed)")
     parser.add_argument("--columns", type=int, default=4, help="example patches in figure2.png (default: 4)")
     parser.add_argument("--iterations", type=int, default=150, help="downstream training iterations (default: 150)")
     parser.add_argument("--batch-size", type=int, default=8, help="downstream batch size (default: 8)")
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         sdm_path, source = args.sdm, "given"
     else:
         sdm_path, source = stages.shipped_sdm_path(), stages.SHIPPED_RECIPE
-    synth = Synthesizer.from_checkpoint(sdm_path, device="cpu", num_steps=args.ddim_steps)
+    synth = Synthesizer.from_checkpoint(sdm_path, device="cpu", sampler="reference", steps=args.ddim_steps)
     if synth.num_classes != ds.num_classes:
         raise ValueError(f"the SDM `{sdm_path}` was trained for {synth.num_classes} classes, the toy data has "
                          f"{ds.num_classes}; pass a toy SDM or --train")
@@ -220,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
     numbers = {"args": {k: _display_path(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                         if not callable(v)},
                "data": data_report, "sdm": {"path": _display_path(sdm_path), "source": source,
-                                            "ddim": f"ddim{args.ddim_steps}, strength 0.55, guidance 1.5"},
+                                            "ddim": f"{args.ddim_steps} DDIM steps from t = 540, guidance 1.5",
+                                            "sampler": synth.sampler_settings},
                "synthesis": syn, "balance": hist, "downstream": down, "wall_s": time.perf_counter() - t0}
     report = write_report(out, numbers)
     print(f"wrote {report}")

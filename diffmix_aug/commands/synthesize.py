@@ -18,7 +18,8 @@ The YAML config (``diffmix_aug/configs/synthesize_toy.yaml`` runs from the shipp
       checkpoint: sdm_consep.safetensors
       device: cuda              # default: cuda when available, else cpu
       precision: fp16           # fp32 | fp16 | bf16
-      sampler: {num_steps: 100, strength: 0.55}   # DDIMSampler arguments
+      sampler: {preset: reference}   # a preset (reference: 55 DDIM steps from t = 540) and/or DDIMSampler
+                                     # arguments (solver, steps, t_start, guidance_scale, ...)
       # preset: tiny            # random weights: refused unless --allow-untrained
     diffmix: {mode: both, seed: 0, batch_size: 8, patch_size: 256}   # DiffMixConfig fields
     synthesize: {num_patches: 1000}
@@ -124,9 +125,14 @@ def build_source(data: dict[str, Any]):
 
 
 def _sampler_kwargs(sampler: dict[str, Any]) -> dict[str, Any]:
+    from ..sampling._base import REMOVED_SETTINGS
     from ..sampling.ddim import DDIMSampler
 
-    valid = sorted(p for p in inspect.signature(DDIMSampler.__init__).parameters if p != "self")
+    for key in sampler:
+        if key in REMOVED_SETTINGS:
+            raise ValueError(f"`model.sampler.{key}` was removed: {REMOVED_SETTINGS[key]}")
+    valid = sorted(["preset"] + [p.name for p in inspect.signature(DDIMSampler.__init__).parameters.values()
+                                 if p.name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD])
     unknown = sorted(str(k) for k in set(sampler) - set(valid))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in config section `model.sampler`; valid keys are {valid}")
@@ -137,7 +143,7 @@ def build_synthesizer(model: dict[str, Any], device: str | None, *, allow_untrai
     """A :class:`Synthesizer` from ``model.checkpoint`` (or, only when allowed, an untrained ``model.preset``)."""
     import torch
 
-    from ..sampling.ddim import DDIMSampler
+    from ..sampling.presets import make_sampler
     from ..sampling.synthesizer import Synthesizer
 
     device = device or model.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -150,7 +156,8 @@ def build_synthesizer(model: dict[str, Any], device: str | None, *, allow_untrai
                                     "`diffmix-aug train-sdm --export` or use the shipped "
                                     "diffmix_aug/weights/sdm_tiny_toy.safetensors")
         return Synthesizer.from_checkpoint(path, device=device, precision=precision,
-                                           cuda_graph=bool(model.get("cuda_graph", True)), **sampler_kw)
+                                           cuda_graph=bool(model.get("cuda_graph", True)),
+                                           sampler=sampler_kw.pop("preset", None), **sampler_kw)
     if "preset" in model:
         if not allow_untrained:
             raise ValueError("config section `model` has no `checkpoint`, only `preset`: that synthesizes from random "
@@ -161,7 +168,8 @@ def build_synthesizer(model: dict[str, Any], device: str | None, *, allow_untrai
         torch.manual_seed(int(model.get("init_seed", 0)))
         net = build_sdm(model["preset"], num_label_channels=int(model.get("num_classes", 5)) + 1,
                         image_size=int(model.get("image_size", 64)))
-        return Synthesizer(net, DDIMSampler(**sampler_kw), device=device, precision=precision)
+        return Synthesizer(net, make_sampler(sampler_kw.pop("preset", None), **sampler_kw), device=device,
+                           precision=precision)
     raise ValueError("config section `model` needs `checkpoint: <path>` of a trained SDM export "
                      "(e.g. diffmix_aug/weights/sdm_tiny_toy.safetensors)")
 

@@ -11,9 +11,10 @@ import numpy as np
 
 from .._checks import check_choice, check_positive_int
 
-__all__ = ["BETA_SCHEDULES", "get_beta_schedule", "respaced_betas", "space_timesteps"]
+__all__ = ["BETA_SCHEDULES", "SPACINGS", "get_beta_schedule", "respaced_betas", "space_timesteps", "timestep_grid"]
 
 BETA_SCHEDULES = ("linear", "cosine")
+SPACINGS = ("linear", "quadratic", "logsnr")
 
 
 def get_beta_schedule(name: str, num_timesteps: int = 1000) -> np.ndarray:
@@ -90,3 +91,63 @@ def respaced_betas(alphas_cumprod: np.ndarray, use_timesteps: list[int]) -> np.n
         out.append(1.0 - alphas_cumprod[t] / last)
         last = alphas_cumprod[t]
     return np.asarray(out, dtype=np.float64)
+
+
+def timestep_grid(t_start: int, steps: int, spacing: str = "linear",
+                  alphas_cumprod: np.ndarray | None = None) -> np.ndarray:
+    """The ``steps`` original timesteps a partial-noise sampler evaluates the network at, descending.
+
+    The grid starts at ``t_start`` and ends at 0 (one step: ``[t_start]`` alone); after the network
+    pass at the last grid point every sampler takes one last step to the clean image (alpha-bar = 1).
+    Spacings (``design/performance.md`` §5):
+
+    * ``"linear"``: uniform in t, ``t_i = t_start (1 - i / (steps - 1))``. With ``t_start=540,
+      steps=55`` this is 540, 530, ..., 0: exactly the reference protocol (``ddim100`` entered at
+      respaced index 54, ``design/method.md`` §5.4).
+    * ``"quadratic"``: uniform in sqrt(t) (DPM-Solver's ``time_quadratic``), denser near t = 0.
+    * ``"logsnr"``: uniform in the half log-SNR lambda = log(sqrt(abar) / sqrt(1 - abar)) between
+      ``t_start`` and 0 (needs ``alphas_cumprod``).
+
+    Timesteps are rounded to integers (the network takes integer timesteps) and kept strictly
+    decreasing: a rounded point that collides with its neighbour moves by one toward ``t_start``.
+
+    Args:
+        t_start: Entry timestep, ``0 <= t_start < len(alphas_cumprod)`` when given.
+        steps: Number of network evaluations (grid points), ``1 <= steps <= t_start + 1``.
+        spacing: One of :data:`SPACINGS`.
+        alphas_cumprod: ``float64 [T]`` alpha-bar of the training process (``"logsnr"`` only).
+
+    Returns:
+        ``int64 [steps]``, strictly decreasing, first ``t_start``, last 0 (when ``steps >= 2``).
+
+    Raises:
+        ValueError: a spacing not in :data:`SPACINGS`, a negative ``t_start``, or more steps than
+            distinct timesteps in ``0..t_start``.
+    """
+    check_choice("spacing", spacing, SPACINGS)
+    steps = check_positive_int("steps", steps)
+    t_start = check_positive_int("t_start", t_start, allow_zero=True)
+    if steps > t_start + 1:
+        raise ValueError(f"`steps`={steps} needs {steps} distinct timesteps, but t_start={t_start} has only "
+                         f"{t_start + 1} (0..{t_start}); lower steps or raise t_start")
+    if steps == 1:
+        return np.asarray([t_start], dtype=np.int64)
+    frac = 1.0 - np.arange(steps, dtype=np.float64) / (steps - 1)  # 1 -> 0
+    if spacing == "linear":
+        t = t_start * frac
+    elif spacing == "quadratic":
+        t = t_start * frac ** 2
+    else:
+        if alphas_cumprod is None:
+            raise ValueError("`spacing`='logsnr' needs `alphas_cumprod` (the training alpha-bar table)")
+        abar = np.asarray(alphas_cumprod, dtype=np.float64)[: t_start + 1]
+        lam = 0.5 * (np.log(abar) - np.log1p(-abar))  # decreasing in t
+        target = lam[t_start] + (lam[0] - lam[t_start]) * (1.0 - frac)
+        t = np.interp(target, lam[::-1], np.arange(t_start, -1, -1, dtype=np.float64))
+    grid = np.floor(t + 0.5).astype(np.int64)
+    grid[0], grid[-1] = t_start, 0
+    for i in range(steps - 2, 0, -1):  # strictly decreasing: push collisions toward t_start ...
+        grid[i] = max(grid[i], grid[i + 1] + 1)
+    for i in range(1, steps - 1):      # ... and back below t_start where that overshot
+        grid[i] = min(grid[i], grid[i - 1] - 1)
+    return grid

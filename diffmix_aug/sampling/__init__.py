@@ -2,7 +2,9 @@
 
 from ._base import SamplingInterrupted
 from .ddim import DDIMSampler, DDIMStepOutput, DDIMTables
+from .presets import DEFAULT_PRESET, PRESETS, make_sampler
 from .reference import ReferenceDDIMSampler
 from .synthesizer import Synthesizer
 
-__all__ = ["DDIMSampler", "DDIMStepOutput", "DDIMTables", "ReferenceDDIMSampler", "SamplingInterrupted", "Synthesizer"]
+__all__ = ["DEFAULT_PRESET", "PRESETS", "DDIMSampler", "DDIMStepOutput", "DDIMTables", "ReferenceDDIMSampler",
+           "SamplingInterrupted", "Synthesizer", "make_sampler"]

@@ -1,9 +1,14 @@
-"""What the reference and the fast DDIM samplers share: settings, the respaced schedule, input checks, noise.
+"""What the reference and the fast samplers share: settings, the timestep grid, input checks, noise.
 
-The schedule follows guided-diffusion's ``SpacedDiffusion`` with ``timestep_respacing="ddimN"`` and the
-diffusers img2img ``strength`` convention (``design/method.md`` §3, §5.4): ``num_steps`` respaced steps,
-of which the last ``int(num_steps * strength)`` are run, starting at respaced index
-``int(num_steps * strength) - 1`` (original t = 540 for 100 steps and strength 0.55).
+A sampler starts from the original patch noised to the entry timestep ``t_start`` (an original
+timestep, 0..T-1; the reference's is 540) and evaluates the network at ``steps`` timesteps from
+``t_start`` down to 0 (:func:`~diffmix_aug.diffusion.schedule.timestep_grid`), then steps to the
+clean image. The entry point never depends on the step count. With the defaults (``steps=55,
+t_start=540, spacing="linear"``) the grid is 540, 530, ..., 0: the reference protocol of
+``design/method.md`` §5.4 (``ddim100`` entered at respaced index 54), exactly.
+
+Step index convention: the step at grid position i (i = 0 first) has index ``k = steps - 1 - i``, so
+k = 0 is the last step (to the clean image); per-step tables and pre-drawn eta noise are indexed by k.
 """
 
 from __future__ import annotations
@@ -12,20 +17,47 @@ import numpy as np
 import torch
 
 from .._checks import check_choice, check_in_range, check_positive_int, describe
-from ..diffusion.schedule import BETA_SCHEDULES, get_beta_schedule, space_timesteps
+from ..diffusion.schedule import BETA_SCHEDULES, SPACINGS, get_beta_schedule, timestep_grid
 
-__all__ = ["GUIDANCE_FORMS", "DDIMSettings"]
+__all__ = ["GUIDANCE_FORMS", "REMOVED_SETTINGS", "SOLVERS", "DDIMSettings", "reject_removed"]
 
 GUIDANCE_FORMS = ("reference", "paper")
+SOLVERS = ("ddim",)
+
+#: settings that no longer exist, with what replaces them (a clear error instead of a silent change)
+REMOVED_SETTINGS = {
+    "strength": "the entry timestep is its own setting now: pass t_start (an original timestep, 0..999; "
+                "the reference's 540 is the default) and steps (network evaluations from t_start to 0). "
+                "strength=0.55 of a 100-step schedule was t_start=540, steps=55; of a 20-step schedule it "
+                "entered at t = 500",
+    "num_steps": "the respaced schedule length is gone: pass steps (the number of denoising steps actually "
+                 "run, e.g. 55 for the reference protocol) and t_start (the entry timestep, default 540)",
+}
+
+
+def reject_removed(kwargs: dict) -> None:
+    """Raise for settings in :data:`REMOVED_SETTINGS` (named, with the replacement), then for unknown ones."""
+    for name in kwargs:
+        if name in REMOVED_SETTINGS:
+            raise ValueError(f"`{name}` was removed: {REMOVED_SETTINGS[name]}")
+    if kwargs:
+        raise TypeError(f"unexpected sampler setting(s) {sorted(kwargs)}")
 
 
 class DDIMSettings:
-    """Validated sampler settings and the float64 respaced schedule (no torch state).
+    """Validated sampler settings and the float64 timestep grid (no torch state).
 
     Args:
         num_train_timesteps: Length T of the training process (1000).
-        num_steps: Respaced steps N ("ddimN": stride T / N, so 100 gives 0, 10, ..., 990).
-        strength: Fraction of the respaced schedule that is run, in (0, 1]; 1 starts from pure noise.
+        steps: Network evaluations (guided batches) per patch: the grid has ``steps`` timesteps from
+            ``t_start`` down to 0, followed by one last step to the clean image. 55 is the reference's.
+        t_start: Entry timestep (original index, ``0 <= t_start < T``): the start is the original
+            patch noised to ``t_start``. 540 (sqrt(abar) = 0.226) is the reference's; ``T - 1`` is
+            (nearly) pure noise.
+        solver: ``"ddim"`` (first order; the reference's).
+        spacing: How the grid is spaced between ``t_start`` and 0: ``"linear"`` (uniform in t, the
+            reference's), ``"quadratic"`` or ``"logsnr"``; see
+            :func:`~diffmix_aug.diffusion.schedule.timestep_grid`.
         guidance_scale: Classifier-free guidance weight; its meaning depends on ``guidance_form``.
         eta: DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like variance).
         beta_schedule: ``"linear"`` or ``"cosine"``.
@@ -34,25 +66,35 @@ class DDIMSettings:
             (the public SDM / DiffMix code; s = 1.5 is DiffMix's setting; s must be >= 1 and s = 1
             means no guidance, one pass). ``"paper"``: the paper's Eq. 7, eps = eps_c + w (eps_c - eps_u)
             with w = ``guidance_scale`` >= 0, which equals the reference form with s = 1 + w.
+
+    Raises:
+        ValueError: ``strength`` or ``num_steps`` (removed: the message names ``t_start`` and
+            ``steps``), or a value out of range.
     """
 
     def __init__(
         self,
         num_train_timesteps: int = 1000,
-        num_steps: int = 100,
-        strength: float = 0.55,
+        steps: int = 55,
+        t_start: int = 540,
+        solver: str = "ddim",
+        spacing: str = "linear",
         guidance_scale: float = 1.5,
         eta: float = 0.0,
         beta_schedule: str = "linear",
         clip_denoised: bool = True,
         guidance_form: str = "reference",
+        **removed,
     ) -> None:
+        reject_removed(removed)
         self.num_train_timesteps = check_positive_int("num_train_timesteps", num_train_timesteps)
-        self.num_steps = check_positive_int("num_steps", num_steps)
-        if self.num_steps > self.num_train_timesteps:
-            raise ValueError(f"`num_steps` must be <= num_train_timesteps={self.num_train_timesteps}, "
-                             f"got {num_steps}")
-        self.strength = check_in_range("strength", strength, 0.0, 1.0, low_inclusive=False)
+        self.t_start = check_positive_int("t_start", t_start, allow_zero=True)
+        if self.t_start >= self.num_train_timesteps:
+            raise ValueError(f"`t_start` must be an original timestep in 0..{self.num_train_timesteps - 1}, "
+                             f"got {t_start}")
+        self.steps = check_positive_int("steps", steps)
+        self.solver = check_choice("solver", solver, SOLVERS)
+        self.spacing = check_choice("spacing", spacing, SPACINGS)
         self.guidance_form = check_choice("guidance_form", guidance_form, GUIDANCE_FORMS)
         low = 1.0 if guidance_form == "reference" else 0.0
         self.guidance_scale = check_in_range("guidance_scale", guidance_scale, low, float("inf"))
@@ -62,17 +104,12 @@ class DDIMSettings:
             raise TypeError(f"`clip_denoised` must be a bool, got {describe(clip_denoised)}")
         self.clip_denoised = clip_denoised
 
-        start = int(self.num_steps * self.strength) - 1
-        if start < 0:
-            raise ValueError(f"`strength`={strength} runs no step out of num_steps={num_steps}: "
-                             f"int(num_steps * strength) must be >= 1; raise strength or num_steps")
-        self.start_index = start
-        kept = space_timesteps(self.num_train_timesteps, f"ddim{self.num_steps}")
         abar_full = np.cumprod(1.0 - get_beta_schedule(self.beta_schedule, self.num_train_timesteps))
-        #: original timesteps of the respaced process, ascending (respaced index k -> kept[k])
-        self.respaced_timesteps = np.asarray(kept, dtype=np.int64)
-        #: alpha-bar of the respaced process, float64 [num_steps] (equal to abar at the kept timesteps)
-        self.alphas_cumprod = abar_full[self.respaced_timesteps]
+        grid = timestep_grid(self.t_start, self.steps, self.spacing, abar_full)
+        #: grid timesteps ascending: step index k evaluates the network at ``grid_timesteps[k]``
+        self.grid_timesteps = grid[::-1].copy()
+        #: alpha-bar at the grid timesteps, float64 ``[steps]``, indexed by k like ``grid_timesteps``
+        self.alphas_cumprod = abar_full[self.grid_timesteps]
 
     @property
     def scale(self) -> float:
@@ -86,21 +123,30 @@ class DDIMSettings:
 
     @property
     def timesteps(self) -> list[int]:
-        """Original timesteps visited, descending (540, 530, ..., 0 for the defaults)."""
-        return [int(t) for t in self.respaced_timesteps[: self.start_index + 1][::-1]]
+        """Original timesteps the network is evaluated at, descending (540, 530, ..., 0 for the defaults)."""
+        return [int(t) for t in self.grid_timesteps[::-1]]
 
     @property
     def num_inference_steps(self) -> int:
-        """Number of DDIM steps run (55 for the defaults)."""
-        return self.start_index + 1
+        """Number of denoising steps run (``steps``)."""
+        return self.steps
+
+    @property
+    def start_index(self) -> int:
+        """Step index k of the first step (``steps - 1``)."""
+        return self.steps - 1
 
     def settings(self) -> dict:
-        """The constructor arguments, JSON-able."""
+        """The constructor arguments, JSON-able: ``type(self)(**settings())`` is the same sampler.
+
+        This is what a :class:`~diffmix_aug.sampling.synthesizer.Synthesizer` reports for patch
+        metadata and result files (``Synthesizer.sampler_settings``).
+        """
         return {
-            "num_train_timesteps": self.num_train_timesteps, "num_steps": self.num_steps,
-            "strength": self.strength, "guidance_scale": self.guidance_scale, "eta": self.eta,
-            "beta_schedule": self.beta_schedule, "clip_denoised": self.clip_denoised,
-            "guidance_form": self.guidance_form,
+            "solver": self.solver, "steps": self.steps, "t_start": self.t_start, "spacing": self.spacing,
+            "guidance_scale": self.guidance_scale, "guidance_form": self.guidance_form, "eta": self.eta,
+            "clip_denoised": self.clip_denoised, "beta_schedule": self.beta_schedule,
+            "num_train_timesteps": self.num_train_timesteps,
         }
 
     def __repr__(self) -> str:
@@ -147,7 +193,7 @@ class DDIMSettings:
         expected = (self.num_inference_steps, *x0.shape)
         if not isinstance(step_noise, torch.Tensor) or tuple(step_noise.shape) != expected:
             raise ValueError(f"`step_noise` must be a tensor of shape {expected} (one draw per step, the "
-                             f"entry of respaced index k at [k]), got {describe(step_noise)}")
+                             f"entry of step index k at [k]), got {describe(step_noise)}")
 
 
 class SamplingInterrupted(RuntimeError):
@@ -168,8 +214,8 @@ def draw_step_noise(
 ) -> torch.Tensor | None:
     """eta noise for the whole loop, ``[num_inference_steps, *shape]``, or None when eta = 0.
 
-    Draw order: one ``shape`` draw per step with respaced index k = start, ..., 1 (k = 0 adds no
-    noise and is left zero), i.e. the order in which a loop drawing per step would draw.
+    Draw order: one ``shape`` draw per step with index k = steps - 1, ..., 1 (k = 0, the step to the
+    clean image, adds no noise and is left zero), i.e. the order in which a loop drawing per step would draw.
     """
     if settings.eta == 0.0:
         return None

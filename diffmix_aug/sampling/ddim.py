@@ -58,7 +58,7 @@ class DDIMStepOutput:
     """Result of :meth:`DDIMSampler.step`.
 
     Attributes:
-        prev_sample: ``float32 [N, 3, H, W]``, x at the previous respaced index.
+        prev_sample: ``float32 [N, 3, H, W]``, x at the next grid point (the next step index k - 1).
         pred_x0: ``float32 [N, 3, H, W]``, the (clipped) predicted x0.
     """
 
@@ -68,9 +68,9 @@ class DDIMStepOutput:
 
 @dataclass(frozen=True)
 class DDIMTables:
-    """Per-respaced-index float32 coefficients on one device, each ``[num_inference_steps]``.
+    """Per-step float32 coefficients on one device, each ``[steps]``.
 
-    Index k is the respaced index (k = 0 is the last step).
+    Index k is the step index (k = 0 is the last step, to the clean image).
     """
 
     timesteps: torch.Tensor        # int64 original timestep of index k
@@ -89,7 +89,7 @@ def _pick(table: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 class DDIMSampler(DDIMSettings):
     """Guided partial-noise DDIM for DiffMix synthesis (fast path).
 
-    Per step at respaced index k (original timestep t = ``timesteps[...]``):
+    Per step at step index k (original timestep t = ``grid_timesteps[k]``):
     eps = eps_u + s (eps_c - eps_u) on the eps channels, only when s > 1 (null label = zeros);
     x0 = clip(sqrt(1/abar) x - sqrt(1/abar - 1) eps); eps re-derived from the clipped x0;
     x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z.
@@ -100,8 +100,8 @@ class DDIMSampler(DDIMSettings):
     s = 1 runs one (conditional) pass per step.
 
     Args:
-        num_train_timesteps, num_steps, strength, guidance_scale, eta, beta_schedule, clip_denoised,
-            guidance_form: see :class:`~diffmix_aug.sampling._base.DDIMSettings`.
+        num_train_timesteps, steps, t_start, solver, spacing, guidance_scale, eta, beta_schedule,
+            clip_denoised, guidance_form: see :class:`~diffmix_aug.sampling._base.DDIMSettings`.
         precision: ``"fp32"`` (default), ``"fp16"`` or ``"bf16"``: autocast of the model.
         channels_last: Feed the model NHWC tensors (convert the model with
             ``model.to(memory_format=torch.channels_last)``).
@@ -115,16 +115,18 @@ class DDIMSampler(DDIMSettings):
         use_sdm_split: Use the SDM encode/modulation/decode rewrites when the model has them.
 
     Example:
-        >>> sampler = DDIMSampler(num_steps=100, strength=0.55)
-        >>> sampler.timesteps[0], sampler.timesteps[-1], sampler.num_inference_steps
-        (540, 0, 55)
+        >>> sampler = DDIMSampler(steps=55, t_start=540)  # the reference protocol (the defaults)
+        >>> sampler.timesteps[0], sampler.timesteps[1], sampler.timesteps[-1], sampler.num_inference_steps
+        (540, 530, 0, 55)
     """
 
     def __init__(
         self,
         num_train_timesteps: int = 1000,
-        num_steps: int = 100,
-        strength: float = 0.55,
+        steps: int = 55,
+        t_start: int = 540,
+        solver: str = "ddim",
+        spacing: str = "linear",
         guidance_scale: float = 1.5,
         eta: float = 0.0,
         beta_schedule: str = "linear",
@@ -139,9 +141,10 @@ class DDIMSampler(DDIMSettings):
         modulation_kind: str = "auto",
         cache_budget_bytes: int | None = None,
         use_sdm_split: bool = True,
+        **removed,
     ) -> None:
-        super().__init__(num_train_timesteps, num_steps, strength, guidance_scale, eta, beta_schedule,
-                         clip_denoised, guidance_form)
+        super().__init__(num_train_timesteps, steps, t_start, solver, spacing, guidance_scale, eta, beta_schedule,
+                         clip_denoised, guidance_form, **removed)
         self.precision = check_choice("precision", precision, tuple(PRECISIONS))
         self.modulation_kind = check_choice("modulation_kind", modulation_kind, MODULATION_KINDS)
         for name, value in (("channels_last", channels_last), ("cuda_graph", cuda_graph), ("compile", compile),
@@ -188,7 +191,7 @@ class DDIMSampler(DDIMSettings):
                 rows["dir_coef"].append(math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)))
                 rows["sigma"].append(sigma)
             tab = DDIMTables(
-                timesteps=torch.as_tensor(self.respaced_timesteps[:n], dtype=torch.long, device=device),
+                timesteps=torch.as_tensor(self.grid_timesteps, dtype=torch.long, device=device),
                 **{k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in rows.items()},
             )
             self._tables[device] = tab
@@ -206,7 +209,7 @@ class DDIMSampler(DDIMSettings):
 
         Args:
             eps: ``float [N, 3, H, W]`` guided noise prediction at ``x_t``.
-            step_index: Respaced index k (int, or a device int64 ``[1]`` tensor: no host sync).
+            step_index: Step index k (int, or a device int64 ``[1]`` tensor: no host sync).
             x_t: ``float [N, 3, H, W]``.
             noise: ``[N, 3, H, W]`` eta noise z (ignored when eta = 0; required when eta > 0 and k > 0).
 
@@ -304,13 +307,13 @@ class DDIMSampler(DDIMSettings):
             noise: ``[N, 3, H, W]`` start noise z of x = sqrt(abar) x0 + sqrt(1 - abar) z; drawn from
                 ``generator`` when None.
             generator: Source of all randomness: start noise, then (eta > 0) one draw per step k = start..1.
-            step_noise: Pre-drawn eta noise ``[num_inference_steps, N, 3, H, W]`` (entry k for index k).
+            step_noise: Pre-drawn eta noise ``[steps, N, 3, H, W]`` (entry k for step index k).
             should_stop: Polled between denoising steps (eager and compiled paths); when it returns
                 True the loop raises :class:`SamplingInterrupted` (a producer being closed).
             caches: The model's :class:`ModelCaches` (denoisers, CUDA graphs), kept by the caller
                 across calls; None builds them for this call only.
             from_noise: Start from ``noise`` itself instead of the partially noised ``x0`` (plain
-                text-free DDIM generation, as in training previews; use ``strength=1``).
+                generation, as in training previews; use a ``t_start`` near T - 1).
 
         Returns:
             ``float32 [N, 3, H, W]`` in [-1, 1] (with ``clip_denoised``). Equal to the reference sampler

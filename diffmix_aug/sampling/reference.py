@@ -25,7 +25,7 @@ class ReferenceDDIMSampler(DDIMSettings):
     DiffMix samples with s = 1.5. ``guidance_form="paper"`` takes w instead.
 
     Example:
-        >>> sampler = ReferenceDDIMSampler(num_steps=100, strength=0.55, guidance_scale=1.5)
+        >>> sampler = ReferenceDDIMSampler(steps=55, t_start=540, guidance_scale=1.5)
         >>> sampler.timesteps[:3], len(sampler.timesteps)
         ([540, 530, 520], 55)
     """
@@ -49,8 +49,8 @@ class ReferenceDDIMSampler(DDIMSettings):
             cond: ``float [N, C, H, W]`` encoded label maps; the null label is ``zeros_like(cond)``.
             noise: ``[N, 3, H, W]`` start noise z; drawn from ``generator`` when None.
             generator: Source of every random number (start noise first, then eta noise per step).
-            step_noise: Optional pre-drawn eta noise ``[num_inference_steps, N, 3, H, W]``; entry ``[k]``
-                is used at respaced index k (k = 0 adds none).
+            step_noise: Optional pre-drawn eta noise ``[steps, N, 3, H, W]``; entry ``[k]`` is used at
+                step index k = steps - 1 - i of the i-th step (k = 0, the last step, adds none).
 
         Returns:
             ``float32 [N, 3, H, W]`` in [-1, 1] (with ``clip_denoised``).
@@ -64,14 +64,14 @@ class ReferenceDDIMSampler(DDIMSettings):
         s = self.scale
         abar = self.alphas_cumprod
 
-        # partial-noise start at respaced index `start_index`: q_sample(x0, t)
+        # partial-noise start at t_start (step index `start_index`): q_sample(x0, t_start)
         start = self.start_index
         x = math.sqrt(abar[start]) * x0 + math.sqrt(1.0 - abar[start]) * noise.float()
 
-        for k in range(start, -1, -1):
+        for k in range(start, -1, -1):  # the grid from t_start down to 0; abar_prev = 1 after t = 0
             if should_stop is not None and should_stop():  # ``() -> bool``, polled per step (producer close)
                 raise SamplingInterrupted("sampling stopped at a step boundary (should_stop() returned True)")
-            t = torch.full((x.shape[0],), int(self.respaced_timesteps[k]), dtype=torch.long, device=x.device)
+            t = torch.full((x.shape[0],), int(self.grid_timesteps[k]), dtype=torch.long, device=x.device)
 
             eps_cond = model(x, t, cond)[:, :3].float()
             if s > 1.0:

@@ -32,6 +32,7 @@ from .._checks import check_array, check_choice, describe
 from ..labelmaps.encode import encode_condition_torch
 from .ddim import DDIMSampler, ModelCaches
 from .denoisers import PRECISIONS
+from .presets import make_sampler, preset_of
 from .reference import ReferenceDDIMSampler
 
 __all__ = ["Synthesizer"]
@@ -62,7 +63,9 @@ class Synthesizer:
         model: The SDM U-Net (or any ``model(x, t, y)`` with ``label_channels``); moved to ``device``
             and put in eval mode.
         sampler: A :class:`~diffmix_aug.sampling.ddim.DDIMSampler` (re-configured here with this
-            synthesizer's precision, CUDA-graph and memory-format settings) or a
+            synthesizer's precision, CUDA-graph and memory-format settings), a preset name of
+            :data:`~diffmix_aug.sampling.presets.PRESETS` (``"reference"``: the paper's 55 DDIM steps
+            from t = 540), None for :data:`~diffmix_aug.sampling.presets.DEFAULT_PRESET`, or a
             :class:`~diffmix_aug.sampling.reference.ReferenceDDIMSampler` (fp32 only).
         device: Where the model runs.
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (autocast; norms, guidance and DDIM update in fp32).
@@ -71,9 +74,10 @@ class Synthesizer:
 
     Attributes:
         num_classes: Type classes counting the background (label channels - 1).
+        sampler_settings: The sampler's settings as a JSON-able dict (see the property).
     """
 
-    def __init__(self, model, sampler: DDIMSampler | ReferenceDDIMSampler | None = None, device="cpu",
+    def __init__(self, model, sampler: DDIMSampler | ReferenceDDIMSampler | str | None = None, device="cpu",
                  precision: str = "fp32", cuda_graph: bool = True, channels_last: bool | None = None) -> None:
         self.device = torch.device(device)
         self.precision = check_choice("precision", precision, tuple(PRECISIONS))
@@ -82,7 +86,8 @@ class Synthesizer:
             raise TypeError(f"`model` must expose `label_channels` (num_classes + 1 >= 2), got {describe(model)}")
         if channels_last is None:
             channels_last = self.device.type == "cuda"
-        sampler = DDIMSampler() if sampler is None else sampler
+        if sampler is None or isinstance(sampler, str):
+            sampler = make_sampler(sampler)
         if isinstance(sampler, DDIMSampler):
             sampler = sampler.replace(precision=precision, channels_last=channels_last,
                                       cuda_graph=bool(cuda_graph) and self.device.type == "cuda")
@@ -91,7 +96,8 @@ class Synthesizer:
                 raise ValueError(f"`precision`={precision!r} needs the fast DDIMSampler; ReferenceDDIMSampler "
                                  "is fp32 only")
         else:
-            raise TypeError(f"`sampler` must be a DDIMSampler or ReferenceDDIMSampler, got {describe(sampler)}")
+            raise TypeError(f"`sampler` must be a DDIMSampler, a ReferenceDDIMSampler or a preset name, got "
+                            f"{describe(sampler)}")
         model = model.to(self.device).eval()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -128,9 +134,24 @@ class Synthesizer:
         finally:
             self._lock.release()
 
+    @property
+    def sampler_settings(self) -> dict:
+        """What the sampler runs, JSON-able, for patch metadata and result files.
+
+        The sampler's :meth:`~diffmix_aug.sampling._base.DDIMSettings.settings` (``solver``, ``steps``,
+        ``t_start``, ``spacing``, ``guidance_scale``, ``guidance_form``, ``eta``, ``clip_denoised``,
+        ``beta_schedule``, ``num_train_timesteps``), plus ``precision``, ``timesteps`` (the grid the
+        network is evaluated at, descending) and ``preset`` (the name of the matching preset, or None).
+        """
+        from ._base import DDIMSettings
+
+        out = DDIMSettings.settings(self.sampler)
+        out.update(precision=self.precision, timesteps=self.sampler.timesteps, preset=preset_of(out))
+        return out
+
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device=None, precision: str | None = None,
-                        cuda_graph: bool = True, **sampler_kwargs) -> Synthesizer:
+                        cuda_graph: bool = True, sampler: str | None = None, **sampler_kwargs) -> Synthesizer:
         """Load an SDM (inference export or training directory, via :func:`diffmix_aug.sdm.load_sdm`).
 
         Args:
@@ -138,14 +159,17 @@ class Synthesizer:
             device: Default CUDA when available, else CPU.
             precision: Default ``"fp32"`` (the highest-precision path; pass ``"fp16"`` on a GPU for speed).
             cuda_graph: See the class.
-            **sampler_kwargs: :class:`~diffmix_aug.sampling.ddim.DDIMSampler` arguments (strength, ...).
+            sampler: A preset name of :data:`~diffmix_aug.sampling.presets.PRESETS` (``"reference"``:
+                the paper's protocol); None is :data:`~diffmix_aug.sampling.presets.DEFAULT_PRESET`.
+            **sampler_kwargs: :class:`~diffmix_aug.sampling.ddim.DDIMSampler` arguments overriding the
+                preset (``steps``, ``t_start``, ``solver``, ``guidance_scale``, ...).
         """
         from ..sdm.checkpoint import load_sdm
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_sdm(path, device=device)  # raises ValueError naming the file on NaN / inf weights
-        synth = cls(model, DDIMSampler(**sampler_kwargs), device=device, precision=precision or "fp32",
+        synth = cls(model, make_sampler(sampler, **sampler_kwargs), device=device, precision=precision or "fp32",
                     cuda_graph=cuda_graph)
         synth.checkpoint = os.fspath(path)
         return synth

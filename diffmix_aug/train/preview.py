@@ -17,7 +17,8 @@ def ddim_sample(model, y: torch.Tensor, *, steps: int = 50, guidance: float = 1.
     """Deterministic DDIM (eta = 0) from pure noise, x0 clipped to [-1, 1] at every step.
 
     The project's one fast sampler (:class:`~diffmix_aug.sampling.ddim.DDIMSampler`) run over the
-    whole ``"ddim{steps}"`` schedule (``strength=1``) and started from the noise itself.
+    whole ``"ddim{steps}"`` schedule (``steps`` steps from its last timestep, e.g. 980 for 50 steps)
+    and started from the noise itself.
 
     Args:
         model: :class:`~diffmix_aug.sdm.SDMUNet`.
@@ -30,11 +31,13 @@ def ddim_sample(model, y: torch.Tensor, *, steps: int = 50, guidance: float = 1.
     Returns:
         ``float32 [N, 3, H, W]`` in [-1, 1].
     """
+    from ..diffusion.schedule import space_timesteps
     from ..sampling._base import draw_normal
     from ..sampling.ddim import DDIMSampler
 
     n, _, h, w = y.shape
-    sampler = DDIMSampler(num_train_timesteps=num_timesteps, num_steps=steps, strength=1.0,
+    t_start = space_timesteps(num_timesteps, f"ddim{steps}")[-1]  # evenly strided: linear spacing hits it
+    sampler = DDIMSampler(num_train_timesteps=num_timesteps, steps=steps, t_start=t_start,
                           guidance_scale=max(1.0, float(guidance)), beta_schedule=beta_schedule)
     gen_dev = generator.device if generator is not None else torch.device("cpu")
     noise = draw_normal((n, 3, h, w), generator, gen_dev).to(y.device)  # drawn where the generator lives

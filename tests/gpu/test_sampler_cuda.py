@@ -12,7 +12,7 @@ from diffmix_aug.sdm import build_sdm
 
 pytestmark = pytest.mark.cuda
 
-KW = dict(num_steps=20, strength=0.3)
+KW = dict(steps=6, t_start=250)
 
 
 def _model():

@@ -19,7 +19,7 @@ def tiny_synthesizer(seed: int = 0):
 
     torch.manual_seed(seed)
     model = build_sdm("tiny", num_label_channels=6, image_size=SIZE)
-    return Synthesizer(model, DDIMSampler(num_steps=4, strength=0.5), device="cpu")
+    return Synthesizer(model, DDIMSampler(steps=2, t_start=250), device="cpu")
 
 
 def toy(n: int = 16, seed: int = 0):

@@ -299,7 +299,7 @@ def test_synthesize_command_shards_and_warm_starts(tmp_path, monkeypatch, capsys
 
     cfg = tmp_path / "synth.yaml"
     cfg.write_text("data: {kind: toy, toy: {n: 8, size: 32, seed: 0}}\n"
-                   "model: {preset: tiny, image_size: 32, sampler: {num_steps: 2, strength: 0.5}}\n"
+                   "model: {preset: tiny, image_size: 32, sampler: {steps: 1, t_start: 0}}\n"
                    "diffmix: {mode: both, seed: 0, batch_size: 2}\nsynthesize: {num_patches: 5}\n")
     out = tmp_path / "out"
     for rank in (0, 1):

@@ -23,3 +23,15 @@ def test_gpu_suite_dry_run(tmp_path):
     assert arms["fast-bf16-eager"]["max_abs_diff_vs_reference"] < 0.2  # bf16 on CPU, a few steps
     assert res["loader"]["diffmix_items_per_s"] > 0 and res["loader"]["stats"]["items"] >= 0
     assert (tmp_path / "gpu_suite.md").read_text().startswith("# GPU suite (dry run")
+
+
+def test_gpu_suite_dry_run_writes_outside_the_source_tree():
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "--dry-run", "--skip", "peak,sampler,loader,tests"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = Path(proc.stdout.strip().splitlines()[-1].split("wrote ", 1)[1].split(" and ")[0])
+    assert written.is_file() and ROOT not in written.resolve().parents
+    assert not (ROOT / "benchmarks" / "results" / "gpu" / "dry_run").exists()
+    import shutil
+
+    shutil.rmtree(written.parent)

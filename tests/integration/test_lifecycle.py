@@ -109,7 +109,7 @@ def test_process_producer_forked_beside_a_busy_thread_producer_of_the_same_synth
 
     from diffmix_aug import DiffMixDataset, Synthesizer, make_toy_dataset
 
-    synth = Synthesizer.from_checkpoint(CKPT, num_steps=20, strength=0.2)  # 4 steps: a fast call
+    synth = Synthesizer.from_checkpoint(CKPT, steps=4, t_start=150)  # 4 steps: a fast call
     base = make_toy_dataset(8, 64, 0)
     with DiffMixDataset(base, synth, synthetic_ratio=0.5, producer_backend="thread", batch_size=2,
                         rare_classes=(1,)) as busy:

@@ -14,7 +14,7 @@ from diffmix_aug.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 TOY_CKPT = ROOT / "diffmix_aug" / "weights" / "sdm_tiny_toy.safetensors"
 
-FAST = f"model: {{checkpoint: {TOY_CKPT.as_posix()}, device: cpu, sampler: {{num_steps: 4, strength: 0.5}}}}\n"
+FAST = f"model: {{checkpoint: {TOY_CKPT.as_posix()}, device: cpu, sampler: {{steps: 2, t_start: 250}}}}\n"
 DATA = "data: {kind: toy, toy: {n: 6, size: 64, seed: 0}}\n"
 
 
@@ -54,7 +54,8 @@ def test_untrained_weights_are_refused(tmp_path, capsys):
     (DATA + FAST + "synthesize: {num_patchs: 4}\n", r"\['num_patchs'\] in config section `synthesize`"),
     ("data: {kind: toy, toy: {num: 16}}\n" + FAST, r"\['num'\] in config section `toy`"),
     ("data: {kind: toy, sise: 3}\n" + FAST, r"\['sise'\] in config section `data`"),
-    (DATA + FAST.replace("strength: 0.5", "strenght: 0.5"), r"\['strenght'\] in config section `model.sampler`"),
+    (DATA + FAST.replace("t_start: 250", "t_strat: 250"), r"\['t_strat'\] in config section `model.sampler`"),
+    (DATA + FAST.replace("t_start: 250", "strength: 0.5"), r"`model.sampler.strength` was removed: .*t_start"),
     (DATA + FAST + "diffmix: {mood: both}\n", r"\['mood'\] in config section `diffmix`"),
     (DATA + FAST + "synthesis: {}\n", r"unknown top-level config key\(s\) \['synthesis'\]"),
     (DATA + "model: {checkpoint: missing.safetensors}\n", "does not exist"),

@@ -15,7 +15,7 @@ from diffmix_aug.sampling import Synthesizer
 from diffmix_aug.sdm import SDMConfig, build_sdm, export_sdm, load_sdm, load_sdm_config
 from diffmix_aug.train import TrainConfig, load_train_config
 
-KW = dict(num_steps=5, strength=0.4)
+KW = dict(steps=2, t_start=200)
 
 
 @pytest.fixture(scope="module")

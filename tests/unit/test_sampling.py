@@ -20,11 +20,22 @@ SAMPLERS = [ReferenceDDIMSampler, DDIMSampler]
 # ----------------------------------------------------------------------------- schedule
 @pytest.mark.parametrize("cls", SAMPLERS)
 def test_timesteps_visited(cls):
-    s = cls()
+    s = cls()  # the reference protocol: ddim100 entered at respaced index 54
     assert s.timesteps == list(range(540, -1, -10))
     assert s.num_inference_steps == 55 and s.start_index == 54
-    assert cls(strength=1.0).timesteps[0] == 990
-    assert cls(num_steps=10, strength=0.3).timesteps == [200, 100, 0]
+    assert cls(t_start=990, steps=100).timesteps == list(range(990, -1, -10))
+    assert cls(steps=3, t_start=200).timesteps == [200, 100, 0]
+    for steps in (1, 5, 11, 20, 100):  # the entry point never depends on the step count
+        assert cls(steps=steps).timesteps[0] == 540
+
+
+@pytest.mark.parametrize("cls", SAMPLERS)
+@pytest.mark.parametrize(("removed", "names"), [({"strength": 0.55}, "t_start"), ({"num_steps": 100}, "steps")])
+def test_removed_settings_name_their_replacement(cls, removed, names):
+    with pytest.raises(ValueError, match=rf"`{next(iter(removed))}` was removed: .*{names}"):
+        cls(**removed)
+    with pytest.raises(TypeError, match="stepz"):
+        cls(stepz=5)
 
 
 def test_start_coefficients_and_start_state():
@@ -49,31 +60,34 @@ def test_start_coefficients_and_start_state():
         torch.testing.assert_close(x_start[:1], 0.22600 * x0 + 0.97413 * z, atol=2e-4, rtol=0)
 
 
-@settings(max_examples=25, deadline=None)
-@given(num_steps=st.sampled_from([10, 20, 50, 100, 250]), strength=st.floats(0.01, 1.0))
-def test_schedule_properties(num_steps, strength):
-    start = int(num_steps * strength) - 1
-    if start < 0:
-        with pytest.raises(ValueError, match="strength"):
-            DDIMSampler(num_steps=num_steps, strength=strength)
+@settings(max_examples=40, deadline=None)
+@given(steps=st.integers(1, 120), t_start=st.integers(0, 999), spacing=st.sampled_from(["linear", "quadratic",
+                                                                                        "logsnr"]))
+def test_schedule_properties(steps, t_start, spacing):
+    if steps > t_start + 1:
+        with pytest.raises(ValueError, match="steps"):
+            DDIMSampler(steps=steps, t_start=t_start, spacing=spacing)
         return
-    s = DDIMSampler(num_steps=num_steps, strength=strength)
+    s = DDIMSampler(steps=steps, t_start=t_start, spacing=spacing)
     ts = s.timesteps
-    assert len(ts) == start + 1 and ts[-1] == 0 and ts[0] == start * (1000 // num_steps)
+    assert len(ts) == steps == s.num_inference_steps and ts[0] == t_start
+    assert ts[-1] == (t_start if steps == 1 else 0)  # one step: x0 predicted at t_start
     assert all(a > b for a, b in zip(ts, ts[1:]))
+    if spacing == "linear" and steps > 1 and t_start % (steps - 1) == 0:  # exactly uniform where it can be
+        assert ts == list(range(t_start, -1, -(t_start // (steps - 1))))
     tab = s.tables("cpu")
     assert tab.sqrt_abar_prev[0] == 1.0 and float(tab.sigma.abs().max()) == 0.0
 
 
 # ----------------------------------------------------------------------------- one full loop, independently
-def _independent_loop(x0, cond, z, step_z, s, eta, num_steps, strength):
-    """The same math written from scratch in float64 numpy (guided-diffusion's formulas)."""
+def _independent_loop(x0, cond, z, step_z, s, eta, steps, stride):
+    """The same math written from scratch in float64 numpy (guided-diffusion's formulas): ``steps``
+    steps from t = stride * (steps - 1) down to 0."""
     betas = np.linspace(1e-4, 0.02, 1000)
     abar_full = np.cumprod(1 - betas)
-    stride = 1000 // num_steps
-    ts = np.arange(0, 1000, stride)
+    ts = np.arange(0, steps * stride, stride)
     abar = abar_full[ts]
-    start = int(num_steps * strength) - 1
+    start = steps - 1
     x0, y, z = (a.double().numpy() for a in (x0, cond, z))
     x = np.sqrt(abar[start]) * x0 + np.sqrt(1 - abar[start]) * z
     for k in range(start, -1, -1):
@@ -96,11 +110,11 @@ def test_full_loop_matches_independent_computation(cls, scale, eta):
     x0, cond = make_inputs(2, 8, 3, seed=1)
     gen = torch.Generator().manual_seed(5)
     z = torch.randn(x0.shape, generator=gen)
-    kw = dict(num_steps=20, strength=0.6, guidance_scale=scale, eta=eta)
+    kw = dict(steps=12, t_start=550, guidance_scale=scale, eta=eta)
     n_steps = cls(**kw).num_inference_steps
     step_z = torch.randn((n_steps, *x0.shape), generator=gen)
     out = cls(**kw).sample(AnalyticModel(), x0, cond, noise=z, step_noise=step_z if eta else None)
-    expected = _independent_loop(x0, cond, z, step_z, scale, eta, 20, 0.6)
+    expected = _independent_loop(x0, cond, z, step_z, scale, eta, 12, 50)
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
     assert out.dtype == torch.float32 and out.abs().max() <= 1.0
 
@@ -109,10 +123,10 @@ def test_full_loop_matches_independent_computation(cls, scale, eta):
 def test_fast_matches_reference_generic_model():
     model = ConvModel()
     x0, cond = make_inputs(3, 16)
-    ref = ReferenceDDIMSampler(num_steps=20, strength=0.3).sample(model, x0, cond,
-                                                                 generator=torch.Generator().manual_seed(0))
+    ref = ReferenceDDIMSampler(steps=6, t_start=250).sample(model, x0, cond,
+                                                           generator=torch.Generator().manual_seed(0))
     for max_batch in (None, 2):
-        fast = DDIMSampler(num_steps=20, strength=0.3, max_batch=max_batch)
+        fast = DDIMSampler(steps=6, t_start=250, max_batch=max_batch)
         out = fast.sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
         assert fast.last_run["denoiser"] == "BatchedGuidance"
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
@@ -124,7 +138,7 @@ def test_fast_matches_reference_sdm(preset, size, kind):
     torch.manual_seed(0)
     model = randomize_sdm(build_sdm(preset, 6, image_size=64 if preset == "tiny" else 256))
     x0, cond = make_inputs(2, size)
-    kw = dict(num_steps=10, strength=0.2)
+    kw = dict(steps=2, t_start=100)
     ref = ReferenceDDIMSampler(**kw).sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
     fast = DDIMSampler(**kw, modulation_kind=kind)
     out = fast.sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
@@ -139,7 +153,7 @@ def test_fast_matches_reference_equal_network(channels_last):
     torch.manual_seed(0)
     model = randomize_sdm(build_sdm("w32", 6))
     x0, cond = make_inputs(1, 64)
-    kw = dict(num_steps=100, strength=0.02)  # 2 guided steps
+    kw = dict(steps=2, t_start=10)  # 2 guided steps
     ref = ReferenceDDIMSampler(**kw).sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -153,11 +167,11 @@ def test_fast_matches_reference_equal_network(channels_last):
 def test_cache_budget_picks_hidden():
     model = randomize_sdm(build_sdm("tiny", 6, image_size=64))
     x0, cond = make_inputs(2, 32)
-    s = DDIMSampler(num_steps=10, strength=0.1)
+    s = DDIMSampler(steps=1, t_start=0)
     need = s.full_cache_bytes(model, 2, (32, 32))
     assert need == sum(2 * n.mlp_gamma.out_channels * (32 // n.ds) ** 2 for n in model.spade_layers()) * 4 * 4
     for budget, kind in ((need, "full"), (need - 1, "hidden")):
-        s = DDIMSampler(num_steps=10, strength=0.1, cache_budget_bytes=budget)
+        s = DDIMSampler(steps=1, t_start=0, cache_budget_bytes=budget)
         s.sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
         assert s.last_run["kind"] == kind
 
@@ -170,15 +184,15 @@ def test_single_pass_without_guidance(scale, form, ref_calls, fast_calls):
     x0, cond = make_inputs(2, 8)
     for cls, calls in ((ReferenceDDIMSampler, ref_calls), (DDIMSampler, fast_calls)):
         model = ConvModel()
-        cls(num_steps=10, strength=0.3, guidance_scale=scale, guidance_form=form).sample(model, x0, cond,
-                                                                                        noise=torch.zeros_like(x0))
+        cls(steps=3, t_start=200, guidance_scale=scale, guidance_form=form).sample(model, x0, cond,
+                                                                                  noise=torch.zeros_like(x0))
         assert model.calls == calls
 
 
 def test_paper_form_equals_reference_form():
     model, (x0, cond) = ConvModel(), make_inputs(2, 8)
-    a = DDIMSampler(num_steps=10, strength=0.5, guidance_scale=0.5, guidance_form="paper")
-    b = DDIMSampler(num_steps=10, strength=0.5, guidance_scale=1.5)
+    a = DDIMSampler(steps=5, t_start=400, guidance_scale=0.5, guidance_form="paper")
+    b = DDIMSampler(steps=5, t_start=400, guidance_scale=1.5)
     assert a.scale == b.scale == 1.5
     torch.testing.assert_close(a.sample(model, x0, cond, generator=torch.Generator().manual_seed(1)),
                                b.sample(model, x0, cond, generator=torch.Generator().manual_seed(1)))
@@ -189,16 +203,16 @@ def test_eta_zero_draws_no_noise(cls):
     model, (x0, cond) = ConvModel(), make_inputs(2, 8)
     gen, z = torch.Generator().manual_seed(7), torch.randn_like(x0)
     state, global_state = gen.get_state(), torch.random.get_rng_state()
-    cls(num_steps=10, strength=0.5).sample(model, x0, cond, noise=z, generator=gen)
+    cls(steps=5, t_start=400).sample(model, x0, cond, noise=z, generator=gen)
     assert torch.equal(gen.get_state(), state)
     assert torch.equal(torch.random.get_rng_state(), global_state)
-    cls(num_steps=10, strength=0.5, eta=1.0).sample(model, x0, cond, noise=z, generator=gen)
+    cls(steps=5, t_start=400, eta=1.0).sample(model, x0, cond, noise=z, generator=gen)
     assert not torch.equal(gen.get_state(), state)
 
 
 def test_eta_noise_same_draws_in_fast_and_reference():
     model, (x0, cond) = ConvModel(), make_inputs(3, 8)
-    kw = dict(num_steps=20, strength=0.4, eta=0.5)
+    kw = dict(steps=8, t_start=350, eta=0.5)
     ref = ReferenceDDIMSampler(**kw).sample(model, x0, cond, generator=torch.Generator().manual_seed(2))
     out = DDIMSampler(**kw, max_batch=2).sample(model, x0, cond, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
@@ -208,7 +222,7 @@ def test_eta_noise_same_draws_in_fast_and_reference():
 def test_fixed_generator_is_bit_identical(eta):
     model = randomize_sdm(build_sdm("tiny", 6, image_size=64))
     x0, cond = make_inputs(2, 16)
-    s = DDIMSampler(num_steps=10, strength=0.3, eta=eta)
+    s = DDIMSampler(steps=3, t_start=200, eta=eta)
     a = s.sample(model, x0, cond, generator=torch.Generator().manual_seed(11))
     b = s.sample(model, x0, cond, generator=torch.Generator().manual_seed(11))
     c = s.sample(model, x0, cond, generator=torch.Generator().manual_seed(12))
@@ -218,7 +232,7 @@ def test_fixed_generator_is_bit_identical(eta):
 def test_bf16_close_to_fp32():
     model = randomize_sdm(build_sdm("tiny", 6, image_size=64))
     x0, cond = make_inputs(2, 16)
-    outs = [DDIMSampler(num_steps=10, strength=0.2, precision=p).sample(
+    outs = [DDIMSampler(steps=2, t_start=100, precision=p).sample(
         model, x0, cond, generator=torch.Generator().manual_seed(0)) for p in ("fp32", "bf16")]
     assert (outs[0] - outs[1]).abs().max() < 0.05
 
@@ -257,9 +271,10 @@ def test_step_output_frozen_and_clipped():
 
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"strength": 0.0}, "strength"), ({"strength": 1.5}, "strength"), ({"strength": 0.005}, "strength"),
+    ({"t_start": 1000}, "t_start"), ({"t_start": -1}, "t_start"), ({"steps": 0}, "steps"),
+    ({"steps": 542}, "steps"), ({"t_start": 3, "steps": 5}, "steps"), ({"spacing": "cosine"}, "spacing"),
     ({"guidance_scale": 0.5}, "guidance_scale"), ({"guidance_form": "eq7"}, "guidance_form"),
-    ({"eta": -1.0}, "eta"), ({"num_steps": 2000}, "num_steps"), ({"beta_schedule": "quad"}, "beta_schedule"),
+    ({"eta": -1.0}, "eta"), ({"beta_schedule": "quad"}, "beta_schedule"),
     ({"precision": "fp8"}, "precision"), ({"modulation_kind": "half"}, "modulation_kind"),
 ])
 def test_bad_settings(kwargs, match):
@@ -271,7 +286,7 @@ def test_bad_settings(kwargs, match):
 @pytest.mark.parametrize("cls", SAMPLERS)
 def test_bad_inputs(cls):
     model = build_sdm("tiny", 6, image_size=64)
-    s = cls(num_steps=10, strength=0.1)
+    s = cls(steps=1, t_start=0)
     x0, cond = make_inputs(2, 16)
     with pytest.raises(ValueError, match="label channels"):
         s.sample(model, x0, cond[:, :5])
@@ -292,8 +307,8 @@ def test_bad_inputs(cls):
 @pytest.mark.slow
 def test_torch_compile_option_matches_eager():
     model, (x0, cond) = ConvModel(), make_inputs(2, 8)
-    eager = DDIMSampler(num_steps=10, strength=0.3).sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
-    s = DDIMSampler(num_steps=10, strength=0.3, compile=True)
+    eager = DDIMSampler(steps=3, t_start=200).sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
+    s = DDIMSampler(steps=3, t_start=200, compile=True)
     out = s.sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
     assert s.last_run["path"] == "compiled"
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=0)

@@ -14,7 +14,7 @@ from diffmix_aug.labelmaps.encode import encode_condition
 from diffmix_aug.sampling import DDIMSampler, ReferenceDDIMSampler, Synthesizer
 from diffmix_aug.sdm import build_sdm
 
-KW = dict(num_steps=10, strength=0.2)
+KW = dict(steps=2, t_start=100)
 
 
 def _maps(n=2, size=16, seed=0):
@@ -88,8 +88,8 @@ def test_synth_validation(model):
 
 def test_graph_request_on_cpu_falls_back_and_logs_once(caplog):
     model, (x0, cond) = ConvModel(), make_inputs(2, 8)
-    s = DDIMSampler(num_steps=10, strength=0.3, cuda_graph=True)
-    ref = DDIMSampler(num_steps=10, strength=0.3).sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
+    s = DDIMSampler(steps=3, t_start=200, cuda_graph=True)
+    ref = DDIMSampler(steps=3, t_start=200).sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
     with caplog.at_level(logging.WARNING, logger="diffmix_aug.sampling.graph"):
         for _ in range(2):
             out = s.sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
@@ -144,3 +144,29 @@ def test_paused_waits_for_the_call_in_flight_and_names_the_fix(model):
         pass
     images, inst, types = _maps(n=1)
     assert synth(images, inst, types).shape == images.shape  # released after the block
+
+
+def test_sampler_presets_and_reported_settings(model):
+    import json
+
+    from diffmix_aug.sampling import DEFAULT_PRESET, PRESETS, make_sampler
+
+    synth = Synthesizer(model, "reference")
+    settings = synth.sampler_settings
+    assert settings["preset"] == "reference" and settings["solver"] == "ddim"
+    assert settings["steps"] == 55 and settings["t_start"] == 540 and settings["guidance_scale"] == 1.5
+    assert settings["timesteps"] == list(range(540, -1, -10)) and settings["precision"] == "fp32"
+    assert json.loads(json.dumps(settings)) == settings  # JSON-able, for metadata and result files
+    assert Synthesizer(model).sampler_settings["preset"] == DEFAULT_PRESET
+    custom = Synthesizer(model, DDIMSampler(**KW)).sampler_settings
+    assert custom["preset"] is None and custom["steps"] == 2 and custom["t_start"] == 100
+    # a preset value can be overridden by name; the result reproduces from its settings
+    s = make_sampler("reference", steps=20)
+    assert s.timesteps[0] == 540 and len(s.timesteps) == 20
+    assert set(PRESETS) >= {"reference"}
+    with pytest.raises(ValueError, match="preset"):
+        make_sampler("fastest")
+    with pytest.raises(ValueError, match="`strength` was removed: .*t_start"):
+        make_sampler("reference", strength=0.55)
+    with pytest.raises(TypeError, match="stepz"):
+        make_sampler(stepz=3)
