@@ -7,35 +7,29 @@ which never reach its workers). One writer (the producer thread in the main proc
 number of readers (workers) synchronise per slot with a seqlock: the slot's version counter is
 odd while it is being written; a reader copies the slot and retries when the version changed or
 was odd. Readers never block: when the cache is empty they get ``None`` and the caller serves an
-original item.
+original item. A serve is claimed under a cross-process lock against ``max_reuse``; the writer
+waits on credits (one per slot whose patch was already served) instead of overwriting unread
+patches.
 
-Optionally every written patch is also stored on disk in HoVer-Net's patch layout (``int32
-[H, W, 5]`` = RGB, instance id, type; a JSON sidecar holds the metadata). The store warm-starts
-the cache of the next run; files are written atomically, and corrupt files are skipped with a
-warning. When the directory cannot be written (read-only, disk full) the cache continues in
-memory only, with a warning.
+The cache does no disk I/O (the on-disk format is :class:`~diffmix_aug.store.PatchStore`'s). Each
+patch's metadata is kept, whole, in the writer's process (:meth:`ReplayCache.meta`): the workers
+need only the pixels.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
-import os
-import stat
 import time
-import uuid
-import warnings
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from multiprocessing import context as _mp_context
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ._checks import check_choice, check_positive_int, describe
-from ._io import atomic_save_npy, atomic_write_text
 from ._seeds import key_indices
 
 __all__ = ["CachedPatch", "ReplayCache"]
@@ -57,7 +51,6 @@ class CachedPatch:
         type_map: ``int32 [H, W]``.
         slot: Slot it was read from.
         seq: Write sequence number of the patch (unique per cache, increases with every write).
-        meta: Metadata written with it (label-map parameters, seed, mode, source index).
     """
 
     image: np.ndarray
@@ -65,7 +58,6 @@ class CachedPatch:
     type_map: np.ndarray
     slot: int
     seq: int
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class ReplayCache:
@@ -79,13 +71,9 @@ class ReplayCache:
             first (oldest among equals), so fresh patches are not evicted before they are read.
         max_reuse: Readers prefer slots served fewer than this many times; when every slot has
             reached it, reused patches are served anyway (the consumer never waits).
-        num_classes: Classes counting the background, for the per-slot class histogram that lets
-            the producer bias synthesis toward what the cache lacks.
-        meta_bytes: Bytes of shared memory per slot for the JSON metadata.
-        cache_dir: Optional on-disk store (HoVer-Net ``.npy`` patches) that warm-starts the cache.
-        name: File-name prefix of this cache's patches in ``cache_dir`` (make it unique per rank).
+        num_classes: Classes counting the background (the pipeline's ``ClassTable.num_classes``), for
+            the per-slot class histogram that lets the producer bias synthesis toward what the cache lacks.
         candidates: How many filled slots a reader samples before taking the least reused one.
-        warm_start: Load the newest patches of ``cache_dir`` at construction.
 
     Raises:
         ValueError / TypeError: bad arguments (the message names the field).
@@ -99,12 +87,8 @@ class ReplayCache:
         inst_dtype: Any = "int32",
         policy: str = "fifo",
         max_reuse: int = 8,
-        num_classes: int = 8,
-        meta_bytes: int = 2048,
-        cache_dir: str | os.PathLike[str] | None = None,
-        name: str = "diffmix",
+        num_classes: int,
         candidates: int = 3,
-        warm_start: bool = True,
     ) -> None:
         self.capacity = check_positive_int("capacity", capacity)
         if (not isinstance(patch_shape, (tuple, list)) or len(patch_shape) != 2
@@ -117,9 +101,7 @@ class ReplayCache:
         self.policy = check_choice("policy", policy, ("fifo", "reuse"))
         self.max_reuse = check_positive_int("max_reuse", max_reuse)
         self.num_classes = check_positive_int("num_classes", num_classes)
-        self.meta_bytes = check_positive_int("meta_bytes", meta_bytes)
         self.candidates = check_positive_int("candidates", candidates)
-        self.name = str(name)
         c, (h, w) = self.capacity, self.patch_shape
         t = {
             "image": torch.zeros((c, h, w, 3), dtype=torch.uint8),
@@ -129,8 +111,6 @@ class ReplayCache:
             "seq": torch.full((c,), -1, dtype=torch.int64),
             "reuse": torch.zeros(c, dtype=torch.int64),
             "hist": torch.zeros((c, self.num_classes), dtype=torch.int64),
-            "meta": torch.zeros((c, self.meta_bytes), dtype=torch.uint8),
-            "meta_len": torch.zeros(c, dtype=torch.int64),
             "control": torch.zeros(3, dtype=torch.int64),
             "error": torch.zeros(_ERR_BYTES, dtype=torch.uint8),
         }
@@ -143,15 +123,9 @@ class ReplayCache:
         # and the reuse / reads counters (a read-modify-write from two workers at once lost updates)
         self._serve_lock = multiprocessing.get_context("spawn").Lock()
         self._views()
-        self.cache_dir: Path | None = None  # where patches are persisted (None: not writable)
-        # unique per cache instance, so that a second run with the same seed never overwrites the first
-        self.run_id = uuid.uuid4().hex[:10]
-        self._persist_failures = 0
-        self._persist_retry_at = 0  # write count from which persistence is tried again after a failure
-        if cache_dir is not None:
-            self.cache_dir = self._probe_dir(Path(cache_dir))
-            if warm_start and Path(cache_dir).is_dir():
-                self._warm_start(Path(cache_dir))  # reading needs no write access
+        #: seq -> metadata, in the writer's process only (never pickled to workers): the patches held
+        #: and at least the last ``4 * capacity`` written
+        self._meta: OrderedDict[int, dict[str, Any]] = OrderedDict()
 
     # ------------------------------------------------------------------ plumbing
     def _views(self) -> None:
@@ -161,6 +135,7 @@ class ReplayCache:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("_np")
+        state["_meta"] = OrderedDict()  # metadata stays in the writer's process
         if _mp_context.get_spawning_popen() is None:
             state["_credits"] = None  # a semaphore can only travel to a process being started
             state["_serve_lock"] = None
@@ -214,7 +189,7 @@ class ReplayCache:
                 self._credits.release()
 
     def write(self, image: np.ndarray, inst_map: np.ndarray, type_map: np.ndarray,
-              meta: dict[str, Any] | None = None, *, persist: bool = True) -> int:
+              meta: dict[str, Any] | None = None) -> int:
         """Write one patch into the slot chosen by the replacement policy; returns its seq.
 
         Only one thread (the producer) may call ``write``.
@@ -223,8 +198,8 @@ class ReplayCache:
             image: ``uint8 [H, W, 3]``.
             inst_map: ``int [H, W]`` instance ids (must fit ``inst_dtype``).
             type_map: ``int [H, W]`` classes below 256.
-            meta: JSON-serialisable metadata (label-map parameters, seed, mode, source index).
-            persist: Also store the patch in ``cache_dir`` when there is one.
+            meta: Metadata (label-map parameters, seeds, mode, source index), kept whole in this
+                process (:meth:`meta`).
         """
         h, w = self.patch_shape
         if image.shape != (h, w, 3) or inst_map.shape != (h, w) or type_map.shape != (h, w):
@@ -236,13 +211,8 @@ class ReplayCache:
         if inst_map.size and int(inst_map.max()) > torch.iinfo(self.inst_dtype).max:
             raise ValueError(f"`inst_map` ids up to {int(inst_map.max())} do not fit inst_dtype={self.inst_dtype}; "
                              "use inst_dtype='int32' or relabel with remap_label")
-        meta = dict(meta or {})
         n = self._np
         seq = int(n["control"][_WRITES])
-        meta["seq"] = seq
-        blob = json.dumps(meta, default=_json_default).encode()
-        if len(blob) > self.meta_bytes:
-            blob = json.dumps({"seq": seq, "truncated": True}).encode()
         slot = self._victim()
         v = int(n["version"][slot])
         n["version"][slot] = v + 1  # odd: writing
@@ -250,15 +220,24 @@ class ReplayCache:
         n["inst"][slot] = inst_map
         n["type"][slot] = type_map
         n["hist"][slot] = _class_hist(inst_map, type_map, self.num_classes)
-        n["meta"][slot, : len(blob)] = np.frombuffer(blob, np.uint8)
-        n["meta_len"][slot] = len(blob)
         n["reuse"][slot] = 0
         n["seq"][slot] = seq
         n["version"][slot] = v + 2  # even: stable
         n["control"][_WRITES] = seq + 1
-        if persist and self.cache_dir is not None and seq >= self._persist_retry_at:
-            self._persist(seq, image, inst_map, type_map, meta)
+        self._remember(seq, {**(meta or {}), "seq": seq})
         return seq
+
+    def _remember(self, seq: int, meta: dict[str, Any]) -> None:
+        """Keep ``meta``; forget the oldest metadata of patches no longer held beyond ``4 * capacity``."""
+        self._meta[seq] = meta
+        if len(self._meta) > 4 * self.capacity:
+            held = set(self._np["seq"].tolist())
+            for old in [s for s in self._meta if s not in held][: len(self._meta) - 4 * self.capacity]:
+                del self._meta[old]
+
+    def meta(self, seq: int) -> dict[str, Any] | None:
+        """The whole metadata of patch ``seq`` (in the writer's process; None elsewhere or once forgotten)."""
+        return self._meta.get(int(seq))
 
     # ------------------------------------------------------------------ reader side
     def pick(self, rng: np.random.Generator | tuple[int, ...]) -> int | None:
@@ -310,15 +289,13 @@ class ReplayCache:
             image = n["image"][slot].copy()
             inst = n["inst"][slot].astype(np.int32)
             typ = n["type"][slot].astype(np.int32)
-            blob = bytes(n["meta"][slot, : int(n["meta_len"][slot])])
             if int(n["version"][slot]) != v1:
                 continue  # torn: the writer touched the slot while we copied
             if seq < 0:
                 return None
             if count and not self._claim(slot):
                 return None  # another reader took its last serve meanwhile: the caller serves an original
-            meta = json.loads(blob.decode()) if blob else {}
-            return CachedPatch(image, inst, typ, slot, seq, meta)
+            return CachedPatch(image, inst, typ, slot, seq)
         return None
 
     def _claim(self, slot: int) -> bool:
@@ -348,9 +325,9 @@ class ReplayCache:
         return tot / s if s > 0 else np.zeros_like(tot)
 
     def slot_meta(self, slot: int) -> dict[str, Any]:
-        """The metadata of ``slot`` (not a counted read)."""
-        p = self.read(slot, count=False)
-        return {} if p is None else p.meta
+        """The metadata of the patch in ``slot`` (writer's process; ``{}`` for an empty slot)."""
+        seq = int(self._np["seq"][slot])
+        return (self.meta(seq) or {}) if seq >= 0 else {}
 
     def find_seq(self, seq: int) -> int | None:
         """Slot currently holding patch ``seq``, or None when it has been replaced."""
@@ -369,80 +346,14 @@ class ReplayCache:
         k = int(self._np["control"][_ERR_LEN])
         return bytes(self._np["error"][:k]).decode(errors="replace") if k else None
 
-    # ------------------------------------------------------------------ disk store
-    def _probe_dir(self, path: Path) -> Path | None:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".probe-{os.getpid()}"
-            atomic_write_text(probe, "ok")
-            probe.unlink()
-            return path
-        except OSError as exc:
-            warnings.warn(f"ReplayCache: cannot write to cache_dir {str(path)!r} ({exc}); "
-                          "its readable patches are still loaded, new ones stay in memory", RuntimeWarning, stacklevel=3)
-            return None
-
-    def _persist(self, seq: int, image: np.ndarray, inst: np.ndarray, typ: np.ndarray, meta: dict) -> None:
-        """Store one patch; after a failure (disk full, ...) it is retried after 16 more writes."""
-        assert self.cache_dir is not None
-        stem = self.cache_dir / f"{self.name}_{self.run_id}_{seq:09d}"
-        try:
-            patch = np.concatenate([image.astype(np.int32), inst[..., None].astype(np.int32),
-                                    typ[..., None].astype(np.int32)], axis=-1)
-            atomic_save_npy(stem.with_suffix(".npy"), patch)
-            atomic_write_text(stem.with_suffix(".json"), json.dumps(meta, default=_json_default))
-        except OSError as exc:
-            self._persist_failures += 1
-            self._persist_retry_at = seq + 16
-            with contextlib.suppress(OSError):
-                stem.with_suffix(".npy").unlink(missing_ok=True)  # never a patch without its sidecar
-            if self._persist_failures == 1 or self._persist_failures % 100 == 0:
-                warnings.warn(f"ReplayCache: writing to cache_dir {str(self.cache_dir)!r} failed ({exc}); "
-                              "patches stay in memory and storing is retried after 16 more patches "
-                              f"({self._persist_failures} failure(s) so far)", RuntimeWarning, stacklevel=3)
-        else:
-            self._persist_failures = 0
-
-    def _warm_start(self, directory: Path) -> None:
-        """Load the newest ``capacity`` readable patches of ``directory`` into the cache.
-
-        Only regular files are opened (a FIFO or device named ``*.npy`` would block or worse);
-        unreadable and malformed files are skipped with a warning.
-        """
-        files = []
-        for p in directory.glob("*.npy"):
-            try:
-                st = p.stat()
-            except OSError:
-                continue  # a broken link or a file removed meanwhile
-            if stat.S_ISREG(st.st_mode):
-                files.append((st.st_mtime, p.name, p))
-        files.sort()
-        loaded = []
-        for _, _, path in reversed(files):
-            if len(loaded) == self.capacity:
-                break
-            patch = load_patch(path, self.patch_shape)
-            if patch is not None:
-                loaded.append((path, patch))
-        for path, patch in reversed(loaded):
-            meta: dict[str, Any] = {"source": "disk", "file": path.name}
-            side = path.with_suffix(".json")
-            with contextlib.suppress(OSError, ValueError):
-                if stat.S_ISREG(side.stat().st_mode):
-                    meta.update(json.loads(side.read_text()))
-            meta.pop("seq", None)
-            self.write(patch[..., :3].astype(np.uint8), patch[..., 3], patch[..., 4], meta, persist=False)
-            self.acquire_credit(timeout=0)
-
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self, contents: bool = True) -> dict[str, Any]:
         """Everything needed to resume: counters, per-slot records and (optionally) the pixels.
 
         Args:
             contents: Include the patches themselves. Without them a resumed cache starts empty
-                (the producer refills it; an empty slot is never served), and the per-slot
-                metadata (seed, label-map parameters, source index) is kept in the state.
+                (the producer refills it; an empty slot is never served); the per-slot metadata
+                (seeds, label-map parameters, source index) is kept in the state either way.
         """
         n = self._np
         state: dict[str, Any] = {
@@ -480,10 +391,10 @@ class ReplayCache:
                         break
                 self.release_credit(self.capacity)
         n["version"][:] += n["version"] & 1  # even again
-        for s, meta in enumerate(state["meta"]):
-            blob = json.dumps(meta, default=_json_default).encode()[: self.meta_bytes]
-            n["meta"][s, : len(blob)] = np.frombuffer(blob, np.uint8)
-            n["meta_len"][s] = len(blob)
+        self._meta = OrderedDict()
+        for slot, meta in enumerate(state["meta"]):
+            if meta and "image" in state:
+                self._meta[int(n["seq"][slot])] = dict(meta)
         n["control"][_WRITES] = int(state["writes"])
         n["control"][_READS] = int(state["reads"])
 
@@ -496,28 +407,6 @@ class ReplayCache:
         self._credits = None
 
 
-def load_patch(path: str | os.PathLike[str], patch_shape: tuple[int, int] | None = None) -> np.ndarray | None:
-    """Read a HoVer-Net patch ``int [H, W, >=5]``; returns None (with a warning) when unusable."""
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, never fatal
-        warnings.warn(f"skipping unreadable cache file {str(path)!r}: {exc}", RuntimeWarning, stacklevel=2)
-        return None
-    problem = None
-    if arr.ndim != 3 or arr.shape[-1] < 5:
-        problem = f"expected [H, W, 5], got shape {arr.shape}"
-    elif arr.dtype.kind not in "iu":
-        problem = f"expected an integer dtype, got {arr.dtype}"
-    elif patch_shape is not None and arr.shape[:2] != tuple(patch_shape):
-        problem = f"expected {tuple(patch_shape)} patches, got {arr.shape[:2]}"
-    elif arr[..., :3].min() < 0 or arr[..., :3].max() > 255 or arr[..., 3:5].min() < 0 or arr[..., 4].max() > 255:
-        problem = "values out of range"
-    if problem:
-        warnings.warn(f"skipping cache file {str(path)!r}: {problem}", RuntimeWarning, stacklevel=2)
-        return None
-    return arr.astype(np.int32, copy=False)
-
-
 def _class_hist(inst: np.ndarray, typ: np.ndarray, k: int) -> np.ndarray:
     """Instances per class (index 0 = untyped), classes >= k clipped into the last bin."""
     fg = inst > 0
@@ -526,15 +415,3 @@ def _class_hist(inst: np.ndarray, typ: np.ndarray, k: int) -> np.ndarray:
     ids, first = np.unique(inst[fg], return_index=True)
     types = np.minimum(typ[fg][first], k - 1).astype(np.int64)
     return np.bincount(types, minlength=k)[:k].astype(np.int64)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    return repr(obj)

@@ -1,17 +1,20 @@
-"""``DiffMixConfig``: every option of the online pipeline, validated once, in one frozen object.
+"""``DiffMixConfig``: every option of the online pipeline, in one frozen object.
 
-The :class:`~diffmix_aug.dataset.DiffMixDataset` constructor, the ``diffmix:`` section of a YAML
-file and the ``diffmix-aug synthesize`` command all go through this class, and
-:func:`~diffmix_aug.pipeline.build_pipeline` turns it into label sampler + cache + producer.
-Unknown keys are rejected with the valid ones listed; each field is checked here and nowhere else.
+This is the only place that names, defaults, validates and documents an online option. Each field
+carries its documentation and its check (``_option``); ``DiffMixDataset(base, synth, config,
+**overrides)``, the ``diffmix:`` section of a YAML file and ``diffmix-aug synthesize`` all go
+through it, and the options reference ``docs/configuration.md`` is generated from it
+(:func:`options_reference`, ``python docs/gen_configuration.py``; a test checks they agree).
+Unknown keys are refused with the valid ones listed; removed options (:data:`REMOVED`) are
+refused with their replacement named.
 
 YAML::
 
     diffmix:
-      mode: both                 # balance (DiffMix-B) | enlarge (DiffMix-E) | both (DiffMix)
+      mode: union                # balance | enlarge | union | composed
       synthetic_ratio: 0.5
       seed: 0
-      rare_classes: [1]          # default: the dataset's class table (DatasetInfo.rare_classes)
+      rare_classes: [1]          # default: the dataset's class table
       schedule: {start_epoch: 0, ramp_epochs: 0}
       cache_capacity: 256
       max_reuse: 8
@@ -22,25 +25,36 @@ YAML::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from ._checks import check_choice, check_positive_int, check_probability, describe
-from .labelmaps.sampler import MODES, mode_balances
+from .modes import DEFAULT_MODE, MODES, Mode, check_mode, mode_balances
 
-__all__ = ["DiffMixConfig", "MODES", "Schedule", "load_diffmix_config"]
+__all__ = ["DiffMixConfig", "MODES", "REMOVED", "Schedule", "load_diffmix_config", "options_reference"]
 
-Mode = Literal["balance", "enlarge", "both"]
-WARMUPS = ("none", "block")
-POLICIES = ("fifo", "reuse")
-INST_DTYPES = ("int32", "int16")
-CPU_PRIORITIES = ("auto", "idle", "low", "normal")
-#: where the background producer runs (see :class:`~diffmix_aug.producer.Producer`)
-PRODUCER_BACKENDS = ("auto", "thread", "process")
+Warmup = Literal["none", "block"]
+Policy = Literal["fifo", "reuse"]
+InstDtype = Literal["int32", "int16"]
+
+_OFFLINE = ("render the patches beforehand with `diffmix-aug synthesize` and pass its --out folder as "
+            "cache_dir= (see docs/configuration.md, 'The offline pool')")
+#: options that no longer exist -> what to use instead (refused with this text)
+REMOVED: dict[str, str] = {
+    "producer_backend": "the producer is always a daemon thread of the training process (on its own CUDA stream "
+                        "on a GPU, at a lowered CPU priority on a CPU); a separate producer process measured no "
+                        "benefit with DataLoader workers. On a busy CPU-only host " + _OFFLINE,
+    "producer_priority": "a CPU producer thread always runs at nice +10 (its own thread only). On a busy "
+                         "CPU-only host " + _OFFLINE,
+    "producer_pause_on_load": "it paused the producer process, which no longer exists. With num_workers=0 on a "
+                              "CPU-only host " + _OFFLINE,
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,7 @@ class Schedule:
         return ratio * min(1.0, (epoch - self.start_epoch + 1) / self.ramp_epochs)
 
 
+# ---------------------------------------------------------------------- checks (value -> normalised value)
 def _int(name: str, value: Any) -> int:
     """An integer (numpy integers too; not bool, not a numeric string)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -79,7 +94,30 @@ def _bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
-def _schedule(value: Any) -> Callable[[int, float], float]:
+def _positive(name: str, value: Any) -> int:
+    return check_positive_int(name, value)
+
+
+def _non_negative(name: str, value: Any) -> int:
+    return check_positive_int(name, value, allow_zero=True)
+
+
+def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    return lambda name, value: check_choice(name, value, choices)
+
+
+def _seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or not value > 0:
+        raise ValueError(f"`{name}` must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _schedule(name: str, value: Any) -> Callable[[int, float], float]:
     if value is None:
         return Schedule()
     if isinstance(value, Schedule):
@@ -87,164 +125,145 @@ def _schedule(value: Any) -> Callable[[int, float], float]:
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - {"start_epoch", "ramp_epochs"})
         if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in `schedule`; valid keys are ['start_epoch', 'ramp_epochs']")
+            raise ValueError(f"unknown key(s) {unknown} in `{name}`; valid keys are ['start_epoch', 'ramp_epochs']")
         return Schedule(**dict(value))
     if callable(value):
         return value
-    raise TypeError(f"`schedule` must be a Schedule, a dict(start_epoch=, ramp_epochs=) or a callable "
+    raise TypeError(f"`{name}` must be a Schedule, a dict(start_epoch=, ramp_epochs=) or a callable "
                     f"(epoch, ratio) -> ratio, got {describe(value)}")
+
+
+def _classes(name: str, value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value,)
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise TypeError(f"`{name}` must be a sequence of class ids such as (1,), got {describe(value)}")
+    ids = tuple(_int(f"{name}[]", c) for c in value)
+    if not ids or any(c <= 0 for c in ids):
+        raise ValueError(f"`{name}` {ids} are not foreground classes: expected non-empty class ids >= 1")
+    return ids
+
+
+def _num_classes(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    k = _int(name, value)
+    if k < 2:
+        raise ValueError(f"`{name}` counts the background and must be >= 2, got {k}")
+    return k
+
+
+def _path(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"`{name}` must be a path, got {describe(value)}")
+    return os.fspath(value)
+
+
+def _patch_size(name: str, value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    ps = (value, value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
+    if not isinstance(ps, (tuple, list)) or len(ps) != 2:
+        raise ValueError(f"`{name}` must be an int or (H, W), got {describe(value)}")
+    return check_positive_int(f"{name}[0]", ps[0]), check_positive_int(f"{name}[1]", ps[1])
+
+
+def _warmup(name: str, value: Any) -> str | int:
+    if isinstance(value, str) and value in typing.get_args(Warmup):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return check_positive_int(name, value, allow_zero=True)
+    raise ValueError(f"`{name}` must be 'none', 'block' or an int number of patches, got {value!r}")
+
+
+def _keys(name: str, value: Any) -> tuple | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"`{name}` must be a sequence (image, inst, type) of keys or positions, got {describe(value)}")
+    return tuple(value)
+
+
+def _option(default: Any, doc: str, check: Callable[[str, Any], Any]) -> Any:
+    """A config field: its default, its documentation (the options reference) and its check."""
+    return field(default=default, metadata={"doc": " ".join(doc.split()), "check": check})
 
 
 @dataclass(frozen=True)
 class DiffMixConfig:
-    """Options of the online DiffMix pipeline (see :class:`~diffmix_aug.dataset.DiffMixDataset`).
+    """Options of the online DiffMix pipeline (see :class:`~diffmix_aug.dataset.DiffMixDataset`);
+    every field is documented in ``docs/configuration.md``, generated from this class."""
 
-    Attributes:
-        mode: ``"balance"`` (DiffMix-B), ``"enlarge"`` (DiffMix-E) or ``"both"`` (DiffMix:
-            the balanced map is enlarged).
-        synthetic_ratio: Share of items replaced by synthetic ones (after the schedule).
-        seed: Seed of the item decisions and of the producer (offset by the DDP rank).
-        schedule: :class:`Schedule`, ``{"start_epoch": k, "ramp_epochs": r}`` or ``f(epoch, ratio)``.
-        rare_classes: Minority classes balancing pastes in; None takes the base's class table
-            (``DatasetInfo.rare_classes``) and is an error for balancing when the base has none.
-        num_classes: Classes counting the background; None takes the base's class table, then the
-            synthesizer's. Whatever the source, the synthesizer's own value must agree.
-        cache_capacity: Patches in the shared replay cache.
-        cache_dir: Optional on-disk store (HoVer-Net ``.npy``) that warm-starts the cache.
-        patch_size: ``H`` or ``(H, W)`` of synthetic patches; None: the synthesizer's
-            ``image_size``, else the base's raw patch size.
-        warmup: ``"none"`` (serve originals until patches arrive), ``"block"`` (wait for
-            ``warmup_items`` patches, default ``min(8, cache_capacity)``) or an int ``k``.
-        warmup_items: Patches ``warmup="block"`` waits for.
-        warmup_timeout: Seconds a blocking warm-up waits before ``TimeoutError``.
-        cooperative: Synthesise synchronously every ``cooperative_every`` items instead of in a
-            thread (bit-reproducible; needs ``num_workers=0``).
-        cooperative_every: Items between two cooperative batches.
-        batch_size: Synthesizer batch size.
-        policy: Cache eviction, ``"fifo"`` or ``"reuse"`` (see :class:`~diffmix_aug.cache.ReplayCache`).
-        max_reuse: Serves per cached patch; past it the item is served as an original.
-        inst_dtype: ``"int32"`` or ``"int16"`` instance maps in the cache.
-        producer_priority: ``"auto"``, ``"idle"``, ``"low"`` or ``"normal"`` (see
-            :class:`~diffmix_aug.producer.Producer`).
-        producer_backend: ``"auto"`` (default: the process where it can run, a CPU synthesizer on
-            Linux; else the thread, which a CUDA synthesizer needs to launch kernels from the
-            process holding the CUDA context), ``"thread"`` (a daemon thread of the training
-            process) or ``"process"`` (CPU synthesizer on Linux only: a forked process of its own,
-            with one intra-op thread, so it never holds the training process's GIL). Measured
-            beside two busy processes on 2 cores (``python -m benchmarks.loader --busy 2``), the
-            thread cost the loop's wait +49 % of a 100 ms step at 0 workers as root in one run (a
-            SCHED_IDLE thread preempted while holding the GIL; +0.6 % in the latest), the process
-            -3.7 % (-2.6 % at 2 workers; ``loader_busy.json``).
-        producer_pause_on_load: With the process backend, stop the producer process while the
-            training process loads a batch itself (``num_workers=0``: ``SIGSTOP`` / ``SIGCONT``
-            around the batch, at most 90 % of the wall time; Linux), so on a busy host its CPU time
-            comes out of the training step instead of the loop's loading (see
-            :mod:`~diffmix_aug.load_pause`). Measured beside two busy processes on 2 cores
-            (``python -m benchmarks.loader --busy 2``, 0 workers, extra wait of a 100 ms step
-            against the bare dataset): -3.7 % with it, +3.1 % without (medians of 3 paired runs);
-            -4.1 +- 1.1 % and -3.0 +- 1.2 % in 60 interleaved rounds. DataLoader workers never
-            pause it. False lets it run through loads (on an idle many-core host it then also uses
-            the loading time).
-        label_workers: Processes that build label maps for the producer thread (a small
-            ``DataLoader``); 0 builds them in the producer thread (always so in cooperative mode).
-            A producer process builds its label maps itself (it is off the training process already). The default 1
-            also on 2-core hosts: 0 measured no lower consumer wait there, and fewer patches/s
-            (``python -m benchmarks.loader --variants``, ``benchmarks/results/loader.json``).
-        adapter: Force an adapter by name (``"hovernet"``, ``"sonnet"``, ``"nuclei"``, ``"dict"``,
-            ``"tuple"``) or pass an :class:`~diffmix_aug.adapters.Adapter`; None detects it.
-        keys: Image / instance / type keys (dict items) or positions (tuple items).
-    """
-
-    mode: Mode = "both"
-    synthetic_ratio: float = 0.5
-    seed: int = 0
-    schedule: Any = None
-    rare_classes: tuple[int, ...] | None = None
-    num_classes: int | None = None
-    cache_capacity: int = 256
-    cache_dir: str | None = None
-    patch_size: tuple[int, int] | None = None
-    warmup: str | int = "none"
-    warmup_items: int | None = None
-    warmup_timeout: float = 600.0
-    cooperative: bool = False
-    cooperative_every: int = 16
-    batch_size: int = 4
-    policy: str = "fifo"
-    max_reuse: int = 8
-    inst_dtype: str = "int32"
-    producer_priority: str = "auto"
-    producer_backend: str = "auto"
-    producer_pause_on_load: bool = True
-    label_workers: int = 1
-    adapter: Any = None
-    keys: tuple | None = None
+    mode: Mode = _option(DEFAULT_MODE, """Which custom label maps are synthesised: ``"balance"`` (DiffMix-B:
+        rare nuclei pasted over abundant ones, GradMix-style), ``"enlarge"`` (DiffMix-E: nuclei shifted),
+        ``"union"`` (the paper's DiffMix: each patch from a balancing or an enlarging map, chosen per patch with
+        probability 0.5) or ``"composed"`` (enlarge(balance(map))). ``"both"`` was removed: it is refused with
+        these two replacements named.""", lambda n, v: check_mode(v, n))
+    synthetic_ratio: float = _option(0.5, """Share of items replaced by a synthetic one (after the
+        ``schedule``). Item ``i`` of epoch ``e`` asks for a synthetic patch when a hash of ``(seed, e, i)`` falls
+        below it: the same decision in every worker and on resume.""", check_probability)
+    seed: int = _option(0, """Seed of the per-item decisions and of the patch generator (offset by the DDP
+        rank).""", _int)
+    schedule: Any = _option(None, """Synthetic-ratio schedule: a ``Schedule``, ``{"start_epoch": k,
+        "ramp_epochs": r}`` (nothing before epoch ``k``, then a linear ramp over ``r`` epochs) or a callable
+        ``(epoch, ratio) -> ratio``. None: the full ratio from epoch 0.""", _schedule)
+    rare_classes: tuple[int, ...] | None = _option(None, """Minority classes balancing pastes in. None takes the
+        base's class table (``base.info.rare_classes``, e.g. CoNSeP's miscellaneous), then a patch store's
+        manifest; required for the balancing modes when neither has one (a HoVer-Net loader, a dict
+        dataset).""", _classes)
+    num_classes: int | None = _option(None, """Classes counting the background. None takes the base's class
+        table, else the synthesizer's, else a patch store's manifest; whatever the source, the synthesizer's own
+        value must agree (a checkpoint trained on another class count is refused at construction).""",
+                                      _num_classes)
+    cache_capacity: int = _option(256, """Patches held in the shared-memory replay cache (every DataLoader
+        worker reads it). Memory: about ``capacity * H * W * 8`` bytes.""", _positive)
+    cache_dir: str | None = _option(None, """A patch store folder (HoVer-Net ``.npy`` + JSON sidecar per patch
+        + ``manifest.json``; the format ``diffmix-aug synthesize`` writes). Its patches are loaded into the cache
+        at construction; a folder made by another configuration (mode, class table, checkpoint, patch shape,
+        sampler settings) is refused with the mismatch named. With a synthesizer the producer also adds its
+        patches to the folder; with ``synthesizer=None`` the folder must exist and exactly its patches are
+        served (see 'The offline pool').""", _path)
+    patch_size: tuple[int, int] | None = _option(None, """``H`` or ``(H, W)`` of the synthetic patches. None:
+        the synthesizer's ``image_size``, else a patch store's, else the base's raw patch size.""", _patch_size)
+    warmup: Warmup | int = _option("none", """``"none"``: serve originals until patches arrive;
+        ``"block"``: the constructor waits for ``warmup_items`` patches; an int ``k``: waits for ``k``
+        patches.""", _warmup)
+    warmup_items: int | None = _option(None, """Patches ``warmup="block"`` waits for; None:
+        ``min(8, cache_capacity)``.""", _optional(_positive))
+    warmup_timeout: float = _option(600.0, """Seconds a blocking warm-up waits before ``TimeoutError`` (which
+        names the producer's rate).""", _seconds)
+    cooperative: bool = _option(False, """Synthesise synchronously in the consuming process every
+        ``cooperative_every`` items instead of in the producer thread: bit-reproducible runs; needs
+        ``num_workers=0``.""", _bool)
+    cooperative_every: int = _option(16, "Items between two cooperative synthesis batches.", _positive)
+    batch_size: int = _option(4, "Patches per synthesizer call.", _positive)
+    policy: Policy = _option("fifo", """Which cached patch a new one replaces: ``"fifo"`` the oldest,
+        ``"reuse"`` the most served (oldest among equals), so fresh patches are not evicted before they are
+        read.""", _choice(*typing.get_args(Policy)))
+    max_reuse: int = _option(8, """Serves per cached patch over the whole run, across all workers (a patch
+        at the limit is never served again; the item is then an original). The producer never overwrites a
+        patch before its first serve.""", _positive)
+    inst_dtype: InstDtype = _option("int32", """Instance maps in the cache: ``"int32"``, or ``"int16"`` (half
+        the memory; ids must stay below 32768).""", _choice(*typing.get_args(InstDtype)))
+    label_workers: int = _option(1, """Processes that build the producer's label maps (a small
+        ``DataLoader``) while it synthesises; 0 builds them in the producer thread (always so in cooperative
+        mode).""", _non_negative)
+    adapter: Any = _option(None, """Force the base-dataset adapter by name (``"hovernet"``, ``"sonnet"``,
+        ``"nuclei"``, ``"dict"``, ``"tuple"``) or pass an ``Adapter``; None detects it.""", lambda n, v: v)
+    keys: tuple | None = _option(None, """Image / instance / type keys (dict items) or positions (tuple
+        items); None: ``("image", "inst_map", "type_map")`` / ``(0, 1, 2)``.""", _keys)
 
     def __post_init__(self) -> None:
-        put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass normalisation
-        check_choice("mode", self.mode, MODES)
-        put("synthetic_ratio", check_probability("synthetic_ratio", self.synthetic_ratio))
-        put("seed", _int("seed", self.seed))
-        put("schedule", _schedule(self.schedule))
-        if self.rare_classes is not None:
-            rc = self.rare_classes
-            if isinstance(rc, (int, np.integer)) and not isinstance(rc, bool):
-                rc = (rc,)
-            if isinstance(rc, (str, bytes)) or not isinstance(rc, (Sequence, np.ndarray)):
-                raise TypeError(f"`rare_classes` must be a sequence of class ids such as (1,), got {describe(rc)}")
-            rc = tuple(_int("rare_classes[]", c) for c in rc)
-            if not rc or any(c <= 0 for c in rc):
-                raise ValueError(f"`rare_classes` {rc} are not foreground classes: expected non-empty class ids >= 1")
-            put("rare_classes", rc)
-        if self.num_classes is not None:
-            put("num_classes", _int("num_classes", self.num_classes))
-            if self.num_classes < 2:
-                raise ValueError(f"`num_classes` counts the background and must be >= 2, got {self.num_classes}")
-            bad = [c for c in (self.rare_classes or ()) if c >= self.num_classes]
-            if bad:
-                raise ValueError(f"`rare_classes` {bad} are not foreground classes of a {self.num_classes}-class "
-                                 f"label map (1..{self.num_classes - 1})")
-        put("cache_capacity", check_positive_int("cache_capacity", self.cache_capacity))
-        if self.cache_dir is not None:
-            if not isinstance(self.cache_dir, (str, os.PathLike)):
-                raise TypeError(f"`cache_dir` must be a path, got {describe(self.cache_dir)}")
-            put("cache_dir", os.fspath(self.cache_dir))
-        if self.patch_size is not None:
-            ps = self.patch_size
-            if isinstance(ps, (int, np.integer)) and not isinstance(ps, bool):
-                ps = (ps, ps)
-            if not isinstance(ps, (tuple, list)) or len(ps) != 2:
-                raise ValueError(f"`patch_size` must be an int or (H, W), got {describe(self.patch_size)}")
-            put("patch_size", (check_positive_int("patch_size[0]", ps[0]), check_positive_int("patch_size[1]", ps[1])))
-        if isinstance(self.warmup, bool) or not (self.warmup in WARMUPS or isinstance(self.warmup, (int, np.integer))):
-            raise ValueError(f"`warmup` must be 'none', 'block' or an int number of patches, got {self.warmup!r}")
-        if not isinstance(self.warmup, str):
-            put("warmup", check_positive_int("warmup", self.warmup, allow_zero=True))
-        if self.warmup_items is not None:
-            put("warmup_items", check_positive_int("warmup_items", self.warmup_items))
-        wt = self.warmup_timeout
-        if isinstance(wt, bool) or not isinstance(wt, (int, float)) or not wt > 0 or wt != wt:
-            raise ValueError(f"`warmup_timeout` must be a positive number of seconds, got {wt!r}")
-        put("warmup_timeout", float(wt))
-        put("cooperative", _bool("cooperative", self.cooperative))
-        put("cooperative_every", check_positive_int("cooperative_every", self.cooperative_every))
-        put("batch_size", check_positive_int("batch_size", self.batch_size))
-        check_choice("policy", self.policy, POLICIES)
-        put("max_reuse", check_positive_int("max_reuse", self.max_reuse))
-        check_choice("inst_dtype", self.inst_dtype, INST_DTYPES)
-        check_choice("producer_priority", self.producer_priority, CPU_PRIORITIES)
-        check_choice("producer_backend", self.producer_backend, PRODUCER_BACKENDS)
-        put("producer_pause_on_load", _bool("producer_pause_on_load", self.producer_pause_on_load))
-        put("label_workers", check_positive_int("label_workers", self.label_workers, allow_zero=True))
-        if self.keys is not None:
-            if isinstance(self.keys, (str, bytes)) or not isinstance(self.keys, Sequence):
-                raise TypeError(f"`keys` must be a sequence (image, inst, type) of keys or positions, got "
-                                f"{describe(self.keys)}")
-            put("keys", tuple(self.keys))
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name)))
 
     @property
     def balances(self) -> bool:
-        """Whether this mode pastes rare nuclei (DiffMix-B and DiffMix)."""
+        """Whether this mode pastes rare nuclei (``"balance"``, ``"union"``, ``"composed"``)."""
         return mode_balances(self.mode)
 
     @classmethod
@@ -252,24 +271,29 @@ class DiffMixConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
+    def check_keys(cls, keys: Any, where: str = "config section `diffmix`") -> None:
+        """Refuse removed options (with their replacement) and unknown ones (with the valid ones listed)."""
+        removed = [k for k in keys if k in REMOVED]
+        if removed:
+            raise ValueError("; ".join(f"`{k}` was removed: {REMOVED[k]}" for k in removed))
+        valid = cls.field_names()
+        unknown = sorted(str(k) for k in set(keys) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in {where}; valid keys are {valid}")
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, section: str = "diffmix") -> DiffMixConfig:
-        """Build from a mapping; unknown keys raise ``ValueError`` listing the valid ones."""
+        """Build from a mapping; unknown or removed keys raise ``ValueError``."""
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
             raise TypeError(f"config section `{section}` must be a mapping, got {describe(data)}")
-        valid = cls.field_names()
-        unknown = sorted(str(k) for k in set(data) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in config section `{section}`; valid keys are {valid}")
+        cls.check_keys(data, f"config section `{section}`")
         return cls(**dict(data))
 
     def replace(self, **changes: Any) -> DiffMixConfig:
         """A copy with fields changed (validated again)."""
-        valid = self.field_names()
-        unknown = sorted(set(changes) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown DiffMixConfig field(s) {unknown}; valid fields are {valid}")
+        self.check_keys(changes, "DiffMixConfig options")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,24 +309,32 @@ class DiffMixConfig:
         return out
 
 
-def load_diffmix_config(source: str | os.PathLike[str] | Mapping[str, Any] | DiffMixConfig) -> DiffMixConfig:
-    """Read the ``diffmix:`` section of a YAML file (``yaml.safe_load``) or a mapping.
+def load_diffmix_config(source: str | os.PathLike[str] | Mapping[str, Any] | DiffMixConfig | None
+                        ) -> DiffMixConfig:
+    """A :class:`DiffMixConfig` from itself, a mapping or a YAML file (``yaml.safe_load``); None: the defaults.
 
-    A file or mapping without a ``diffmix:`` key is read whole. Errors name the file.
+    A file or mapping with a ``diffmix:`` key is read from that section, else whole. Errors name the file.
     """
+    if source is None:
+        return DiffMixConfig()
     if isinstance(source, DiffMixConfig):
         return source
     where = None
     if isinstance(source, Mapping):
         cfg: Any = dict(source)
-    else:
+    elif isinstance(source, (str, os.PathLike)):
+        where = os.fspath(source)
+        if where in MODES or where == "both":
+            raise TypeError(f"`config` is a DiffMixConfig, a mapping or a YAML path, got the mode {where!r}; "
+                            f"pass it by name: mode={where!r}")
         import yaml
 
-        where = os.fspath(source)
         with open(source, encoding="utf-8") as fh:
             cfg = yaml.safe_load(fh) or {}
         if not isinstance(cfg, dict):
             raise ValueError(f"{where}: must hold a mapping, got {type(cfg).__name__}")
+    else:
+        raise TypeError(f"`config` must be a DiffMixConfig, a mapping, a YAML path or None, got {describe(source)}")
     if "diffmix" in cfg:
         cfg = cfg["diffmix"]
     try:
@@ -311,3 +343,69 @@ def load_diffmix_config(source: str | os.PathLike[str] | Mapping[str, Any] | Dif
         if where is None:
             raise
         raise type(exc)(f"{where}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------- the options reference
+_OFFLINE_SECTION = """\
+## The offline pool: `cache_dir=` with `synthesizer=None`
+
+`diffmix-aug synthesize --config C --out POOL` renders patches beforehand into a patch store (the
+paper's offline mode; on a CPU-only host with a busy training loop this is what to do). Reading
+it back:
+
+```python
+train_set = DiffMixDataset(base, None, cache_dir="POOL", mode="balance", cache_capacity=P, max_reuse=R)
+```
+
+No producer runs: exactly the pool's patches are served, with the usual accounting (`stats()`,
+`item_info()`, `state_dict()`), in every DataLoader worker.
+
+- The folder must exist and hold a `manifest.json`; a mode, class table or patch shape other than
+  this dataset's is refused with the mismatch named. Without a synthesizer the checkpoint and the
+  sampler settings are not compared (nothing is rendered); `patch_size`, `num_classes` and
+  `rare_classes` default to the manifest's when the base has no class table.
+- A pool larger than `cache_capacity`: the first `cache_capacity` patches in file-name order are
+  loaded and a warning says how many are left out; those are never served. Set `cache_capacity` to
+  the pool size to serve all of them (memory: about `P * H * W * 8` bytes).
+- `max_reuse` is a limit over the whole run, not per epoch: with `S` items asking for a synthetic
+  patch over the run (about `synthetic_ratio * len(base) * epochs`; `stats()` counts them), every
+  ask is served only when `P * max_reuse >= S`, so set `max_reuse >= ceil(S / P)`. Past that, items
+  are served as originals and `stats()` warns once per epoch.
+"""
+
+
+def options_reference() -> str:
+    """The options reference (``docs/configuration.md``), rendered from :class:`DiffMixConfig`."""
+    hints = typing.get_type_hints(DiffMixConfig)
+    lines = ["# Configuration reference", "",
+             "<!-- generated by `python docs/gen_configuration.py` from diffmix_aug/config.py; do not edit -->", "",
+             "Every option of `DiffMixDataset(base, synthesizer, config=None, *, transform=None, **overrides)`, "
+             "of the `diffmix:` section of a YAML config (`DiffMixDataset(base, synth, \"train.yaml\")`) and of "
+             "`diffmix-aug synthesize`. Pass them by name (`DiffMixDataset(base, synth, mode=\"balance\")`) "
+             "or in a `DiffMixConfig`; `dataset.config` holds the resolved values.", "",
+             "| option | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(DiffMixConfig):
+        kind = _type_name(hints[f.name])
+        lines.append(f"| `{f.name}` | {kind} | `{f.default!r}` | {f.metadata['doc']} |")
+    lines += ["", "## Removed options", "", "Passing one raises `ValueError` with this text.", "",
+              "| option | instead |", "|---|---|"]
+    lines += [f"| `{k}` | {v} |" for k, v in REMOVED.items()]
+    lines += ["| `mode=\"both\"` | `\"union\"` (the paper's DiffMix) or `\"composed\"` (enlarge(balance(map)), "
+              "the former `\"both\"`) |", "", _OFFLINE_SECTION]
+    return "\n".join(lines)
+
+
+def _type_name(hint: Any) -> str:
+    """A readable type for the reference table: the choices of a ``Literal``, else the type's name."""
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return " \\| ".join(f"`{a!r}`" for a in args)
+    if args and origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " \\| ".join(_type_name(a) for a in args)
+    if hint is type(None):
+        return "None"
+    if hint is Any:
+        return "any"
+    return f"`{getattr(hint, '__name__', str(hint)).replace('typing.', '')}`" if not args else \
+        f"`{str(hint).replace('typing.', '')}`"

@@ -3,16 +3,19 @@
 ::
 
     train_set = DiffMixDataset(train_set, Synthesizer.from_checkpoint("sdm.safetensors"),
-                               mode="both", synthetic_ratio=0.5, seed=0)
+                               mode="union", synthetic_ratio=0.5, seed=0)
+    train_set = DiffMixDataset(train_set, None, cache_dir="pool/")   # a pool rendered beforehand
 
 Item ``i`` of epoch ``e`` is synthetic with probability ``ratio(e)``, decided by a hash of
 ``(seed, e, i)`` alone, so the decision is the same in every process and on resume. A synthetic
 item is a patch from the shared :class:`~diffmix_aug.cache.ReplayCache`, turned into the base's
 own item structure by the adapter (for HoVer-Net / SONNET loaders: through the loader's own
-augmentation and target generation). When the cache is still empty an original is served. The
-background :class:`~diffmix_aug.producer.Producer` runs in the main process only; workers read the
-shared cache. Dict items gain ``is_synthetic``; :meth:`DiffMixDataset.item_info` tells it for any
-item, with the label-map parameters and seed that made it.
+augmentation and target generation). When no cached patch can be served (the cache is still
+empty, or every patch reached ``max_reuse``) the item is the original. The background
+:class:`~diffmix_aug.producer.Producer` runs in the main process only; workers read the shared
+cache. Dict items gain ``is_synthetic``; :meth:`DiffMixDataset.item_info` tells it for any item,
+with the label-map parameters and seeds that made it. Every option is a
+:class:`~diffmix_aug.config.DiffMixConfig` field (``docs/configuration.md``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,7 +36,6 @@ from .adapters import Adapter, select_adapter
 from .cache import CachedPatch
 from .config import MODES, DiffMixConfig, Schedule, load_diffmix_config
 from .data.sample import NucleiSample
-from .load_pause import NO_PAUSE
 from .pipeline import build_label_sampler, build_pipeline
 from .producer import Producer, ProducerError
 
@@ -54,10 +57,10 @@ class _RawView(Sequence):
         return self.adapter.read_raw(self.base, int(index))
 
 
-def _rank() -> int:
+def _rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return int(torch.distributed.get_rank())
-    return int(os.environ.get("RANK", 0))
+        return int(torch.distributed.get_rank()), int(torch.distributed.get_world_size())
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _in_worker() -> bool:
@@ -72,115 +75,38 @@ class DiffMixDataset(torch.utils.data.Dataset):
             image / instance / type maps (``keys``), HoVer-Net's ``FileLoader`` or the SONNET
             port's loader (detected from its attributes).
         synthesizer: ``synth(images, inst_maps, type_maps, generator) -> uint8 images`` (a
-            :class:`~diffmix_aug.sampling.synthesizer.Synthesizer` or any such callable).
-        mode: ``"balance"`` (DiffMix-B), ``"enlarge"`` (DiffMix-E) or ``"both"`` (DiffMix).
-        synthetic_ratio: Share of items replaced by synthetic ones (after the schedule).
-        seed: Seed of the item decisions and of the producer (offset by the DDP rank).
-        schedule: :class:`Schedule`, ``{"start_epoch": k, "ramp_epochs": r}`` or ``f(epoch, ratio)``.
+            :class:`~diffmix_aug.sampling.synthesizer.Synthesizer` or any such callable), or None
+            to serve the patches of ``cache_dir`` only (the offline pool: no producer).
+        config: A :class:`DiffMixConfig`, a mapping or a YAML file (its ``diffmix:`` section);
+            None: the defaults.
         transform: Applied identically to original and synthetic items (albumentations or callable).
-        adapter: Force an adapter (``"hovernet"``, ``"sonnet"``, ``"nuclei"``, ``"dict"``, ``"tuple"``
-            or an :class:`~diffmix_aug.adapters.Adapter`).
-        keys: Image / instance / type keys (dicts) or positions (tuples).
-        cache_capacity: Patches in the shared replay cache.
-        cache_dir: Optional on-disk store (HoVer-Net ``.npy``) that warm-starts the cache.
-        patch_size: ``(H, W)`` of synthetic patches; default: the synthesizer's ``image_size`` or the
-            base's raw patch size.
-        warmup: ``"none"`` (serve originals until patches arrive), ``"block"`` (wait for
-            ``warmup_items`` patches when the producer starts) or an int ``k`` (block for ``k``).
-        cooperative: Synthesise synchronously every ``cooperative_every`` items instead of in a
-            thread (bit-reproducible; needs ``num_workers=0``).
-        label_sampler: A ``LabelMapSampler``; default: one built for ``mode`` with a ``DonorBank``
-            of the base (``donors``) and its rare classes.
+        label_sampler: A ``LabelMapSampler`` replacing the default one (built for ``mode`` with a
+            ``DonorBank`` of the base and its rare classes).
         donors: A ``DonorBank`` for the default label sampler.
-        rare_classes: Minority classes balancing pastes in. Default: the base's class table
-            (``base.info.rare_classes``, e.g. CoNSeP's miscellaneous); required for
-            ``"balance"`` / ``"both"`` when the base has none (a HoVer-Net loader, a dict dataset).
-        num_classes: Classes counting the background. Default: the base's class table, else the
-            synthesizer's; the synthesizer's own value must agree (checked here).
-        batch_size: Synthesizer batch size.
-        policy, max_reuse, inst_dtype: :class:`ReplayCache` options.
-        producer_priority: CPU scheduling of the producer when it synthesises on the CPU:
-            ``"auto"`` (default: only on idle cores, so workers and the training step never wait
-            for it, raised to nice +10 when a batch starves on a busy host; where the kernel
-            would refuse that raise, an ordinary user's case, a constant nice +10 instead),
-            ``"idle"`` (idle cores only, may starve), ``"low"`` (nice +10) or ``"normal"`` (see
-            :meth:`~diffmix_aug.producer.Producer._lower_priority`).
-        producer_backend: Where the producer runs: ``"auto"`` (default: ``"process"`` for a CPU
-            synthesizer on Linux, else ``"thread"``), ``"thread"`` or ``"process"`` (a CPU
-            synthesizer in a forked process of its own, which never holds this process's GIL; see
-            :class:`~diffmix_aug.config.DiffMixConfig`).
-        producer_pause_on_load: With the process backend and ``num_workers=0``, stop the producer
-            while this process loads a batch (at most 90 % of the time), so a busy host's loop never
-            waits for it (:mod:`~diffmix_aug.load_pause`).
-        warmup_timeout: Seconds ``warmup="block"`` (or an int) waits for its patches before it
-            raises ``TimeoutError`` naming the cause.
-        label_workers: Processes building the producer's label maps (0: in the producer thread).
         start: Start the producer now (else on the first item or :meth:`start`).
+        **overrides: Any :class:`DiffMixConfig` option by name (``mode="balance"``,
+            ``synthetic_ratio=0.3``, ...), applied over ``config`` and validated there; an unknown
+            or removed option is refused with the valid ones / the replacement named.
 
-    Every option is validated once, by :class:`~diffmix_aug.config.DiffMixConfig` (also usable
-    directly: :meth:`from_config`), and :func:`~diffmix_aug.pipeline.build_pipeline` assembles
-    the label sampler, cache and producer from it. ``dataset.config`` holds the resolved options.
+    ``dataset.config`` holds the resolved options (``num_classes``, ``rare_classes`` and
+    ``patch_size`` filled in) and ``dataset.classes`` the :class:`~diffmix_aug.class_table.ClassTable`.
     """
 
-    def __init__(
-        self,
-        base: Any,
-        synthesizer: Callable[..., np.ndarray],
-        mode: str = "both",
-        synthetic_ratio: float = 0.5,
-        seed: int = 0,
-        schedule: Any = None,
-        transform: Callable[[Any], Any] | None = None,
-        adapter: str | Adapter | None = None,
-        keys: Sequence[Any] | None = None,
-        cache_capacity: int = 256,
-        cache_dir: str | os.PathLike[str] | None = None,
-        patch_size: int | tuple[int, int] | None = None,
-        warmup: str | int = "none",
-        warmup_items: int | None = None,
-        cooperative: bool = False,
-        cooperative_every: int = 16,
-        label_sampler: Any = None,
-        donors: Any = None,
-        rare_classes: Sequence[int] | None = None,
-        num_classes: int | None = None,
-        batch_size: int = 4,
-        policy: str = "fifo",
-        max_reuse: int = 8,
-        inst_dtype: str = "int32",
-        producer_priority: str = "auto",
-        producer_backend: str = "auto",
-        producer_pause_on_load: bool = True,
-        warmup_timeout: float = 600.0,
-        label_workers: int = 1,
-        start: bool = True,
-    ) -> None:
-        options = dict(mode=mode, synthetic_ratio=synthetic_ratio, seed=seed, schedule=schedule, adapter=adapter,
-                       keys=keys, cache_capacity=cache_capacity, cache_dir=cache_dir, patch_size=patch_size,
-                       warmup=warmup, warmup_items=warmup_items, cooperative=cooperative,
-                       cooperative_every=cooperative_every, rare_classes=rare_classes, num_classes=num_classes,
-                       batch_size=batch_size, policy=policy, max_reuse=max_reuse, inst_dtype=inst_dtype,
-                       producer_priority=producer_priority, producer_backend=producer_backend,
-                       producer_pause_on_load=producer_pause_on_load, warmup_timeout=warmup_timeout,
-                       label_workers=label_workers)
-        self._setup(base, synthesizer, DiffMixConfig(**options), transform, label_sampler, donors, start)
-
-    @classmethod
-    def from_config(cls, base: Any, synthesizer: Callable[..., np.ndarray] | None,
-                    config: DiffMixConfig | Mapping[str, Any] | str | os.PathLike[str], *,
-                    transform: Callable[[Any], Any] | None = None, label_sampler: Any = None, donors: Any = None,
-                    start: bool = True, **overrides: Any) -> DiffMixDataset:
-        """Build from a :class:`DiffMixConfig`, a mapping or a YAML file's ``diffmix:`` section.
-
-        Example:
-            >>> ds = DiffMixDataset.from_config(base, synth, "diffmix.yaml", seed=1)  # doctest: +SKIP
-        """
+    def __init__(self, base: Any, synthesizer: Callable[..., np.ndarray] | None,
+                 config: DiffMixConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None, *,
+                 transform: Callable[[Any], Any] | None = None, label_sampler: Any = None, donors: Any = None,
+                 start: bool = True, **overrides: Any) -> None:
         cfg = load_diffmix_config(config)
         if overrides:
             cfg = cfg.replace(**overrides)
-        self = cls.__new__(cls)
         self._setup(base, synthesizer, cfg, transform, label_sampler, donors, start)
-        return self
+
+    @classmethod
+    def from_config(cls, base: Any, synthesizer: Callable[..., np.ndarray] | None,
+                    config: DiffMixConfig | Mapping[str, Any] | str | os.PathLike[str], **kwargs: Any
+                    ) -> DiffMixDataset:
+        """The same as ``DiffMixDataset(base, synthesizer, config, **kwargs)``."""
+        return cls(base, synthesizer, config, **kwargs)
 
     def _setup(self, base: Any, synthesizer: Any, config: DiffMixConfig, transform: Any, label_sampler: Any,
                donors: Any, start: bool) -> None:
@@ -198,15 +124,18 @@ class DiffMixDataset(torch.utils.data.Dataset):
                             f"got {describe(synthesizer)}")
         self.transform = transform
         self.adapter = select_adapter(base, config.adapter, config.keys)
-        self.rank = _rank()
+        self.rank, world = _rank_world()
         self._raw = _RawView(base, self.adapter)
         self._raw[0]  # validate one item here, in the caller's process (NaN / negative ids, size mismatch)
         pipe = build_pipeline(config, self._raw, synthesizer, info=getattr(base, "info", None),
                               raw_shape=lambda: self.adapter.raw_shape(base), label_sampler=label_sampler,
-                              donors=donors, rank=self.rank)
-        #: the resolved options (num_classes and rare_classes filled in)
+                              donors=donors, rank=self.rank, world=world)
+        #: the resolved options (num_classes, rare_classes and patch_size filled in)
         self.config = pipe.config
+        #: the resolved class table
+        self.classes = pipe.classes
         self.cache = pipe.cache
+        self.store = pipe.store
         self.synthesizer = synthesizer
         self.label_sampler = pipe.label_sampler
         self._producer: Producer | None = pipe.producer
@@ -219,6 +148,8 @@ class DiffMixDataset(torch.utils.data.Dataset):
         self._warned_epochs: set[int] = set()
         self._started = False
         self._closed = False
+        if self._producer is not None:  # a dataset dropped without close() stops its producer thread
+            self._finalizer = weakref.finalize(self, self._producer.stop)
         if start:
             self.start()
 
@@ -230,12 +161,12 @@ class DiffMixDataset(torch.utils.data.Dataset):
     cooperative = property(lambda self: self.config.cooperative)
     cooperative_every = property(lambda self: self.config.cooperative_every)
     warmup_timeout = property(lambda self: self.config.warmup_timeout)
-    rare_classes = property(lambda self: self.config.rare_classes or ())
-    num_classes = property(lambda self: self.config.num_classes)
+    rare_classes = property(lambda self: self.classes.rare_classes)
+    num_classes = property(lambda self: self.classes.num_classes)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> DiffMixDataset:
-        """Start the producer thread (not in cooperative mode) and honour ``warmup``."""
+        """Start the producer thread (not in cooperative mode) and honour ``warmup`` (no-op without a producer)."""
         if self._started or self._producer is None:
             return self
         self._started = True
@@ -244,7 +175,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
             (self.config.warmup_items or min(self.cache.capacity, 8)) if warmup == "block" else 0)
         k = min(k, self.cache.capacity)
         if not self.cooperative:
-            self._producer.start(warmup=k)  # the cache must hold k patches before the caller goes on
+            self._producer.start()
         if k > len(self.cache):
             if self.cooperative:
                 while len(self.cache) < k:
@@ -254,10 +185,10 @@ class DiffMixDataset(torch.utils.data.Dataset):
                 rate = self._producer.patches_per_second()
                 raise TimeoutError(
                     f"warmup: waited {self.warmup_timeout:.0f} s for {k} synthetic patches, the producer made "
-                    f"{len(self.cache)} (rate {'unknown' if rate is None else f'{rate:.3f}/s'}, "
-                    f"producer_priority={self._producer.cpu_priority!r}); the host is too busy or the SDM "
-                    "too large for this device: raise warmup_timeout, lower warmup_items, use "
-                    "warmup='none' or a GPU synthesizer")
+                    f"{len(self.cache)} (rate {'unknown' if rate is None else f'{rate:.3f}/s'}); the host is "
+                    "too busy or the SDM too large for this device: raise warmup_timeout, lower warmup_items, "
+                    "use warmup='none', a GPU synthesizer, or render the patches beforehand (`diffmix-aug "
+                    "synthesize`, then cache_dir=)")
         return self
 
     def close(self) -> None:
@@ -284,6 +215,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
         state = self.__dict__.copy()
         state.update(_producer=None, synthesizer=None, label_sampler=None)
         state.pop("_rec_np", None)  # numpy views: rebuilt on the tensors the worker receives
+        state.pop("_finalizer", None)
         return state
 
     def _records(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -347,11 +279,17 @@ class DiffMixDataset(torch.utils.data.Dataset):
                "cache_filled": len(self.cache) if not self._closed else None}
         if asked and syn.size < asked / 2 and e not in self._warned_epochs:
             self._warned_epochs.add(e)
+            if self._producer is None:
+                why = (f"the patch store's {len(self.cache) if not self._closed else '?'} patches reached "
+                       f"max_reuse={self.config.max_reuse} (a limit over the whole run); raise max_reuse to at least "
+                       "the synthetic items asked over the run divided by the pool size, or cache_capacity")
+            else:
+                why = (f"the producer cannot keep up ({'n/a' if rate is None else f'{rate:.3f}'} patches/s); use "
+                       "warmup='block', a GPU synthesizer, a pool rendered beforehand (cache_dir=), a larger "
+                       "max_reuse or a lower synthetic_ratio")
             _log.warning("DiffMixDataset epoch %d: %d of %d items asked for a synthetic patch got one "
-                         "(synthetic_ratio=%.2f; %d distinct patches, producer %s patches/s): the producer "
-                         "cannot keep up; use warmup='block', a GPU synthesizer, a larger max_reuse or a "
-                         "lower synthetic_ratio", e, syn.size, asked, self.ratio(e), counts.size,
-                         "n/a" if rate is None else f"{rate:.3f}")
+                         "(synthetic_ratio=%.2f; %d distinct patches): %s", e, syn.size, asked, self.ratio(e),
+                         counts.size, why)
         return out
 
     @property
@@ -430,44 +368,22 @@ class DiffMixDataset(torch.utils.data.Dataset):
             item = self.adapter.apply_transform(self.transform, item)
         return self.adapter.mark(item, patch is not None)
 
-    def _loading(self) -> contextlib.AbstractContextManager:
-        """While this process builds items itself (``num_workers=0``), the producer process is
-        stopped (:meth:`~diffmix_aug.producer.Producer.loading`); a no-op in workers."""
-        producer = self._producer
-        if producer is None or _in_worker():
-            return NO_PAUSE
-        return producer.loading()
-
     def __getitem__(self, index: int) -> Any:
         index = int(index)
-        patch = self._pick(index)
-        with self._loading():
-            return self._build(index, patch)
-
-    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
-        """A batch (what ``DataLoader`` calls when it is defined): every decision and cache read
-        first, then the items built under one :meth:`_loading` (one producer pause per batch, not
-        one per item, and never a cache read while the producer is stopped)."""
-        picked = [(int(i), self._pick(int(i))) for i in indices]
-        with self._loading():
-            return [self._build(i, patch) for i, patch in picked]
+        return self._build(index, self._pick(index))
 
     def item_info(self, index: int) -> dict[str, Any]:
         """What the last serve of item ``index`` was: original or synthetic, and how it was made.
 
         Returns:
-            ``{"index", "epoch", "is_synthetic", "seq", "meta"}``; ``meta`` (label-map params,
-            batch seed, position, mode, source index) is None for originals and for patches that
-            have since left the cache and the producer's history.
+            ``{"index", "epoch", "is_synthetic", "served", "seq", "meta"}``; ``meta`` (the patch's
+            whole metadata: label-map parameters, seeds, position, mode, source index, checkpoint
+            hash, sampler settings; ``"store"``: its name when it came from ``cache_dir``) is None
+            for originals, in DataLoader workers, and for patches written more than
+            ``4 * cache_capacity`` patches ago that have left the cache.
         """
         seq = int(self._served[index])
-        meta = None
-        if seq >= 0:
-            slot = self.cache.find_seq(seq)
-            if slot is not None:
-                meta = self.cache.slot_meta(slot)
-            if (meta is None or meta.get("seq") != seq) and self._producer is not None:
-                meta = self._producer.history.get(seq)
+        meta = self.cache.meta(seq) if seq >= 0 else None
         return {"index": int(index), "epoch": self.epoch, "is_synthetic": seq >= 0, "served": seq != -2,
                 "seq": seq if seq >= 0 else None, "meta": meta}
 

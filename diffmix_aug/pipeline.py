@@ -1,26 +1,28 @@
-"""``build_pipeline``: the one place a :class:`~diffmix_aug.config.DiffMixConfig` becomes
-label sampler + replay cache + producer (used by ``DiffMixDataset`` and ``diffmix-aug synthesize``).
+"""``build_pipeline``: the one place a :class:`~diffmix_aug.config.DiffMixConfig` becomes label
+sampler + patch generator + replay cache + patch store + producer (used by ``DiffMixDataset``).
 
-It also settles the two facts every part must agree on, once:
-
-* ``num_classes`` (background included): the config's, else the base's class table, else the
-  synthesizer's; a synthesizer trained on another number of classes is refused here.
-* ``rare_classes``: the config's, else the base's class table (``DatasetInfo.rare_classes``);
-  balancing without either is refused here (enlarging needs none).
+It also settles, once, what every part must agree on: the :class:`~diffmix_aug.class_table.ClassTable`
+(:func:`~diffmix_aug.class_table.resolve_classes`) and the patch shape; and it warm-starts the
+cache from the patch store (``cache_dir``), refusing a store made by another configuration.
 """
 
 from __future__ import annotations
 
+import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .cache import ReplayCache
+from .class_table import ClassTable, resolve_classes
 from .config import DiffMixConfig
 from .data.sample import NucleiSample
+from .generator import PatchGenerator
 from .producer import Producer
+from .store import REPLAY_KEYS, PatchStore, store_identity
 
-__all__ = ["Pipeline", "build_label_sampler", "build_pipeline", "resolve_classes"]
+__all__ = ["Pipeline", "build_label_sampler", "build_pipeline", "warm_start"]
 
 
 @dataclass(frozen=True)
@@ -28,50 +30,22 @@ class Pipeline:
     """What :func:`build_pipeline` made.
 
     Attributes:
-        config: The config with ``num_classes`` and ``rare_classes`` resolved.
+        config: The config with ``num_classes``, ``rare_classes`` and ``patch_size`` resolved.
+        classes: The resolved :class:`ClassTable`.
         label_sampler: The ``LabelMapSampler`` (None without a synthesizer).
-        cache: The shared :class:`ReplayCache`.
+        generator: The :class:`PatchGenerator` (None without a synthesizer).
+        cache: The shared :class:`ReplayCache`, warm-started from ``store``.
+        store: The :class:`PatchStore` of ``cache_dir`` (None without one).
         producer: The :class:`Producer` (None without a synthesizer), not started.
     """
 
     config: DiffMixConfig
+    classes: ClassTable
     label_sampler: Any
+    generator: PatchGenerator | None
     cache: ReplayCache
+    store: PatchStore | None
     producer: Producer | None
-
-
-def resolve_classes(config: DiffMixConfig, info: Any, synthesizer: Any) -> tuple[int, tuple[int, ...]]:
-    """``(num_classes, rare_classes)`` from the config, the base's class table and the synthesizer.
-
-    Raises:
-        ValueError: no source for ``num_classes``; the synthesizer's differs; a balancing mode
-            without ``rare_classes``; a rare class outside ``1..num_classes-1``.
-    """
-    synth_k = getattr(synthesizer, "num_classes", None)
-    info_k = getattr(info, "num_classes", None)
-    k = config.num_classes if config.num_classes is not None else (info_k if info_k is not None else synth_k)
-    if k is None:
-        raise ValueError("`num_classes` is unknown: the base has no class table (`info`) and the synthesizer does "
-                         "not say; pass num_classes= (classes counting the background, e.g. 5 for CoNSeP)")
-    k = int(k)
-    if synth_k is not None and int(synth_k) != k:
-        where = "num_classes=" if config.num_classes is not None else f"the base's class table ({info.name!r})"
-        raise ValueError(f"the synthesizer was trained with num_classes={int(synth_k)} (background included) but "
-                         f"{where} gives {k}; use the SDM trained on this dataset's classes")
-    rare = config.rare_classes
-    if rare is None:
-        rare = getattr(info, "rare_classes", None)
-    if rare is None:
-        if config.balances and synthesizer is not None:  # a replay-only cache builds no label maps
-            raise ValueError(f"`rare_classes` is required for mode={config.mode!r}: the base has no class table "
-                             "to take it from; pass the minority classes, e.g. rare_classes=(1,) for CoNSeP's "
-                             "miscellaneous (see diffmix_aug.data.classes for the known datasets)")
-        rare = ()
-    rare = tuple(int(c) for c in rare)
-    bad = [c for c in rare if not 0 < c < k]
-    if bad:
-        raise ValueError(f"`rare_classes` {bad} are not foreground classes of a {k}-class label map (1..{k - 1})")
-    return k, rare
 
 
 def build_label_sampler(source: Sequence[NucleiSample], mode: str, num_classes: int,
@@ -91,7 +65,7 @@ def build_label_sampler(source: Sequence[NucleiSample], mode: str, num_classes: 
         side = min(patch_size) if isinstance(patch_size, (tuple, list)) else int(patch_size)
         if side < REFERENCE_PATCH:
             borders = borders_for_patch(side)
-    rare = tuple(rare_classes) or (1,)  # enlarging ignores them; the sampler wants a valid tuple
+    rare = tuple(rare_classes)
     if mode_balances(mode) and donors is None:
         from .labelmaps.donors import DonorBank
 
@@ -99,52 +73,104 @@ def build_label_sampler(source: Sequence[NucleiSample], mode: str, num_classes: 
     return LabelMapSampler(mode=mode, donors=donors, num_classes=num_classes, rare_classes=rare, **borders)
 
 
-def build_pipeline(config: DiffMixConfig, source: Sequence[NucleiSample], synthesizer: Callable[..., Any] | None,
-                   *, info: Any = None, raw_shape: Callable[[], Any] | None = None, label_sampler: Any = None,
-                   donors: Any = None, rank: int = 0, cache_name: str | None = None,
-                   cache_dir: Any = None, warm_start: bool = True) -> Pipeline:
-    """Label sampler + cache + producer for ``config``.
+def warm_start(cache: ReplayCache, store: PatchStore, rank: int = 0, world: int = 1) -> int:
+    """Load the store's patches into the cache; returns how many.
 
-    Args:
-        config: The validated options.
-        source: The base's raw patches (``NucleiSample`` per index), what label maps start from.
-        synthesizer: ``synth(images, inst, types, generator=...) -> uint8 images`` or None (a
-            cache only, e.g. to replay a store).
-        info: The base's ``DatasetInfo`` (class table) if it has one.
-        raw_shape: ``() -> (H, W)`` of the base's patches, called only when neither the config
-            nor the synthesizer sets the patch size.
-        label_sampler, donors: Replace the default label sampler / its donor bank.
-        rank: Distributed rank (cache name, producer seeds).
-        cache_name: File-name prefix of the on-disk store (default ``diffmix_r{rank}_s{seed}``).
-        cache_dir: Overrides ``config.cache_dir`` (``synthesize`` writes to ``--out``).
-        warm_start: Read the store's patches into the cache first.
+    Rank ``r`` of ``world`` takes every ``world``-th patch from the ``r``-th (ranks serve disjoint
+    patches). Patches are taken in file-name order up to the cache's capacity; a larger pool is cut
+    there, with a warning naming how many are left out. An unreadable or malformed patch is skipped
+    with a warning. Each loaded patch keeps its sidecar metadata (plus ``"store"``: its name).
     """
-    if not isinstance(config, DiffMixConfig):
-        raise TypeError(f"`config` must be a DiffMixConfig, got {type(config).__name__}")
-    num_classes, rare = resolve_classes(config, info, synthesizer)
-    config = config.replace(num_classes=num_classes, rare_classes=rare or None)
+    names = store.names()[rank::world]
+    if len(names) > cache.capacity:
+        warnings.warn(f"cache_dir {str(store.path)!r} holds {len(names)} patches{f' for rank {rank}' if world > 1 else ''}"
+                      f", more than cache_capacity={cache.capacity}: the first {cache.capacity} in file-name order "
+                      f"are loaded and the other {len(names) - cache.capacity} are never served; set "
+                      f"cache_capacity={len(names)} to serve them all", RuntimeWarning, stacklevel=3)
+    loaded = 0
+    for name in names:
+        if loaded == cache.capacity:
+            break
+        try:
+            patch = store.read(name)
+        except ValueError as exc:
+            warnings.warn(f"skipping patch {name!r} of {str(store.path)!r}: {exc}", RuntimeWarning, stacklevel=3)
+            continue
+        cache.write(patch.image, patch.inst_map, patch.type_map, {**patch.meta, "store": name})
+        cache.acquire_credit(timeout=0)  # an unread patch: the producer must not overwrite it first
+        loaded += 1
+    return loaded
+
+
+def _patch_shape(config: DiffMixConfig, synthesizer: Any, manifest: dict | None,
+                 raw_shape: Callable[[], Any] | None) -> tuple[int, int]:
     shape = config.patch_size
-    if shape is None and synthesizer is not None and getattr(synthesizer, "image_size", None) is not None:
+    if shape is None and getattr(synthesizer, "image_size", None) is not None:
         side = synthesizer.image_size
         shape = (int(side), int(side)) if not isinstance(side, (tuple, list)) else tuple(side)
+    if shape is None and manifest is not None:
+        shape = tuple(manifest["patch_shape"])
     if shape is None and raw_shape is not None:
         shape = raw_shape()
     if shape is None or len(shape) != 2:
         raise ValueError(f"`patch_size` could not be found (the synthesizer has no image_size and the base no fixed "
                          f"patch shape, got {shape!r}); pass patch_size=(H, W)")
-    shape = (int(shape[0]), int(shape[1]))
+    return int(shape[0]), int(shape[1])
+
+
+def build_pipeline(config: DiffMixConfig, source: Sequence[NucleiSample], synthesizer: Callable[..., Any] | None,
+                   *, info: Any = None, raw_shape: Callable[[], Any] | None = None, label_sampler: Any = None,
+                   donors: Any = None, rank: int = 0, world: int = 1) -> Pipeline:
+    """Everything the online pipeline needs for ``config`` (see the module).
+
+    Args:
+        config: The validated options.
+        source: The base's raw patches (``NucleiSample`` per index), what label maps start from.
+        synthesizer: ``synth(images, inst, types, generator=...) -> uint8 images``, or None: the
+            cache then serves the patches of ``config.cache_dir`` only (the offline pool; no producer).
+        info: The base's ``DatasetInfo`` (class table) if it has one.
+        raw_shape: ``() -> (H, W)`` of the base's patches, called only when nothing else sets the
+            patch size.
+        label_sampler, donors: Replace the default label sampler / its donor bank.
+        rank, world: Distributed rank and world size (seeds, the share of a warm-start pool).
+
+    Raises:
+        ValueError: no synthesizer and no ``cache_dir``; classes or patch shape unresolved; a
+            ``cache_dir`` made by another configuration (named).
+        FileNotFoundError: no synthesizer and ``cache_dir`` does not exist.
+    """
+    if not isinstance(config, DiffMixConfig):
+        raise TypeError(f"`config` must be a DiffMixConfig, got {type(config).__name__}")
+    manifest = None
+    if synthesizer is None:
+        if config.cache_dir is None:
+            raise ValueError("synthesizer=None serves the patches of a patch store only: pass cache_dir=<a "
+                             "`diffmix-aug synthesize` --out folder>, or pass a synthesizer")
+        manifest = PatchStore.read_manifest(config.cache_dir)
+    classes = resolve_classes(config.num_classes, config.rare_classes, info, synthesizer,
+                              balances=config.balances and synthesizer is not None, mode=config.mode,
+                              fallback=None if manifest is None else ClassTable.from_dict(manifest["classes"]))
+    shape = _patch_shape(config, synthesizer, manifest, raw_shape)
+    config = config.replace(num_classes=classes.num_classes, rare_classes=classes.rare_classes or None,
+                            patch_size=shape)
     cache = ReplayCache(config.cache_capacity, shape, inst_dtype=config.inst_dtype, policy=config.policy,
-                        max_reuse=config.max_reuse, num_classes=num_classes,
-                        cache_dir=cache_dir if cache_dir is not None else config.cache_dir,
-                        name=cache_name or f"diffmix_r{rank}_s{config.seed}", warm_start=warm_start)
-    producer = None
+                        max_reuse=config.max_reuse, num_classes=classes.num_classes)
+    generator = producer = store = None
     if synthesizer is not None:
         if label_sampler is None:
-            label_sampler = build_label_sampler(source, config.mode, num_classes, rare, donors, patch_size=shape)
-        workers = 0 if config.cooperative else config.label_workers
-        # cooperative: step() in the caller, nothing to start; else the config's backend
-        backend = "thread" if config.cooperative else config.producer_backend
-        producer = Producer(cache, synthesizer, source, label_sampler, batch_size=config.batch_size,
-                            seed=config.seed, rank=rank, cpu_priority=config.producer_priority,
-                            label_workers=workers, backend=backend, pause_on_load=config.producer_pause_on_load)
-    return Pipeline(config, label_sampler, cache, producer)
+            label_sampler = build_label_sampler(source, config.mode, classes.num_classes, classes.rare_classes,
+                                                donors, patch_size=shape)
+        generator = PatchGenerator(source, label_sampler, synthesizer, mode=config.mode, classes=classes,
+                                   patch_shape=shape, seed=config.seed, rank=rank)
+        if config.cache_dir is not None:
+            store = PatchStore.create(config.cache_dir, generator.identity, created_by="DiffMixDataset")
+    elif config.cache_dir is not None:
+        store = PatchStore.open(config.cache_dir, store_identity(config.mode, classes, shape), REPLAY_KEYS)
+    if store is not None:
+        warm_start(cache, store, rank, world)
+    if generator is not None:
+        producer = Producer(cache, generator, batch_size=config.batch_size,
+                            label_workers=0 if config.cooperative else config.label_workers,
+                            store=store if store is not None and store.writable else None,
+                            store_prefix=f"online_r{rank}_{uuid.uuid4().hex[:8]}")
+    return Pipeline(config, classes, label_sampler, generator, cache, store, producer)

@@ -22,12 +22,18 @@ __all__ = ["HoVerNetAdapter", "read_npy_patch"]
 
 
 def read_npy_patch(path: Any) -> NucleiSample:
-    """A HoVer-Net / SONNET patch ``.npy`` (``[H, W, 4..6]`` = RGB, inst, [type], [ordinal])."""
-    data = np.load(path)
-    img = data[..., :3].astype(np.uint8)
-    inst = data[..., 3].astype(np.int32)
-    typ = data[..., 4].astype(np.int32) if data.shape[-1] >= 5 else np.zeros_like(inst)
-    return NucleiSample.trusted(img, inst, typ, meta={"file": str(path)})
+    """A HoVer-Net / SONNET patch ``.npy`` (``[H, W, 4..6]`` = RGB, inst, [type], [ordinal]), validated
+    by the package's one HoVer-Net patch reader (:func:`~diffmix_aug.data.readers.hovernet_array_to_sample`;
+    SONNET's ordinal channel is not needed here)."""
+    from ..data.readers import hovernet_array_to_sample
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable .npy file ({exc})") from exc
+    return hovernet_array_to_sample(data[..., :5] if data.ndim == 3 else data, str(path))
 
 
 def _augs(base: Any) -> tuple[Any, Any]:

@@ -229,11 +229,11 @@ def downstream_run(dataset: Any, synth: Any, donors: Any, iterations: int, batch
     torch.manual_seed(seed)
     net = TinySegNet(dataset.num_classes)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    labels = LabelMapSampler("both", donors=donors, num_classes=dataset.num_classes,
+    labels = LabelMapSampler("union", donors=donors, num_classes=dataset.num_classes,
                              rare_classes=tuple(dataset.info.rare_classes),
                              **borders_for_patch(dataset[0].image.shape[0]))
     t_warm = time.perf_counter()  # warmup="block": the constructor starts the producer and waits for the patches
-    train_set = DiffMixDataset(dataset, synth, mode="both", synthetic_ratio=0.5, seed=seed, warmup="block",
+    train_set = DiffMixDataset(dataset, synth, mode="union", synthetic_ratio=0.5, seed=seed, warmup="block",
                                warmup_items=warmup_patches, max_reuse=max_reuse, batch_size=4, cache_capacity=64,
                                label_sampler=labels)
     warm_s = time.perf_counter() - t_warm

@@ -1,10 +1,15 @@
-"""``diffmix-aug synthesize``: the offline mode (the paper's): write N synthetic patches to disk.
+"""``diffmix-aug synthesize``: the offline mode (the paper's): render N synthetic patches into a patch store.
 
-Patches are HoVer-Net ``.npy`` files (``int32 [H, W, 5]`` = RGB, instance, type) with a JSON
-sidecar each (label-map parameters, seeds, source index), written atomically; add the output
-folder to HoVer-Net's ``train_dir_list`` (or warm-start a :class:`DiffMixDataset` cache from it).
-Under ``torchrun`` every rank writes its own share with rank-offset seeds
-(``diffmix_r{rank}_*.npy``), so the shards never collide or repeat a patch.
+The output folder is a :class:`~diffmix_aug.store.PatchStore`: HoVer-Net ``.npy`` files (``int32
+[H, W, 5]`` = RGB, instance, type), a JSON sidecar each (label-map parameters, seeds, source index,
+checkpoint hash, sampler settings) and a ``manifest.json`` (mode, class table, checkpoint, patch
+shape, sampler), all written atomically. Add the folder to HoVer-Net's ``train_dir_list``, or serve
+it with ``DiffMixDataset(base, None, cache_dir=OUT)`` (docs/configuration.md, "The offline pool").
+Patches are made by the same :class:`~diffmix_aug.generator.PatchGenerator` as the online
+producer; source patches are drawn uniformly (the online producer also biases them toward the rare
+classes its cache lacks), so patch ``diffmix_r{rank}_{batch}_{position}`` depends only on the
+config, the seed, the rank and its batch. Under ``torchrun`` every rank writes its own share with
+rank-offset seeds, so the shards never collide or repeat a patch.
 
 The YAML config (``diffmix_aug/configs/synthesize_toy.yaml`` runs from the shipped checkpoint)::
 
@@ -21,12 +26,14 @@ The YAML config (``diffmix_aug/configs/synthesize_toy.yaml`` runs from the shipp
       sampler: {preset: reference}   # a preset (reference: 55 DDIM steps from t = 540) and/or DDIMSampler
                                      # arguments (solver, steps, t_start, guidance_scale, ...)
       # preset: tiny            # random weights: refused unless --allow-untrained
-    diffmix: {mode: both, seed: 0, batch_size: 8, patch_size: 256}   # DiffMixConfig fields
+    diffmix: {mode: union, seed: 0, batch_size: 8, patch_size: 256}   # DiffMixConfig fields
     synthesize: {num_patches: 1000}
 
-Every section rejects unknown keys and lists the valid ones. ``--out`` must be empty or new,
-unless ``--resume`` (keep the patches there and write only the missing ones) or ``--overwrite``
-(delete this command's earlier patches first).
+Every section rejects unknown keys and lists the valid ones; of the ``diffmix`` section, ``mode``,
+``seed``, ``batch_size``, ``patch_size``, ``rare_classes`` and ``num_classes`` are used. ``--out``
+must be empty or new, unless ``--resume`` (keep this rank's patches there, which must come from the
+same configuration, and write only the missing ones) or ``--overwrite`` (delete this rank's earlier
+patches first).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..modes import MODES
 from . import require_config
 
 HELP = "Write N DiffMix synthetic patches (HoVer-Net .npy format) to a folder; sharded under torchrun."
@@ -55,17 +63,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="YAML config (data, model, diffmix, synthesize)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for the .npy patches")
     parser.add_argument("--num", type=int, default=None, help="number of patches (overrides synthesize.num_patches)")
-    parser.add_argument("--mode", choices=["balance", "enlarge", "both"], default=None,
-                        help="DiffMix-B / DiffMix-E / DiffMix (overrides diffmix.mode)")
+    parser.add_argument("--mode", choices=MODES, default=None,
+                        help="balance (DiffMix-B) / enlarge (DiffMix-E) / union (the paper's DiffMix) / composed "
+                             "(enlarge(balance(map))) (overrides diffmix.mode)")
     parser.add_argument("--seed", type=int, default=None, help="seed (overrides diffmix.seed)")
     parser.add_argument("--device", default=None, help="synthesizer device (overrides model.device)")
     parser.add_argument("--allow-untrained", action="store_true",
                         help="allow model.preset without a checkpoint (random weights: noise images, smoke tests only)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true",
-                       help="--out holds patches of an earlier run: keep them and write only the missing ones")
+                       help="--out holds patches of an earlier run of this configuration: keep them and write "
+                            "only the missing ones")
     group.add_argument("--overwrite", action="store_true",
-                       help="delete this rank's diffmix_*.npy patches (and sidecars) already in --out first")
+                       help="delete this rank's patches (and sidecars) already in --out first")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -178,17 +188,22 @@ def _dist() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+_NAME = re.compile(r"^diffmix_r(\d+)_(\d+)_(\d+)$")
+
+
 def _existing(out: Path, rank: int | None = None) -> list[Path]:
-    pattern = "diffmix_*.npy" if rank is None else f"diffmix_r{rank}_*.npy"
+    pattern = "diffmix_r*_*.npy" if rank is None else f"diffmix_r{rank}_*.npy"
     return sorted(p for p in out.glob(pattern) if p.is_file()) if out.is_dir() else []
 
 
 def prepare_out(out: Path, *, resume: bool, overwrite: bool, rank: int) -> list[Path]:
     """Check ``--out`` against ``--resume`` / ``--overwrite``; returns this rank's patches to keep.
 
-    Each rank judges only what is not another rank's shard (``diffmix_r{other}_*``): under
-    ``torchrun`` the ranks start together, so one rank's fresh files must not stop another.
+    Each rank judges only what is not another rank's shard (``diffmix_r{other}_*``) or the store's
+    manifest: under ``torchrun`` the ranks start together, so one rank's fresh files must not stop another.
     """
+    from ..store import MANIFEST
+
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; expected a folder (new or empty)")
     if not out.is_dir():
@@ -198,11 +213,13 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool, rank: int) -> list[
         for p in mine:
             p.unlink(missing_ok=True)
             p.with_suffix(".json").unlink(missing_ok=True)
+        if not _existing(out):  # nothing of another rank left: the manifest may change too
+            (out / MANIFEST).unlink(missing_ok=True)
         return []
     if resume:
         return mine
     shard = re.compile(r"^diffmix_r(\d+)_.*\.(npy|json)$")
-    blocking = [p for p in out.iterdir() if not p.name.startswith(".")
+    blocking = [p for p in out.iterdir() if not p.name.startswith(".") and p.name != MANIFEST
                 and not ((m := shard.match(p.name)) and int(m.group(1)) != rank)]
     if blocking:
         raise ValueError(f"--out {str(out)!r} already holds {len(blocking)} file(s) (e.g. {blocking[0].name}); "
@@ -214,12 +231,15 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool, rank: int) -> list[
 def synthesize(cfg: dict[str, Any], out: Path, num: int | None = None, *, progress: bool = True,
                device: str | None = None, allow_untrained: bool = False, resume: bool = False,
                overwrite: bool = False) -> list[Path]:
-    """Write this rank's share of ``num`` patches into ``out``; returns the files this call wrote."""
+    """Write this rank's share of ``num`` patches into the patch store ``out``; returns the files this call wrote."""
     from tqdm.auto import tqdm
 
     from .._checks import check_positive_int
+    from ..class_table import resolve_classes
     from ..config import DiffMixConfig
-    from ..pipeline import build_pipeline
+    from ..generator import PatchGenerator
+    from ..pipeline import build_label_sampler
+    from ..store import PatchStore
 
     check_config(cfg)
     dm = DiffMixConfig.from_dict(_section(cfg, "diffmix"))
@@ -231,30 +251,28 @@ def synthesize(cfg: dict[str, Any], out: Path, num: int | None = None, *, progre
     kept = prepare_out(out, resume=resume, overwrite=overwrite, rank=rank)
     source = build_source(_section(cfg, "data"))
     synth = build_synthesizer(_section(cfg, "model"), device, allow_untrained=allow_untrained)
-    if dm.patch_size is None:
-        dm = dm.replace(patch_size=tuple(source[0].shape))
-    dm = dm.replace(cache_capacity=dm.batch_size, cooperative=True, label_workers=0)
-    pipe = build_pipeline(dm, source, synth, info=source.info, rank=rank, cache_dir=out,
-                          cache_name=f"diffmix_r{rank}", warm_start=False)
-    cache, producer = pipe.cache, pipe.producer
-    if cache.cache_dir is None:
+    classes = resolve_classes(dm.num_classes, dm.rare_classes, source.info, synth, balances=dm.balances,
+                              mode=dm.mode)
+    shape = dm.patch_size or tuple(source[0].shape)
+    labels = build_label_sampler(source, dm.mode, classes.num_classes, classes.rare_classes, patch_size=shape)
+    gen = PatchGenerator(source, labels, synth, mode=dm.mode, classes=classes, patch_shape=shape, seed=dm.seed,
+                         rank=rank)
+    store = PatchStore.create(out, gen.identity, what="--out", created_by="diffmix-aug synthesize")
+    if not store.writable:
         raise OSError(f"cannot write to --out {str(out)!r}")
     before = set(_existing(out, rank))
     todo = max(0, share - len(kept))
-    if kept:  # every earlier batch wrote >= 1 patch: starting at len(kept) repeats no batch seed
-        producer.load_state_dict({"batches": len(kept)})
-    try:
-        with tqdm(total=share, initial=share - todo, desc=f"synthesize rank {rank}/{world}", unit="patch",
-                  disable=not progress or rank != 0) as bar:
-            written = 0
-            while written < todo:
-                producer.batch_size = min(dm.batch_size, todo - written)
-                n = producer.step()
-                written += n
-                bar.update(n)
-    finally:
-        producer.close()
-        cache.close()
+    # the next batch after the last one kept: every batch's patches depend on its own key only
+    batch = 1 + max((int(m.group(2)) for p in kept if (m := _NAME.match(p.stem))), default=-1)
+    with tqdm(total=share, initial=share - todo, desc=f"synthesize rank {rank}/{world}", unit="patch",
+              disable=not progress or rank != 0) as bar:
+        written = 0
+        while written < todo:
+            for j, patch in enumerate(gen.batch(batch, min(dm.batch_size, todo - written))):
+                store.write(f"diffmix_r{rank}_{batch:08d}_{j:03d}", patch)
+                written += 1
+                bar.update(1)
+            batch += 1
     return sorted(set(_existing(out, rank)) - before)
 
 

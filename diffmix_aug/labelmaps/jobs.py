@@ -75,16 +75,18 @@ class LabelMapJobs(torch.utils.data.Dataset):
         map_seed = derive_seed(self.seed, self.rank, stream, position)
         rng = np.random.default_rng(map_seed)
         sample, offset = fit_to_shape(self.source[src], self.shape, rng)
-        params, mode = None, "source"
+        params, mode, kind = None, "source", "source"
         inst, typ = sample.inst_map, sample.type_map
         if self.label_sampler is not None:
             res = self.label_sampler(sample, rng)  # params drawn, then applied, in one pass
             inst, typ, mode, params = res.inst_map, res.type_map, res.mode, res.params
+            kind = getattr(params, "kind", mode)
         pdict = params.to_dict() if hasattr(params, "to_dict") else params
         return {"image": np.ascontiguousarray(sample.image), "inst": np.ascontiguousarray(inst, np.int32),
                 "type": np.ascontiguousarray(typ, np.int32),
                 "meta": {"map_seed": map_seed, "map_stream": stream, "map_position": position, "rank": self.rank,
-                         "source_index": src, "offset": offset, "mode": mode, "params": pdict}}
+                         "source_index": src, "offset": offset, "mode": mode, "map_kind": kind,
+                         "params": pdict}}
 
 
 def collate_jobs(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,8 +1,10 @@
-"""``LabelMapSampler``: draws the custom label map of one sample (balance, enlarge, or both).
+"""``LabelMapSampler``: draws the custom label map of one sample (balance, enlarge, union or composed).
 
-Modes (the paper's ablations): ``"balance"`` is DiffMix-B (GradMix label mixing, §6),
-``"enlarge"`` is DiffMix-E (shifted nuclei, §5.5), ``"both"`` is DiffMix's full setting: the
-balanced map is enlarged. Parameters are drawn first (:meth:`LabelMapSampler.get_params`), then
+Modes (:data:`~diffmix_aug.modes.Mode`; the paper's ablations): ``"balance"`` is DiffMix-B
+(GradMix label mixing, §6), ``"enlarge"`` is DiffMix-E (shifted nuclei, §5.5), ``"union"`` is the paper's DiffMix: each map is
+a balancing or an enlarging one, chosen per map with probability 0.5 (the union of the B and E
+pools, as the reference code trains), and ``"composed"`` is this project's enlarge(balance(map)):
+the balanced map is enlarged. Parameters are drawn first (:meth:`LabelMapSampler.get_params`), then
 applied deterministically (:meth:`LabelMapSampler.apply`), so every map can be replayed from its
 :class:`LabelMapParams` (also after a JSON round trip, :meth:`LabelMapParams.from_dict`).
 
@@ -19,22 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_choice, check_positive_int
+from .._checks import check_positive_int
+from ..modes import DEFAULT_MODE, MODES, UNION_P_BALANCE, Mode, check_mode, mode_balances, mode_enlarges
 from .balance import BalanceParams, apply_balance, draw_balance_params
 from .donors import DonorBank
 from .enlarge import EnlargeParams, apply_enlarge, draw_enlarge_params
 
-__all__ = ["MODES", "LabelMapParams", "LabelMapResult", "LabelMapSampler", "borders_for_patch", "mode_balances"]
+__all__ = ["DEFAULT_MODE", "MODES", "LabelMapParams", "LabelMapResult", "LabelMapSampler", "Mode",
+           "borders_for_patch", "check_mode", "mode_balances", "mode_enlarges"]
 
-#: DiffMix-B, DiffMix-E and DiffMix (the balanced map enlarged) of the paper's ablation; defined here only
-MODES = ("balance", "enlarge", "both")
-_BALANCING = ("balance", "both")
-_ENLARGING = ("enlarge", "both")
-
-
-def mode_balances(mode: str) -> bool:
-    """Whether ``mode`` pastes rare nuclei (needs rare classes and a donor bank)."""
-    return check_choice("mode", mode, MODES) in _BALANCING
 REFERENCE_PATCH = 256  # the reference code's patch side, for which border=30 and border_margin=32 are set
 
 
@@ -61,12 +56,19 @@ def borders_for_patch(patch_size: int) -> dict[str, int]:
 @dataclass(frozen=True, eq=False)
 class LabelMapParams:
     """Everything drawn for one custom map. ``balance`` is None in ``"enlarge"`` mode and
-    ``enlarge`` is None in ``"balance"`` mode; in ``"both"`` the enlarge parameters refer to the
-    balanced map."""
+    ``enlarge`` is None in ``"balance"`` mode; a ``"union"`` map has exactly one of them (the kind
+    drawn for it); in ``"composed"`` the enlarge parameters refer to the balanced map."""
 
     mode: str
     balance: BalanceParams | None = None
     enlarge: EnlargeParams | None = None
+
+    @property
+    def kind(self) -> str:
+        """What was applied: ``"balance"``, ``"enlarge"``, ``"composed"`` (both, in that order) or ``"none"``."""
+        if self.balance is not None:
+            return "composed" if self.enlarge is not None else "balance"
+        return "enlarge" if self.enlarge is not None else "none"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -103,10 +105,12 @@ class LabelMapSampler:
     """Custom label maps for DiffMix synthesis.
 
     Args:
-        mode: ``"balance"`` (DiffMix-B), ``"enlarge"`` (DiffMix-E) or ``"both"`` (DiffMix).
+        mode: One of :data:`~diffmix_aug.modes.MODES`: ``"balance"`` (DiffMix-B), ``"enlarge"`` (DiffMix-E), ``"union"``
+            (the paper's DiffMix: a balancing or an enlarging map, chosen per map with probability
+            0.5) or ``"composed"`` (enlarge(balance(map))).
         donors: The :class:`DonorBank` for balancing; None uses each map's own rare nuclei only.
         num_classes: Classes counting the background (rare classes must be below it).
-        rare_classes: Classes balancing pastes in.
+        rare_classes: Classes balancing pastes in (may be empty for ``"enlarge"``).
         max_shift, p_shift, border_margin, symmetric, overlap, max_overlap, max_tries: Enlarging,
             see :func:`~diffmix_aug.labelmaps.enlarge.draw_enlarge_params`.
         major_fraction, size_ratio, border, target_distribution, use_own_donors: Balancing, see
@@ -129,7 +133,7 @@ class LabelMapSampler:
 
     def __init__(
         self,
-        mode: str = "both",
+        mode: str = DEFAULT_MODE,
         donors: DonorBank | None = None,
         num_classes: int = 5,
         rare_classes: Iterable[int] = (1,),
@@ -148,7 +152,7 @@ class LabelMapSampler:
         use_own_donors: bool = True,
         source_key: str | None = "index",
     ) -> None:
-        self.mode = check_choice("mode", mode, MODES)
+        self.mode = check_mode(mode)
         if donors is not None and not isinstance(donors, DonorBank):
             raise TypeError(f"`donors` must be a DonorBank or None, got {type(donors).__name__}; "
                             "build one with DonorBank.from_dataset(dataset)")
@@ -156,8 +160,9 @@ class LabelMapSampler:
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.rare_classes = tuple(int(c) for c in rare_classes)
         bad = [c for c in self.rare_classes if not 0 < c < num_classes]
-        if not self.rare_classes or bad:
-            raise ValueError(f"`rare_classes` must be non-empty ids in 1..{num_classes - 1}, got {self.rare_classes}")
+        if bad or (self.balances and not self.rare_classes):
+            raise ValueError(f"`rare_classes` must be {'non-empty ' if self.balances else ''}ids in "
+                             f"1..{num_classes - 1} for mode={self.mode!r}, got {self.rare_classes}")
         self.enlarge_kwargs = dict(max_shift=max_shift, p_shift=p_shift, border_margin=border_margin,
                                    symmetric=symmetric, overlap=overlap, max_overlap=max_overlap, max_tries=max_tries)
         self.balance_kwargs = dict(rare_classes=self.rare_classes, major_fraction=major_fraction,
@@ -167,17 +172,18 @@ class LabelMapSampler:
         # validate the keyword arguments once, on an empty map
         empty = np.zeros((1, 1), np.int32)
         draw_enlarge_params(np.random.default_rng(0), empty, **self.enlarge_kwargs)
-        draw_balance_params(np.random.default_rng(0), empty, empty, None, **self.balance_kwargs)
+        if self.balances:
+            draw_balance_params(np.random.default_rng(0), empty, empty, None, **self.balance_kwargs)
 
     @property
     def balances(self) -> bool:
-        """Whether this sampler pastes rare nuclei (``"balance"``, ``"both"``)."""
-        return self.mode in _BALANCING
+        """Whether this sampler can paste rare nuclei (``"balance"``, ``"union"``, ``"composed"``)."""
+        return mode_balances(self.mode)
 
     @property
     def enlarges(self) -> bool:
-        """Whether this sampler shifts nuclei (``"enlarge"``, ``"both"``)."""
-        return self.mode in _ENLARGING
+        """Whether this sampler can shift nuclei (``"enlarge"``, ``"union"``, ``"composed"``)."""
+        return mode_enlarges(self.mode)
 
     def __repr__(self) -> str:
         return (f"LabelMapSampler(mode={self.mode!r}, donors={None if self.donors is None else len(self.donors)}, "
@@ -194,17 +200,27 @@ class LabelMapSampler:
             return None
         return int(meta[self.source_key])
 
+    def _kind(self, rng: np.random.Generator | None, params: LabelMapParams | None) -> tuple[bool, bool]:
+        """``(balance, enlarge)``: the steps this map runs (a ``"union"`` map draws its kind first)."""
+        if self.mode != "union":
+            return self.balances, self.enlarges
+        if params is not None:
+            return params.balance is not None, params.enlarge is not None
+        balance = bool(rng.random() < UNION_P_BALANCE)
+        return balance, not balance
+
     def _run(self, rng: np.random.Generator | None, sample: Any, params: LabelMapParams | None) -> LabelMapResult:
         inst, typ = self._maps(sample)
         report: dict[str, Any] = {}
         bp = ep = None
-        if self.balances:
+        balance, enlarge = self._kind(rng, params)
+        if balance:
             info = None if isinstance(sample, tuple) else getattr(sample, "info", None)  # NucleiSample caches it
             bp = params.balance if params is not None else draw_balance_params(
                 rng, inst, typ, self.donors, exclude_source=self._source(sample), info=info, **self.balance_kwargs)
             inst, typ, report["balance"] = apply_balance(inst, typ, bp, self.donors, info)
-        if self.enlarges:
-            info = None if self.mode == "both" or isinstance(sample, tuple) else getattr(sample, "info", None)
+        if enlarge:
+            info = None if balance or isinstance(sample, tuple) else getattr(sample, "info", None)
             ep = params.enlarge if params is not None else draw_enlarge_params(
                 rng, inst, info=info, **self.enlarge_kwargs)
             inst, typ, report["enlarge"] = apply_enlarge(inst, typ, ep)
@@ -213,7 +229,7 @@ class LabelMapSampler:
     def get_params(self, rng: np.random.Generator, sample: Any) -> LabelMapParams:
         """Draw the parameters for ``sample`` (``NucleiSample`` or ``(inst_map, type_map)``).
 
-        In ``"both"`` mode the balanced map is built to draw the enlarging parameters for it.
+        In ``"composed"`` mode the balanced map is built to draw the enlarging parameters for it.
         """
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"`rng` must be a numpy.random.Generator, got {type(rng).__name__}; "
@@ -228,7 +244,7 @@ class LabelMapSampler:
         return self._run(None, sample, params)
 
     def __call__(self, sample: Any, rng: np.random.Generator) -> LabelMapResult:
-        """Draw and apply in one pass (no double work in ``"both"`` mode)."""
+        """Draw and apply in one pass (no double work in ``"composed"`` mode)."""
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"`rng` must be a numpy.random.Generator, got {type(rng).__name__}; "
                             "use np.random.default_rng(seed)")

@@ -7,14 +7,6 @@ This is what the dataset wrapper's background producer calls (``docs/architectur
 
 Calls are serialised by a lock, so one producer thread (not the main thread) may call it while the main
 thread trains; on CUDA the work runs on the synthesizer's own stream.
-
-Forking: a ``threading.Lock`` is copied into a forked child in the state it had at that instant, and
-the thread that held it does not exist there. A child forked while another thread was inside a call
-(for example a second dataset's producer process forked while a first one's producer thread
-synthesises with the same ``Synthesizer``) would find the lock held for ever and hang in its first
-call. So every forked child gets fresh locks (an ``os.register_at_fork`` hook, registered with the
-first ``Synthesizer``), and :meth:`Synthesizer.paused` lets the forking code wait until no call is in
-flight, so that no torch kernel of a call is half run in the parent when the child is made.
 """
 
 from __future__ import annotations
@@ -22,8 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -36,25 +27,6 @@ from .presets import make_sampler, preset_of
 from .reference import ReferenceDDIMSampler
 
 __all__ = ["Synthesizer"]
-
-#: every Synthesizer of this process, for the at-fork hook (:func:`_fresh_locks_in_child`)
-_LIVE: weakref.WeakSet = weakref.WeakSet()
-_FORK_HOOK: list = []  # holds True once the hook is registered (lazily: no import-time side effect)
-
-
-def _fresh_locks_in_child() -> None:
-    """``os.register_at_fork(after_in_child=...)``: a fresh call lock for every Synthesizer (a copy
-    taken while a thread of the parent held it would stay locked in the child)."""
-    for synth in list(_LIVE):
-        synth._lock = threading.Lock()
-
-
-def _track(synth: Synthesizer) -> None:
-    if not _FORK_HOOK and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_fresh_locks_in_child)
-        _FORK_HOOK.append(True)
-    _LIVE.add(synth)
-
 
 class Synthesizer:
     """Guided partial-noise synthesis of nuclei patches from (image, instance map, type map).
@@ -108,31 +80,6 @@ class Synthesizer:
         self.num_classes = label_channels - 1
         self._lock = threading.Lock()
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        _track(self)
-
-    @contextlib.contextmanager
-    def paused(self, timeout: float) -> Iterator[Synthesizer]:
-        """Wait until no call is in flight and hold off new calls while the block runs.
-
-        For code that forks a process which will call this synthesizer (the producer's process
-        backend): a child forked while another thread is inside a call could inherit torch state
-        that thread holds half-way. The child's own lock is fresh either way (see the module).
-
-        Args:
-            timeout: Seconds to wait for a call in flight to finish.
-
-        Raises:
-            TimeoutError: A call has run for longer than ``timeout`` (named with the fix).
-        """
-        if not self._lock.acquire(timeout=max(0.0, float(timeout))):
-            raise TimeoutError(f"Synthesizer.paused: a synthesis call in another thread did not finish within "
-                               f"{timeout:g} s (another DiffMixDataset's producer thread using this Synthesizer?); "
-                               "close that dataset first, give each dataset its own Synthesizer, or use "
-                               "producer_backend='thread'")
-        try:
-            yield self
-        finally:
-            self._lock.release()
 
     @property
     def sampler_settings(self) -> dict:
@@ -177,8 +124,7 @@ class Synthesizer:
     checkpoint: str | None = None  # the file or directory ``from_checkpoint`` loaded, for error messages
 
     def __getstate__(self) -> dict:
-        # a producer process receives the synthesizer by pickling: the model travels (its tensors
-        # through shared memory); the lock, the stream and the model caches are made again there
+        # the lock, the stream and the model caches are made again where a pickled copy is loaded
         state = self.__dict__.copy()
         for k in ("_lock", "_stream", "caches"):
             state.pop(k, None)
@@ -189,7 +135,6 @@ class Synthesizer:
         self.caches = ModelCaches(self.model)
         self._lock = threading.Lock()
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        _track(self)
 
     def _check_finite_output(self, out: torch.Tensor) -> None:
         """Raise ``ValueError`` when the denoised batch holds NaN / inf (it would decode to black images)."""

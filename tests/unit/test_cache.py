@@ -1,14 +1,12 @@
-"""ReplayCache: slots, replacement policies, seqlock reads, disk store, checkpoints."""
+"""ReplayCache: slots, replacement policies, seqlock reads, whole metadata, checkpoints."""
 
 from __future__ import annotations
 
-import errno
 import multiprocessing
-import os
+import pickle
 import sys
 import threading
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -16,9 +14,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diffmix_aug.cache import ReplayCache, load_patch
+from diffmix_aug.cache import ReplayCache
 
 H = W = 8
+K = 4  # classes counting the background (the pipeline's ClassTable gives it; the cache has no default)
 
 
 def patch(value: int, k: int = 3):
@@ -39,7 +38,7 @@ def test_write_read_roundtrip_and_dtypes():
     np.testing.assert_array_equal(p.image, img)
     np.testing.assert_array_equal(p.inst_map, inst)
     np.testing.assert_array_equal(p.type_map, typ)
-    assert p.meta == {"mode": "balance", "params": {"a": 3}, "seq": 0}
+    assert c.meta(0) == {"mode": "balance", "params": {"a": np.int64(3)}, "seq": 0}
     assert c.reads == 1
     with pytest.raises(ValueError, match="inst_dtype"):
         c.write(img, inst * 0 + 40000, typ)
@@ -49,13 +48,13 @@ def test_write_read_roundtrip_and_dtypes():
 
 def test_bad_arguments_name_the_field():
     with pytest.raises(ValueError, match="policy"):
-        ReplayCache(2, (H, W), policy="lru")
+        ReplayCache(2, (H, W), policy="lru", num_classes=K)
     with pytest.raises(ValueError, match="patch_shape"):
-        ReplayCache(2, (H,))
+        ReplayCache(2, (H,), num_classes=K)
     with pytest.raises(ValueError, match="inst_dtype"):
-        ReplayCache(2, (H, W), inst_dtype="float32")
+        ReplayCache(2, (H, W), inst_dtype="float32", num_classes=K)
     with pytest.raises(ValueError, match="capacity"):
-        ReplayCache(0, (H, W))
+        ReplayCache(0, (H, W), num_classes=K)
 
 
 def _reference_victim(seq, reuse, policy):
@@ -72,7 +71,7 @@ def _reference_victim(seq, reuse, policy):
        ops=st.lists(st.tuples(st.booleans(), st.integers(0, 10)), min_size=1, max_size=30))
 def test_replacement_matches_reference(policy, cap, ops):
     """Interleaved writes and reads choose the same victims as a plain reference model."""
-    c = ReplayCache(cap, (H, W), policy=policy)
+    c = ReplayCache(cap, (H, W), policy=policy, num_classes=K)
     seq, reuse, n = [-1] * cap, [0] * cap, 0
     for is_write, arg in ops:
         if is_write:
@@ -90,7 +89,7 @@ def test_replacement_matches_reference(policy, cap, ops):
 
 
 def test_pick_prefers_fresh_and_respects_max_reuse():
-    c = ReplayCache(3, (H, W), max_reuse=2, candidates=3)
+    c = ReplayCache(3, (H, W), max_reuse=2, candidates=3, num_classes=K)
     for v in range(3):
         c.write(*patch(v))
     rng = np.random.default_rng(0)
@@ -100,11 +99,11 @@ def test_pick_prefers_fresh_and_respects_max_reuse():
     assert c.pick(rng) is None  # everything at max_reuse: the consumer serves an original, never blocks
     c._np["reuse"][1] = 0
     assert all(c.pick(rng) == 1 for _ in range(5))
-    assert ReplayCache(2, (H, W)).pick(rng) is None
+    assert ReplayCache(2, (H, W), num_classes=K).pick(rng) is None
 
 
 def test_torn_read_is_detected_and_retried():
-    c = ReplayCache(1, (H, W))
+    c = ReplayCache(1, (H, W), num_classes=K)
     c.write(*patch(1))
     c._np["version"][0] += 1  # a writer is "in the middle" forever
     assert c.read(0, max_retries=10) is None
@@ -114,7 +113,7 @@ def test_torn_read_is_detected_and_retried():
 
 def test_concurrent_writer_never_yields_mixed_patches():
     """A reader racing one writer only ever sees patches whose parts belong together."""
-    c = ReplayCache(2, (64, 64))
+    c = ReplayCache(2, (64, 64), num_classes=K)
     stop = threading.Event()
 
     def writer():
@@ -141,7 +140,7 @@ def test_concurrent_writer_never_yields_mixed_patches():
             p = c.read(slot, count=False)
             if p is None:
                 continue
-            v = p.meta["v"]
+            v = int(p.inst_map[0, 0])
             assert (p.inst_map == v).all() and (p.image == v % 256).all() and (p.type_map == v % 7).all()
             seen += 1
     finally:
@@ -157,107 +156,8 @@ def test_class_fractions_follow_contents():
     np.testing.assert_allclose(c.class_fractions(), [0, 0.5, 0.5, 0])
 
 
-def test_disk_store_warm_starts_and_skips_corrupt_files(tmp_path):
-    c = ReplayCache(3, (H, W), cache_dir=tmp_path, name="a")
-    for v in range(4):
-        c.write(*patch(v), {"mode": "enlarge", "v": v})
-    files = sorted(tmp_path.glob("*.npy"))
-    assert len(files) == 4 and not list(tmp_path.glob("*.tmp"))
-    arr = np.load(files[0])
-    assert arr.shape == (H, W, 5) and arr.dtype == np.int32  # HoVer-Net's patch layout
-    (tmp_path / "z_truncated.npy").write_bytes(files[0].read_bytes()[:50])
-    np.save(tmp_path / "z_wrong_shape.npy", np.zeros((H, W, 3), np.int32))
-    with pytest.warns(RuntimeWarning, match="skipping") as rec:
-        warm = ReplayCache(3, (H, W), cache_dir=tmp_path, name="b")
-    assert len(rec) == 2
-    assert len(warm) == 3
-    vs = sorted(warm.slot_meta(s)["v"] for s in range(3))
-    assert vs == [1, 2, 3]  # the newest three
-    p = warm.read(warm.find_seq(0))
-    assert p.meta["source"] == "disk"
-
-
-def test_unwritable_dir_falls_back_to_memory(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    with pytest.warns(RuntimeWarning, match="new ones stay in memory"):
-        c = ReplayCache(2, (H, W), cache_dir=blocker / "sub")
-    assert c.cache_dir is None
-    c.write(*patch(0))
-    assert len(c) == 1
-
-
-def test_disk_full_mid_run_retries_when_space_comes_back(tmp_path, monkeypatch):
-    import diffmix_aug.cache as cache_mod
-
-    c = ReplayCache(2, (H, W), cache_dir=tmp_path)
-    real = cache_mod.atomic_save_npy
-    full = {"on": True}
-
-    def maybe_full(*a, **k):
-        if full["on"]:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(*a, **k)
-
-    monkeypatch.setattr(cache_mod, "atomic_save_npy", maybe_full)
-    with pytest.warns(RuntimeWarning, match="No space left"):
-        c.write(*patch(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for i in range(1, 16):
-            c.write(*patch(i))  # warned once; no retry within the back-off
-    full["on"] = False
-    for i in range(16, 40):
-        c.write(*patch(i))
-    stored = sorted(tmp_path.glob("*.npy"))
-    assert len(stored) == 24 and c.cache_dir == tmp_path  # persistence resumed after the back-off
-    assert len(c) == 2
-
-
-def test_second_run_with_the_same_seed_never_overwrites_the_first(tmp_path):
-    a = ReplayCache(2, (H, W), cache_dir=tmp_path, name="same", warm_start=False)
-    for i in range(4):
-        a.write(*patch(i))
-    b = ReplayCache(2, (H, W), cache_dir=tmp_path, name="same", warm_start=False)
-    for i in range(4):
-        b.write(*patch(i))
-    assert len(list(tmp_path.glob("*.npy"))) == 8 and len(list(tmp_path.glob("*.json"))) == 8
-
-
-def test_fifo_in_cache_dir_is_never_opened(tmp_path):
-    c = ReplayCache(2, (H, W), cache_dir=tmp_path)
-    c.write(*patch(0))
-    os.mkfifo(tmp_path / "trap.npy")  # opening it for reading would block for ever
-    d = ReplayCache(2, (H, W), cache_dir=tmp_path)
-    assert len(d) == 1
-
-
-def test_read_only_store_still_warm_starts(tmp_path):
-    c = ReplayCache(4, (H, W), cache_dir=tmp_path)
-    for i in range(3):
-        c.write(*patch(i))
-    os.chmod(tmp_path, 0o555)
-    try:
-        if os.access(tmp_path, os.W_OK) and os.geteuid() == 0:
-            # root ignores permission bits: simulate a read-only store by a failing probe
-            import diffmix_aug.cache as cache_mod
-
-            orig = cache_mod.ReplayCache._probe_dir
-            cache_mod.ReplayCache._probe_dir = lambda self, path: None
-            try:
-                d = ReplayCache(4, (H, W), cache_dir=tmp_path)
-            finally:
-                cache_mod.ReplayCache._probe_dir = orig
-        else:
-            with pytest.warns(RuntimeWarning, match="new ones stay in memory"):
-                d = ReplayCache(4, (H, W), cache_dir=tmp_path)
-        assert len(d) == 3 and d.cache_dir is None
-    finally:
-        os.chmod(tmp_path, 0o755)
-
-
 def test_type_above_255_is_rejected_not_wrapped():
-    c = ReplayCache(2, (H, W))
+    c = ReplayCache(2, (H, W), num_classes=K)
     img, inst, typ = patch(0)
     typ = typ.copy()
     typ[0, 0] = 300
@@ -265,28 +165,14 @@ def test_type_above_255_is_rejected_not_wrapped():
         c.write(img, inst, typ)
 
 
-def test_load_patch_validation(tmp_path):
-    good = np.zeros((H, W, 5), np.int32)
-    np.save(tmp_path / "g.npy", good)
-    assert load_patch(tmp_path / "g.npy", (H, W)).shape == (H, W, 5)
-    bad = good.copy()
-    bad[0, 0, 0] = 300
-    np.save(tmp_path / "b.npy", bad)
-    with pytest.warns(RuntimeWarning, match="out of range"):
-        assert load_patch(tmp_path / "b.npy") is None
-    np.save(tmp_path / "f.npy", good.astype(np.float32))
-    with pytest.warns(RuntimeWarning, match="integer"):
-        assert load_patch(tmp_path / "f.npy") is None
-
-
 def test_state_dict_roundtrip_through_weights_only_load(tmp_path):
-    c = ReplayCache(3, (H, W), policy="reuse")
+    c = ReplayCache(3, (H, W), policy="reuse", num_classes=K)
     for v in range(5):
         c.write(*patch(v), {"v": v})
     c.read(0)
     torch.save(c.state_dict(), tmp_path / "s.pt")
     state = torch.load(tmp_path / "s.pt", weights_only=True)
-    d = ReplayCache(3, (H, W), policy="reuse")
+    d = ReplayCache(3, (H, W), policy="reuse", num_classes=K)
     d.load_state_dict(state)
     for key in ("image", "inst", "type", "seq", "reuse", "hist"):
         np.testing.assert_array_equal(c._np[key], d._np[key])
@@ -294,11 +180,25 @@ def test_state_dict_roundtrip_through_weights_only_load(tmp_path):
     assert [d.slot_meta(s) for s in range(3)] == [c.slot_meta(s) for s in range(3)]
     assert d.write(*patch(9)) == c.write(*patch(9))
     with pytest.raises(ValueError, match="capacity"):
-        ReplayCache(4, (H, W)).load_state_dict(state)
+        ReplayCache(4, (H, W), num_classes=K).load_state_dict(state)
+
+
+def test_metadata_is_whole_kept_in_the_writer_and_never_pickled():
+    """No truncation (metadata used to be cut to {'seq', 'truncated'} past 2048 bytes); bounded history."""
+    c = ReplayCache(2, (H, W), num_classes=K)
+    big = {"params": list(range(5000)), "mode": "union"}  # ~30 kB of JSON
+    seq = c.write(*patch(0), big)
+    assert c.meta(seq)["params"] == big["params"] and c.slot_meta(c.find_seq(seq))["mode"] == "union"
+    clone = pickle.loads(pickle.dumps(c))  # what a spawned worker gets: the pixels, not the metadata
+    assert clone.meta(seq) is None and clone.read(0, count=False).seq == seq
+    for i in range(1, 40):
+        c.write(*patch(i), {"i": i})
+    assert len(c._meta) <= 4 * c.capacity and c.meta(39) == {"i": 39, "seq": 39}
+    assert c.meta(0) is None  # evicted long ago and forgotten
 
 
 def test_error_channel_and_close():
-    c = ReplayCache(1, (H, W))
+    c = ReplayCache(1, (H, W), num_classes=K)
     assert c.error() is None
     c.set_error("Traceback ...\nValueError: boom")
     assert "boom" in c.error()

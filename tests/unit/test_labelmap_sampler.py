@@ -34,15 +34,19 @@ def _valid(out: LabelMapResult, shape):
     assert pairs.shape[1] == ids.size
 
 
-@pytest.mark.parametrize("mode", ["balance", "enlarge", "both"])
+@pytest.mark.parametrize("mode", ["balance", "enlarge", "union", "composed"])
 def test_params_first_replay_and_json(data, mode):
     ds, bank = data
     lms = LabelMapSampler(mode, donors=bank, num_classes=ds.num_classes, **KW)
     s = ds[1]
     out = lms(s, np.random.default_rng(5))
     _valid(out, s.shape)
-    assert out.mode == mode and set(out.report) == {"balance", "enlarge"} & set(mode.split() + (
-        ["balance", "enlarge"] if mode == "both" else []))
+    steps = {"balance": {"balance"}, "enlarge": {"enlarge"}, "composed": {"balance", "enlarge"}}
+    assert out.mode == mode
+    if mode == "union":  # one of the two, drawn per map
+        assert set(out.report) in ({"balance"}, {"enlarge"}) and out.params.kind in ("balance", "enlarge")
+    else:
+        assert set(out.report) == steps[mode] and out.params.kind == mode
     params = lms.get_params(np.random.default_rng(5), s)
     assert isinstance(params, LabelMapParams)
     again = lms.apply(s, params)
@@ -54,11 +58,11 @@ def test_params_first_replay_and_json(data, mode):
     np.testing.assert_array_equal(lms.apply(s, replay).type_map, out.type_map)
 
 
-def test_both_is_balance_then_enlarge(data):
+def test_composed_is_balance_then_enlarge(data):
     ds, bank = data
     s = ds[2]
     rng = np.random.default_rng(9)
-    out = LabelMapSampler("both", donors=bank, **KW)(s, np.random.default_rng(9))
+    out = LabelMapSampler("composed", donors=bank, **KW)(s, np.random.default_rng(9))
     bp = draw_balance_params(rng, s.inst_map, s.type_map, bank, border=10, rare_classes=(2,), exclude_source=2)
     bi, bt, _ = apply_balance(s.inst_map, s.type_map, bp, bank)
     ep = draw_enlarge_params(rng, bi, border_margin=8, max_shift=6)
@@ -66,6 +70,43 @@ def test_both_is_balance_then_enlarge(data):
     np.testing.assert_array_equal(out.inst_map, ei)
     np.testing.assert_array_equal(out.type_map, et)
     assert out.report["balance"]["converted_total"] > 0
+
+
+def test_union_is_one_balancing_or_enlarging_map_drawn_first(data):
+    """The paper's DiffMix: each map is exactly the balance-only or the enlarge-only map of the same
+    generator state after one uniform draw (p = 0.5), never both."""
+    ds, bank = data
+    union = LabelMapSampler("union", donors=bank, **KW)
+    only = {m: LabelMapSampler(m, donors=bank, **KW) for m in ("balance", "enlarge")}
+    kinds = []
+    for seed in range(40):
+        s = ds[seed % len(ds)]
+        out = union(s, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        kind = "balance" if rng.random() < 0.5 else "enlarge"
+        ref = only[kind](s, rng)
+        np.testing.assert_array_equal(out.inst_map, ref.inst_map)
+        np.testing.assert_array_equal(out.type_map, ref.type_map)
+        assert out.params.kind == kind and out.mode == "union" and set(out.report) == {kind}
+        kinds.append(kind)
+    assert 10 <= kinds.count("balance") <= 30  # both kinds, about half each
+
+
+def test_both_is_refused_naming_its_replacements():
+    from diffmix_aug.config import DiffMixConfig
+
+    for make in (lambda: LabelMapSampler("both"), lambda: DiffMixConfig(mode="both")):
+        with pytest.raises(ValueError, match="'both' was removed") as info:
+            make()
+        assert "mode='union'" in str(info.value) and "mode='composed'" in str(info.value)
+        assert "probability 0.5" in str(info.value) and "enlarge(balance(map))" in str(info.value)
+
+
+def test_enlarging_needs_no_rare_classes_balancing_does():
+    assert LabelMapSampler("enlarge", rare_classes=()).rare_classes == ()
+    for mode in ("balance", "union", "composed"):
+        with pytest.raises(ValueError, match="non-empty"):
+            LabelMapSampler(mode, rare_classes=())
 
 
 def test_accepts_map_tuples_and_is_picklable(data):
@@ -93,7 +134,7 @@ class _Maps(torch.utils.data.Dataset):
 
 def test_runs_in_dataloader_workers(data):
     ds, bank = data
-    lms = LabelMapSampler("both", donors=bank, **KW)
+    lms = LabelMapSampler("union", donors=bank, **KW)
     ref = [_Maps(ds, lms, 3)[i] for i in range(len(ds))]
     loader = torch.utils.data.DataLoader(_Maps(ds, lms, 3), batch_size=None, num_workers=2,
                                          multiprocessing_context="fork")
@@ -129,7 +170,7 @@ def test_borders_scale_below_the_reference_patch_and_the_default_sampler_uses_th
     with pytest.raises(ValueError, match="patch_size"):
         borders_for_patch(0)
     ds = make_toy_dataset(16, 64, 0)
-    small = build_label_sampler(ds, "both", 5, (1,), patch_size=(64, 64))
+    small = build_label_sampler(ds, "composed", 5, (1,), patch_size=(64, 64))
     assert small.balance_kwargs["border"] == 8 and small.enlarge_kwargs["border_margin"] == 8
     assert small.donors.border == 8
     large = build_label_sampler(ds, "enlarge", 5, (1,), patch_size=512)

@@ -98,54 +98,6 @@ def test_graph_request_on_cpu_falls_back_and_logs_once(caplog):
     assert len(messages) <= 1  # logged once per process (an earlier test may have logged it already)
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork is a POSIX feature")
-def test_a_child_forked_during_a_call_gets_a_fresh_lock(model):
-    """A fork while another thread holds the call lock (a call in flight) must not leave the child's
-    copy locked for ever: measured before the at-fork hook, the child's first call never returned."""
-    import multiprocessing
-
-    synth = Synthesizer(model, DDIMSampler(**KW))
-    images, inst, types = _maps(n=1)
-    want = synth(images, inst, types, generator=torch.Generator().manual_seed(0))
-    held, release = threading.Event(), threading.Event()
-
-    def in_flight():
-        with synth._lock:  # what a call of another thread holds while it runs
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=in_flight)
-    holder.start()
-    assert held.wait(10)
-    try:
-        ctx = multiprocessing.get_context("fork")
-        out = ctx.Queue()
-
-        def child():
-            torch.set_num_threads(1)
-            out.put(synth(images, inst, types, generator=torch.Generator().manual_seed(0)))
-
-        proc = ctx.Process(target=child, daemon=True)
-        proc.start()
-        got = out.get(timeout=60)  # raises queue.Empty (the test fails) if the child hangs
-        proc.join(10)
-    finally:
-        release.set()
-        holder.join(10)
-    assert proc.exitcode == 0
-    np.testing.assert_array_equal(got, want)
-
-
-def test_paused_waits_for_the_call_in_flight_and_names_the_fix(model):
-    synth = Synthesizer(model, DDIMSampler(**KW))
-    # nothing in flight: the first is immediate; the second waits for the first block and times out
-    with synth.paused(timeout=1.0), pytest.raises(TimeoutError, match="producer_backend='thread'"), \
-            synth.paused(timeout=0.05):
-        pass
-    images, inst, types = _maps(n=1)
-    assert synth(images, inst, types).shape == images.shape  # released after the block
-
-
 def test_sampler_presets_and_reported_settings(model):
     import json
 
