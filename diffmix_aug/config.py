@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -371,6 +372,8 @@ No producer runs: exactly the pool's patches are served, with the usual accounti
   patch over the run (about `synthetic_ratio * len(base) * epochs`; `stats()` counts them), every
   ask is served only when `P * max_reuse >= S`, so set `max_reuse >= ceil(S / P)`. Past that, items
   are served as originals and `stats()` warns once per epoch.
+- Under DDP, rank `r` of `W` loads every `W`-th patch from the `r`-th, so ranks serve disjoint
+  patches (`P` above is then the rank's share).
 """
 
 
@@ -401,7 +404,7 @@ def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is Literal:
         return " \\| ".join(f"`{a!r}`" for a in args)
-    if args and origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if args and origin in (typing.Union, types.UnionType):
         return " \\| ".join(_type_name(a) for a in args)
     if hint is type(None):
         return "None"

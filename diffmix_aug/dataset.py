@@ -98,6 +98,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
                  start: bool = True, **overrides: Any) -> None:
         cfg = load_diffmix_config(config)
         if overrides:
+            DiffMixConfig.check_keys(overrides, "DiffMixDataset options")
             cfg = cfg.replace(**overrides)
         self._setup(base, synthesizer, cfg, transform, label_sampler, donors, start)
 
@@ -179,7 +180,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
         if k > len(self.cache):
             if self.cooperative:
                 while len(self.cache) < k:
-                    self._producer.step()
+                    self._cooperative_step()
             elif not self._producer.wait_for(k, timeout=self.warmup_timeout):
                 self._producer.check()
                 rate = self._producer.patches_per_second()
@@ -331,8 +332,15 @@ class DiffMixDataset(torch.utils.data.Dataset):
                                "(or cooperative=False for the background producer)")
         clock = int(self._control[1])
         if clock % self.cooperative_every == 0:
-            self._producer.step()
+            self._cooperative_step()
         self._control[1] = clock + 1
+
+    def _cooperative_step(self) -> None:
+        """One synthesis batch in this thread; a failure is raised as the thread's would be."""
+        try:
+            self._producer.step()
+        except Exception as exc:
+            raise ProducerError(f"the DiffMix producer (cooperative step) failed: {exc!r}") from exc
 
     def _pick(self, index: int) -> CachedPatch | None:
         """First half of an item: the decision for ``index`` and, when synthetic, the cache read.

@@ -66,8 +66,10 @@ def model_sha256(model: torch.nn.Module) -> str:
 def synthesizer_identity(synthesizer: Any) -> dict[str, Any]:
     """``{"checkpoint": {"path", "sha256"}, "sampler": {"type", "settings"}}`` of a synthesizer.
 
-    The sampler settings are whatever the sampler reports (``to_dict()``, else ``settings()``),
-    recorded as they are. A plain callable without a model is named by its type (``sha256`` None).
+    The sampler settings are whatever the synthesizer reports (``sampler_settings``: what changes the
+    output, e.g. steps, ``t_start``, solver, guidance, precision), else its sampler (``to_dict()``,
+    else ``settings()``), recorded as they are. A plain callable without a model is named by its type
+    (``sha256`` None).
     """
     model = getattr(synthesizer, "model", None)
     checkpoint = {"path": getattr(synthesizer, "checkpoint", None),
@@ -75,12 +77,11 @@ def synthesizer_identity(synthesizer: Any) -> dict[str, Any]:
     if model is None:
         checkpoint["callable"] = f"{type(synthesizer).__module__}.{type(synthesizer).__qualname__}"
     sampler = getattr(synthesizer, "sampler", None)
-    settings = None
+    settings = getattr(synthesizer, "sampler_settings", None)
     for name in ("to_dict", "settings"):
         fn = getattr(sampler, name, None)
-        if callable(fn):
+        if settings is None and callable(fn):
             settings = fn()
-            break
     return jsonable({"checkpoint": checkpoint,
                      "sampler": None if sampler is None else {"type": type(sampler).__name__, "settings": settings}})
 

@@ -150,7 +150,7 @@ def test_one_line_wrap_in_the_unchanged_training_loader(kind, tmp_path, raw_samp
     make = hovernet if kind == "hovernet" else sonnet
     paths = write_patches(raw_samples, tmp_path / "train", sonnet=kind == "sonnet")
     base = make(paths, setup=False)
-    ds = DiffMixDataset(base, synth, mode="both", synthetic_ratio=0.5, seed=0, cache_capacity=4, batch_size=4,
+    ds = DiffMixDataset(base, synth, mode="union", synthetic_ratio=0.5, seed=0, cache_capacity=4, batch_size=4,
                         warmup="block", rare_classes=(1,))
     try:
         with pytest.raises(AttributeError, match="setup_augmentor"):

@@ -2,9 +2,9 @@
 
 Before the fix in ``Producer.close`` (a thread still running after the close timeout keeps its exit
 finaliser, so interpreter exit joins it), the demo with two CPU-bound processes beside it ended
-with SIGABRT (``terminate called without an active exception``, rc 134) in 2 of 2 runs: under
-``SCHED_IDLE`` on a full host the producer thread was still inside a torch op when the interpreter
-tore down. This repeats that situation several times in fresh processes.
+with SIGABRT (``terminate called without an active exception``, rc 134) in 2 of 2 runs: on a full
+host the low-priority producer thread was still inside a torch op when the interpreter tore down.
+This repeats that situation several times in fresh processes.
 
 Marked ``slow`` (not run by ``python -m pytest`` / CI: ``addopts = -m "not slow"``); run it with
 ``python -m pytest -m slow tests/integration/test_busy_exit.py``. ``DIFFMIX_BUSY_EXIT_RUNS``
@@ -44,9 +44,9 @@ _CHILD = textwrap.dedent("""
         net = TinySegNet(base.num_classes)
         opt = torch.optim.Adam(net.parameters(), lr=3e-3)
         # the demo's stage 4, but warmup="none": on a full host (measured: 25 s per batch of 4 at nice 0
-        # with load 8, ~10x that at the guard's nice +10) a block would time out before the loop runs.
+        # with load 8, ~10x that at nice +10) a block would time out before the loop runs.
         # The producer is inside a synthesis call for the whole loop, as in the aborting runs.
-        ds = DiffMixDataset(base, synth, mode="both", synthetic_ratio=0.5, seed=0, warmup="none",
+        ds = DiffMixDataset(base, synth, mode="union", synthetic_ratio=0.5, seed=0, warmup="none",
                             batch_size=4, cache_capacity=64)
         loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True, drop_last=True, num_workers=2,
                                              collate_fn=collate_samples, persistent_workers=True, timeout=60)

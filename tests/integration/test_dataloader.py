@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
-import subprocess
-import sys
 import threading
 import time
 
@@ -47,7 +44,7 @@ def _spec(x):
 
 def test_fraction_structure_and_item_info(synth):
     base = DictDataset(32)
-    with DiffMixDataset(base, synth, mode="both", synthetic_ratio=0.5, seed=1, cache_capacity=8,
+    with DiffMixDataset(base, synth, mode="union", synthetic_ratio=0.5, seed=1, cache_capacity=8,
                         warmup="block", batch_size=4, rare_classes=(1,)) as ds:
         items = [ds[i] for i in range(len(ds))]
         flags = [it["is_synthetic"] for it in items]
@@ -59,8 +56,9 @@ def test_fraction_structure_and_item_info(synth):
             assert float(it["image"].min()) >= 0.0 and float(it["image"].max()) <= 1.0  # range of the base
         i = flags.index(True)
         info = ds.item_info(i)
-        assert info["is_synthetic"] and info["meta"]["mode"] == "both"
-        assert {"batch_seed", "params", "source_index", "position"} <= set(info["meta"])
+        assert info["is_synthetic"] and info["meta"]["mode"] == "union"
+        assert {"batch_seed", "params", "source_index", "position", "checkpoint_sha256", "sampler"} <= set(info["meta"])
+        assert info["meta"]["sampler"]["type"] == "DDIMSampler" and info["meta"]["sampler"]["settings"]["num_steps"] == 4
         assert ds.item_info(flags.index(False))["is_synthetic"] is False
         loader = DataLoader(ds, batch_size=8, num_workers=0)
         batch = next(iter(loader))
@@ -215,7 +213,7 @@ def test_yaml_config(tmp_path):
     config = load_diffmix_config(cfg)
     assert (config.mode, config.synthetic_ratio, config.schedule) == ("balance", 0.25, Schedule(start_epoch=2))
     assert load_diffmix_config(config.to_dict()) == config  # round trip
-    with DiffMixDataset.from_config(toy(4), NoiseSynth(), cfg, cache_capacity=2, start=False) as ds:
+    with DiffMixDataset(toy(4), NoiseSynth(), cfg, cache_capacity=2, start=False) as ds:
         assert ds.mode == "balance" and ds.ratio(2) == 0.25 and ds.ratio(1) == 0.0
         assert ds.config.rare_classes == (1,) and ds.config.num_classes == 5  # from the toy class table
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['modes'\] in config section `diffmix`; valid keys"):
@@ -287,122 +285,3 @@ def test_soak_20k_items_bounded_rss():
         epoch += 1
     assert rss() - start < 64 * 2**20
     ds.close()
-
-
-def test_synthesize_command_shards_and_warm_starts(tmp_path, monkeypatch, capsys):
-    """``diffmix-aug synthesize`` under a simulated 2-rank torchrun: disjoint shards of HoVer-Net
-    patches that a HoVer-Net loader reads and a later cache warm-starts from."""
-    from hovernet_replica import FileLoader, gen_targets
-
-    from diffmix_aug.cache import ReplayCache
-    from diffmix_aug.cli import main
-
-    cfg = tmp_path / "synth.yaml"
-    cfg.write_text("data: {kind: toy, toy: {n: 8, size: 32, seed: 0}}\n"
-                   "model: {preset: tiny, image_size: 32, sampler: {steps: 1, t_start: 0}}\n"
-                   "diffmix: {mode: both, seed: 0, batch_size: 2}\nsynthesize: {num_patches: 5}\n")
-    out = tmp_path / "out"
-    for rank in (0, 1):
-        monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        assert main(["synthesize", "--config", str(cfg), "--out", str(out), "--mode", "balance",
-                     "--allow-untrained", "--no-progress"]) == 0
-    assert "rank 1/2: wrote 2 new patches" in capsys.readouterr().out
-    files = sorted(out.glob("*.npy"))
-    assert [f.name[:10] for f in files].count("diffmix_r0") == 3 and len(files) == 5
-    arrays = [np.load(f) for f in files]
-    assert all(a.shape == (32, 32, 5) and a.dtype == np.int32 for a in arrays)
-    assert len({a.tobytes() for a in arrays}) == 5
-    loader = FileLoader([str(f) for f in files], with_type=True, input_shape=(24, 24), mask_shape=(16, 16),
-                        target_gen=(gen_targets, {}))
-    assert loader[0]["hv_map"].shape == (16, 16, 2)
-    warm = ReplayCache(8, (32, 32), cache_dir=out)
-    assert len(warm) == 5 and warm.slot_meta(0)["mode"] == "balance"
-
-
-class RecordingSynth(NoiseSynth):
-    """Records (scheduling policy, nice) of the calling thread into shared memory (any process)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = torch.full((64, 2), -100, dtype=torch.int64).share_memory_()
-        self.n = torch.zeros(1, dtype=torch.int64).share_memory_()
-
-    def __call__(self, images, *args, **kwargs):
-        tid = threading.get_native_id()
-        i = int(self.n[0]) % 64
-        self.seen[i] = torch.tensor([os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)])
-        self.n[0] += 1
-        return super().__call__(images, *args, **kwargs)
-
-    def records(self):
-        return [tuple(r) for r in self.seen[: min(64, int(self.n[0]))].tolist()]
-
-
-@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="per-thread scheduling is a Linux feature")
-@pytest.mark.parametrize("backend", ["thread", "process"])
-@pytest.mark.parametrize("priority", ["auto", "auto-unprivileged", "idle", "low", "normal"])
-def test_cpu_producer_yields_to_workers(priority, backend, monkeypatch):
-    import diffmix_aug.producer as producer_module
-
-    if priority == "auto-unprivileged":  # what an ordinary user gets: SCHED_IDLE could not be left again
-        monkeypatch.setattr(producer_module, "idle_is_reversible", lambda: False)
-        priority = "auto"
-    guarded = priority == "auto" and producer_module.idle_is_reversible()
-    synth = RecordingSynth()
-    me = threading.get_native_id()
-    before = (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me))
-    with DiffMixDataset(toy(4), synth, synthetic_ratio=1.0, cache_capacity=4, batch_size=2, warmup=2,
-                        producer_priority=priority, producer_backend=backend, rare_classes=(1,)) as ds:
-        assert ds.producer.running_in == backend
-        assert ds.producer.idle_guarded == guarded
-        end = time.monotonic() + 30
-        while int(synth.n[0]) < 3 and time.monotonic() < end:  # the warm-up batch and one after it
-            _ = (ds[0], ds[1])  # serves release credits
-            time.sleep(0.05)
-        running = synth.records()  # calls made while running (close() raises a SCHED_IDLE thread so it can stop)
-    unguarded_auto = (os.SCHED_OTHER, max(before[1], 10))
-    expected = {"idle": (os.SCHED_IDLE, before[1]), "low": (before[0], min(19, before[1] + 10)), "normal": before,
-                "auto": (os.SCHED_IDLE, before[1]) if guarded else unguarded_auto}[priority]
-    assert len(running) >= 3, running
-    if backend == "process":  # the warm-up batch (one call: 2 patches) the caller blocked for ran at its priority
-        assert running[0] == before, running
-        running = running[1:]
-    assert all(s == expected for s in running), (running, expected)
-    assert (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me)) == before  # the caller is untouched
-
-
-@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="per-thread scheduling is a Linux feature")
-@pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0,
-                    reason="dropping CAP_SYS_NICE needs util-linux setpriv, run as root")
-def test_unprivileged_auto_priority_is_a_nice_level_not_sched_idle():
-    """Without CAP_SYS_NICE the kernel refuses SCHED_IDLE -> SCHED_OTHER (EPERM): "auto" must not
-    use SCHED_IDLE then, or its starvation guard could never raise a starved batch."""
-    code = (
-        "import os, threading\n"
-        "from diffmix_aug.producer import idle_is_reversible\n"
-        "from diffmix_aug.data.toy import make_toy_dataset\n"
-        "from diffmix_aug.dataset import DiffMixDataset\n"
-        "assert not idle_is_reversible()\n"
-        "seen = []\n"
-        "def synth(images, inst, typ, generator=None):\n"
-        "    tid = threading.get_native_id()\n"
-        "    seen.append((os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)))\n"
-        "    return images\n"
-        "with DiffMixDataset(make_toy_dataset(4, 32, 0), synth, producer_backend='thread', warmup=2, batch_size=2,\n"
-        "                    rare_classes=(1,), num_classes=5) as ds:\n"
-        "    assert not ds.producer.idle_guarded\n"
-        "assert seen and all(s == (os.SCHED_OTHER, 10) for s in seen), seen\n"
-        "print('ok')\n"
-    )
-    r = subprocess.run(["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice", sys.executable, "-c", code],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
-
-
-def test_producer_priority_is_validated():
-    from diffmix_aug.cache import ReplayCache
-    from diffmix_aug.producer import Producer
-
-    with pytest.raises(ValueError, match="cpu_priority"):
-        Producer(ReplayCache(2, (8, 8)), NoiseSynth(), [toy(1)[0]], cpu_priority="nice")

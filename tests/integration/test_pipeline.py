@@ -1,4 +1,4 @@
-"""The rebuilt assembly: DiffMixConfig, build_pipeline, label maps in workers, synthetic item fields."""
+"""The assembly: DiffMixConfig, build_pipeline, classes resolved once, label maps in workers, item fields."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import pytest
 import torch
 from diffmix_helpers import DictDataset, NoiseSynth, toy
 
+from diffmix_aug.class_table import ClassTable, resolve_classes
 from diffmix_aug.config import MODES, DiffMixConfig, load_diffmix_config
 from diffmix_aug.dataset import DiffMixDataset
 from diffmix_aug.labelmaps.jobs import LabelMapJobs
 from diffmix_aug.labelmaps.sampler import LabelMapSampler
-from diffmix_aug.pipeline import build_label_sampler, build_pipeline, resolve_classes
+from diffmix_aug.pipeline import build_label_sampler, build_pipeline
 
 
 class IndexedDicts(DictDataset):
@@ -24,16 +25,17 @@ class IndexedDicts(DictDataset):
 
 def test_config_rejects_unknown_keys_listing_valid_ones():
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['mod'\] in config section `diffmix`; valid keys are"):
-        DiffMixConfig.from_dict({"mod": "both"})
+        DiffMixConfig.from_dict({"mod": "union"})
     with pytest.raises(ValueError, match="mode"):
         DiffMixConfig(mode="DiffMix-B")
     with pytest.raises(TypeError, match="cooperative"):
         DiffMixConfig(cooperative="no")
     with pytest.raises(ValueError, match="label_workers"):
         DiffMixConfig(label_workers=-1)
-    assert MODES == ("balance", "enlarge", "both")
-    assert [DiffMixConfig(mode=m).balances for m in MODES] == [True, False, True]
-    assert [LabelMapSampler(m).balances for m in MODES] == [True, False, True]
+    assert MODES == ("balance", "enlarge", "union", "composed") and DiffMixConfig().mode == "union"
+    assert [DiffMixConfig(mode=m).balances for m in MODES] == [True, False, True, True]
+    assert [LabelMapSampler(m).balances for m in MODES] == [True, False, True, True]
+    assert [LabelMapSampler(m).enlarges for m in MODES] == [False, True, True, True]
     cfg = DiffMixConfig(mode="enlarge", patch_size=32, rare_classes=2)
     assert cfg.patch_size == (32, 32) and cfg.rare_classes == (2,)
     assert load_diffmix_config(cfg.to_dict()) == cfg
@@ -41,21 +43,25 @@ def test_config_rejects_unknown_keys_listing_valid_ones():
 
 def test_classes_have_one_source_checked_against_the_synthesizer():
     base = toy(4)
-    assert resolve_classes(DiffMixConfig(), base.info, NoiseSynth()) == (5, base.info.rare_classes)
+    table = resolve_classes(None, None, base.info, NoiseSynth(), balances=True)
+    assert table == ClassTable(5, base.info.rare_classes, tuple(base.info.class_names))
 
     class Synth8(NoiseSynth):
         num_classes = 8
 
     with pytest.raises(ValueError, match="trained with num_classes=8"):
         DiffMixDataset(base, Synth8(), start=False)
-    with pytest.raises(ValueError, match="`rare_classes` is required for mode='both'"):
+    with pytest.raises(ValueError, match="`rare_classes` is required for mode='union'"):
         DiffMixDataset(DictDataset(4), NoiseSynth(), start=False)
     with pytest.raises(ValueError, match="`num_classes` is unknown"):
-        resolve_classes(DiffMixConfig(mode="enlarge"), None, None)
+        resolve_classes(None, None, None, None, balances=False)
+    with pytest.raises(ValueError, match="not foreground classes"):
+        ClassTable(5, (5,))
     # enlarging needs no rare classes; a dict base gets num_classes from the synthesizer or the argument
     ds = DiffMixDataset(DictDataset(4), NoiseSynth(), mode="enlarge", num_classes=5, start=False)
-    assert ds.config.num_classes == 5 and ds.rare_classes == ()
-    assert ds.producer.rare_classes == ()  # no source bias without balancing
+    assert ds.config.num_classes == 5 and ds.rare_classes == () and ds.classes.names is None
+    assert ds.producer.generator.bias_classes == ()  # no source bias without balancing
+    assert ds.label_sampler.rare_classes == ()  # no placeholder class below the table
     ds.close()
 
 
@@ -73,7 +79,7 @@ def test_jobs_build_each_map_once_and_reproducibly():
 
     from diffmix_aug.labelmaps.donors import DonorBank
 
-    sampler = Counting("both", donors=DonorBank.from_dataset(base), num_classes=5, border=8, border_margin=8)
+    sampler = Counting("composed", donors=DonorBank.from_dataset(base), num_classes=5, border=8, border_margin=8)
     jobs = LabelMapJobs(base, sampler, (64, 64), seed=3, rank=1)
     a, b = jobs[(7, 2, 4)], jobs[(7, 2, 4)]
     assert len(calls) == 2  # one per build
@@ -83,21 +89,22 @@ def test_jobs_build_each_map_once_and_reproducibly():
     assert a["inst"].dtype == np.int32 and a["inst"].shape == (64, 64)
 
 
-@pytest.mark.parametrize(("backend", "label_workers"), [("thread", 0), ("thread", 1), ("process", 1)])
-def test_producer_with_and_without_label_workers(backend, label_workers):
-    """The thread builds its maps in label workers (or itself with 0); a producer process, already
-    off the training process, builds them itself."""
+@pytest.mark.parametrize("label_workers", [0, 1])
+def test_producer_with_and_without_label_workers(label_workers):
+    """The thread builds its maps in label workers (or itself with 0); union maps are of both kinds."""
     base = toy(8)
     with DiffMixDataset(base, NoiseSynth(), synthetic_ratio=1.0, cache_capacity=8, batch_size=4, warmup="block",
-                        warmup_items=8, label_workers=label_workers, warmup_timeout=120,
-                        producer_backend=backend) as ds:
+                        warmup_items=8, label_workers=label_workers, warmup_timeout=120) as ds:
         assert len(ds.cache) == 8
-        assert ds.producer.running_in == backend
-        assert (ds.producer._maps_iter is not None) == (backend == "thread" and bool(label_workers))
+        assert ds.producer.alive
+        assert (ds.producer._maps_iter is not None) == bool(label_workers)
         metas = [ds.cache.slot_meta(i) for i in range(8)]
-        assert all(m["mode"] == "both" and m["params"]["mode"] == "both" for m in metas)
+        assert all(m["mode"] == "union" and m["params"]["mode"] == "union" for m in metas)
+        assert {m["map_kind"] for m in metas} <= {"balance", "enlarge"}
         assert len({m["map_seed"] for m in metas}) == 8
-    assert ds.producer._maps_iter is None or not ds.producer._iter_box  # workers shut down by close()
+        assert all(m["checkpoint_sha256"] is None and "NoiseSynth" in ds.producer.generator.identity[
+            "checkpoint"]["callable"] for m in metas)
+    assert not ds.producer.alive and not [b for b in ds.producer._box if not hasattr(b, "join")]
 
 
 def test_synthetic_dict_items_keep_their_own_fields():
@@ -119,6 +126,8 @@ def test_build_pipeline_is_shared_by_the_dataset_and_synthesize():
                           NoiseSynth(), info=base.info, raw_shape=lambda: (64, 64))
     assert pipe.cache.patch_shape == (64, 64) and pipe.label_sampler.balances
     assert pipe.config.num_classes == 5 and pipe.config.rare_classes == base.info.rare_classes
+    assert pipe.classes.num_classes == pipe.cache.num_classes == pipe.label_sampler.num_classes == 5
+    assert pipe.config.patch_size == (64, 64) and pipe.store is None
     assert pipe.producer.step() == 2
     pipe.producer.close()
     pipe.cache.close()

@@ -1,5 +1,6 @@
-"""``diffmix-aug synthesize``: shipped config, refusals (untrained weights, typos, non-empty --out),
---resume / --overwrite, and counts of what this run wrote."""
+"""``diffmix-aug synthesize``: shipped config, the patch store it writes (manifest, sidecars, shards
+under torchrun), refusals (untrained weights, typos, non-empty --out, --resume from another
+configuration), --resume / --overwrite, and counts of what this run wrote."""
 
 from __future__ import annotations
 
@@ -34,11 +35,17 @@ def test_shipped_toy_config_runs_from_the_shipped_checkpoint(tmp_path, capsys, m
     assert _run(ROOT / "diffmix_aug" / "configs" / "synthesize_toy.yaml", out, "--num", "2") == 0
     assert "wrote 2 new patches" in capsys.readouterr().out
     files = sorted(out.glob("diffmix_r0_*.npy"))
-    assert len(files) == 2
+    assert [f.stem for f in files] == ["diffmix_r0_00000000_000", "diffmix_r0_00000000_001"]
     a = np.load(files[0])
     assert a.shape == (64, 64, 5) and a.dtype == np.int32
     meta = json.loads(files[0].with_suffix(".json").read_text())
-    assert meta["mode"] == "both" and "params" in meta
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert meta["mode"] == "union" and meta["map_kind"] in ("balance", "enlarge") and "params" in meta
+    assert meta["sampler"]["settings"]["num_steps"] == 100 and len(meta["checkpoint_sha256"]) == 64
+    assert manifest["mode"] == "union" and manifest["patch_shape"] == [64, 64]
+    assert manifest["classes"]["num_classes"] == 5 and manifest["classes"]["rare_classes"] == [1]
+    assert manifest["checkpoint"]["sha256"] == meta["checkpoint_sha256"]
+    assert manifest["sampler"] == meta["sampler"] and manifest["created_by"] == "diffmix-aug synthesize"
 
 
 def test_untrained_weights_are_refused(tmp_path, capsys):
@@ -56,7 +63,8 @@ def test_untrained_weights_are_refused(tmp_path, capsys):
     ("data: {kind: toy, sise: 3}\n" + FAST, r"\['sise'\] in config section `data`"),
     (DATA + FAST.replace("t_start: 250", "t_strat: 250"), r"\['t_strat'\] in config section `model.sampler`"),
     (DATA + FAST.replace("t_start: 250", "strength: 0.5"), r"`model.sampler.strength` was removed: .*t_start"),
-    (DATA + FAST + "diffmix: {mood: both}\n", r"\['mood'\] in config section `diffmix`"),
+    (DATA + FAST + "diffmix: {mood: union}\n", r"\['mood'\] in config section `diffmix`"),
+    (DATA + FAST + "diffmix: {mode: both}\n", r"'both' was removed.*'union'.*'composed'"),
     (DATA + FAST + "synthesis: {}\n", r"unknown top-level config key\(s\) \['synthesis'\]"),
     (DATA + "model: {checkpoint: missing.safetensors}\n", "does not exist"),
     (DATA + FAST + "synthesize: {num_patches: -4}\n", "num_patches"),
@@ -93,14 +101,65 @@ def test_non_empty_out_needs_resume_or_overwrite(tmp_path, capsys):
     assert len({np.load(f).tobytes() for f in now}) == 3
     assert _run(cfg, out, "--num", "3", "--resume") == 0  # complete: nothing to do
     assert "wrote 0 new patches" in capsys.readouterr().out
-    # --overwrite replaces them
+    # --overwrite replaces them (the same names: a patch's name is its rank, batch and position)
     assert _run(cfg, out, "--num", "2", "--overwrite") == 0
     assert "wrote 2 new patches" in capsys.readouterr().out
     after = sorted(out.glob("*.npy"))
-    assert len(after) == 2 and not set(after) & set(now)
+    assert after == first and not (out / f"{now[-1].stem}.json").exists()
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("x")
     assert _run(cfg, tmp_path / "foreign", "--num", "1") == 2
+
+
+def test_resume_from_another_configuration_is_refused_with_the_mismatch_named(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert _run(_cfg(tmp_path, DATA + FAST + "diffmix: {batch_size: 2, mode: balance}\n"), out, "--num", "2") == 0
+    capsys.readouterr()
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg = _cfg(other, DATA + FAST.replace("strength: 0.5", "strength: 0.4") + "diffmix: {batch_size: 2, mode: enlarge}\n")
+    assert _run(cfg, out, "--num", "3", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "made by another configuration" in err and "mode 'balance' there, 'enlarge' here" in err
+    assert "sampler.strength 0.5 there, 0.4 here" in err
+    assert len(list(out.glob("*.npy"))) == 2  # nothing mixed in
+
+
+def test_torchrun_shards_are_disjoint_and_hovernet_reads_the_store(tmp_path, monkeypatch, capsys):
+    """A simulated 2-rank torchrun: disjoint shards of one store that HoVer-Net's loader reads."""
+    from hovernet_replica import FileLoader, gen_targets
+
+    cfg = _cfg(tmp_path, DATA + FAST + "diffmix: {mode: balance, seed: 0, batch_size: 2}\nsynthesize: {num_patches: 5}\n")
+    out = tmp_path / "out"
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert _run(cfg, out) == 0
+    assert "rank 1/2: wrote 2 new patches" in capsys.readouterr().out
+    files = sorted(out.glob("*.npy"))
+    assert [f.name[:10] for f in files].count("diffmix_r0") == 3 and len(files) == 5
+    arrays = [np.load(f) for f in files]
+    assert all(a.shape == (64, 64, 5) and a.dtype == np.int32 for a in arrays)
+    assert len({a.tobytes() for a in arrays}) == 5
+    seeds = [json.loads(f.with_suffix(".json").read_text())["batch_seed"] for f in files]
+    assert len(set(seeds)) == 3 + 2 - 2  # two batches of 2 + one of 1 on rank 0, one of 2 on rank 1: 4 seeds
+    loader = FileLoader([str(f) for f in files], with_type=True, input_shape=(48, 48), mask_shape=(32, 32),
+                        target_gen=(gen_targets, {}))
+    assert loader[0]["hv_map"].shape == (32, 32, 2)
+
+
+def test_the_same_config_and_seed_write_the_same_patches(tmp_path):
+    """Each patch depends on the config, the seed, the rank and its batch only (uniform source picks):
+    a run interrupted and resumed writes what one uninterrupted run writes."""
+    cfg = _cfg(tmp_path, DATA + FAST + "diffmix: {batch_size: 2, seed: 3}\n")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _run(cfg, one, "--num", "4") == 0
+    assert _run(cfg, two, "--num", "2") == 0
+    assert _run(cfg, two, "--num", "4", "--resume") == 0
+    a, b = sorted(one.glob("*.npy")), sorted(two.glob("*.npy"))
+    assert [f.name for f in a] == [f.name for f in b]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.load(x), np.load(y))
 
 
 def test_export_consep_layout_and_toy_to_hovernet(tmp_path, capsys):

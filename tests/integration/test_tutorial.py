@@ -18,4 +18,4 @@ def test_tutorial_python_blocks_run(tmp_path):
     script.write_text("\n".join(blocks))
     proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "both (1,) 5" in proc.stdout
+    assert "union (1,) 5" in proc.stdout
