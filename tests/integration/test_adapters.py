@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffmix_helpers import SIZE, tiny_synthesizer
+from diffmix_helpers import SIZE, DictDataset, NoiseSynth, tiny_synthesizer
 from hovernet_replica import FileLoader, SonnetFileLoader, gen_targets, write_patches
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -200,3 +200,32 @@ def test_nuclei_dataset_with_albumentations_transform(synth):
             else:
                 p = ds.cache.read(ds.cache.find_seq(ds.item_info(i)["seq"]), count=False)
                 np.testing.assert_array_equal(s.image, p.image[:, ::-1])
+
+
+def test_dict_dataset_with_torchvision_transforms_v2():
+    """A torchvision ``transforms.v2`` pipeline on dict items: image and maps flipped together, for
+    original and synthetic items alike (the synthetic item has the base item's structure)."""
+    v2 = pytest.importorskip("torchvision.transforms.v2")
+    from torchvision import tv_tensors
+
+    flip = v2.RandomHorizontalFlip(p=1.0)
+
+    def transform(item):
+        wrapped = {"image": tv_tensors.Image(item["image"]), "inst_map": tv_tensors.Mask(item["inst_map"]),
+                   "type_map": tv_tensors.Mask(item["type_map"])}
+        return {**item, **flip(wrapped)}
+
+    base = DictDataset(8)
+    with DiffMixDataset(base, NoiseSynth(), mode="enlarge", num_classes=5, synthetic_ratio=0.5, transform=transform,
+                        cache_capacity=4, batch_size=4, warmup="block", cooperative=True) as ds:
+        for i in range(8):
+            item = ds[i]
+            info = ds.item_info(i)
+            if info["is_synthetic"]:
+                p = ds.cache.read(ds.cache.find_seq(info["seq"]), count=False)
+                src_img, src_inst = torch.from_numpy(p.image).permute(2, 0, 1).float() / 255, p.inst_map
+            else:
+                src_img, src_inst = base[i]["image"], base[i]["inst_map"].numpy()
+            assert torch.allclose(item["image"], src_img.flip(-1))
+            np.testing.assert_array_equal(np.asarray(item["inst_map"]), src_inst[:, ::-1])
+            assert item["is_synthetic"] == info["is_synthetic"] and item["name"] == "toy"
