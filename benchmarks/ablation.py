@@ -22,7 +22,7 @@ arm's own items:
   pasted at the image level: the two arms differ in the renderer only);
 - ``diffmix-b`` / ``diffmix-e``: SDM renders of balancing / enlarging maps from the pool;
 - ``diffmix``: the paper's composition, the union of the balancing and enlarging pools;
-- ``diffmix-composed`` (optional): this project's ``mode="both"``, enlarge(balance(map));
+- ``diffmix-composed`` (optional): this project's ``mode="composed"`` (formerly "both"), enlarge(balance(map));
 - ``gradmix-fresh`` (optional): a new GradMix draw for every item (no replay), to show what replay costs.
 
 **Pools.** Synthetic arms draw from an *offline pool* rendered once per split
@@ -626,7 +626,7 @@ def run(args: argparse.Namespace) -> dict:
         "harness": HarnessConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
                                  width=args.width, depth=args.depth, net=args.net).to_dict(),
         "composition": {"diffmix": "union of the balancing and enlarging pools (the paper's)",
-                        "diffmix-composed": "enlarge(balance(map)) (this project's mode='both')",
+                        "diffmix-composed": "enlarge(balance(map)) (this project's mode='composed', formerly 'both')",
                         "synthetic": "offline pool, fixed share of every batch (1 - real_per_step / batch_size)"},
         "pool": pool_meta, "class_names": names, "type_ids": type_ids, "rare_classes": list(rare),
         "n_train": len(train_ds), "weighted_loss_weights": _STATE["weights"],

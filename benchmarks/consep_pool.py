@@ -97,7 +97,7 @@ def make_samplers(train: Any, patch: int = PATCH, max_shift: int = MAX_SHIFT, ra
     bank = DonorBank.from_dataset(train, rare, border=borders["border"], keep_images=True)
     enl = LabelMapSampler("enlarge", num_classes=info.num_classes, max_shift=max_shift, **borders)
     bal = LabelMapSampler("balance", donors=bank, num_classes=info.num_classes, rare_classes=rare, **borders)
-    both = LabelMapSampler("both", donors=bank, num_classes=info.num_classes, rare_classes=rare,
+    both = LabelMapSampler("composed", donors=bank, num_classes=info.num_classes, rare_classes=rare,
                            max_shift=max_shift, **borders)
     gm = GradMix(bank, rare_classes=rare, border=borders["border"], source_key=None)
     return enl, bal, both, gm

@@ -371,7 +371,7 @@ def figure(path: Path, size: int = 256, seed: int = 0) -> Path:
         row = [label_overlay(s.image, s.inst_map, s.type_map, palette, alpha=0.5, contours=True),
                tile(s.inst_map, s.type_map)]
         n = 0
-        for mode in ("enlarge", "balance", "both"):
+        for mode in ("enlarge", "balance", "composed"):
             out = sampler(mode)(s, np.random.default_rng([seed, k]))
             row.append(tile(out.inst_map, out.type_map))
             n = out.report.get("balance", {}).get("converted_total", n)
@@ -381,7 +381,7 @@ def figure(path: Path, size: int = 256, seed: int = 0) -> Path:
         rows.append(row)
         titles.append(f"toy {k}: {n} converted")
     return save_image_grid(path, rows, row_titles=titles,
-                           col_titles=["image", "original", "enlarged", "balanced", "both", "balanced, rare=2"],
+                           col_titles=["image", "original", "enlarged", "balanced", "composed", "balanced, rare=2"],
                            legend=class_legend(ds.info))
 
 

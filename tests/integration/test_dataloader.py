@@ -58,7 +58,7 @@ def test_fraction_structure_and_item_info(synth):
         info = ds.item_info(i)
         assert info["is_synthetic"] and info["meta"]["mode"] == "union"
         assert {"batch_seed", "params", "source_index", "position", "checkpoint_sha256", "sampler"} <= set(info["meta"])
-        assert info["meta"]["sampler"]["type"] == "DDIMSampler" and info["meta"]["sampler"]["settings"]["num_steps"] == 4
+        assert info["meta"]["sampler"]["type"] == "DDIMSampler" and info["meta"]["sampler"]["settings"]["steps"] == 2
         assert ds.item_info(flags.index(False))["is_synthetic"] is False
         loader = DataLoader(ds, batch_size=8, num_workers=0)
         batch = next(iter(loader))

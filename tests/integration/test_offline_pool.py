@@ -30,7 +30,7 @@ def pool(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pool") / "balance"
     torch.set_num_threads(1)
     cfg = {"data": {"kind": "toy", "toy": {"n": 16, "size": 32, "seed": 0}},
-           "model": {"preset": "tiny", "image_size": 32, "device": "cpu", "sampler": {"num_steps": 2, "strength": 0.5}},
+           "model": {"preset": "tiny", "image_size": 32, "device": "cpu", "sampler": {"steps": 1, "t_start": 250}},
            "diffmix": {"mode": "balance", "seed": 0, "batch_size": 4}}
     files = synthesize(cfg, out, N_POOL, progress=False, allow_untrained=True)
     assert len(files) == N_POOL

@@ -41,7 +41,7 @@ def test_shipped_toy_config_runs_from_the_shipped_checkpoint(tmp_path, capsys, m
     meta = json.loads(files[0].with_suffix(".json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     assert meta["mode"] == "union" and meta["map_kind"] in ("balance", "enlarge") and "params" in meta
-    assert meta["sampler"]["settings"]["num_steps"] == 100 and len(meta["checkpoint_sha256"]) == 64
+    assert meta["sampler"]["settings"]["steps"] == 55 and meta["sampler"]["settings"]["t_start"] == 540 and len(meta["checkpoint_sha256"]) == 64
     assert manifest["mode"] == "union" and manifest["patch_shape"] == [64, 64]
     assert manifest["classes"]["num_classes"] == 5 and manifest["classes"]["rare_classes"] == [1]
     assert manifest["checkpoint"]["sha256"] == meta["checkpoint_sha256"]
@@ -117,11 +117,11 @@ def test_resume_from_another_configuration_is_refused_with_the_mismatch_named(tm
     capsys.readouterr()
     other = tmp_path / "other"
     other.mkdir()
-    cfg = _cfg(other, DATA + FAST.replace("strength: 0.5", "strength: 0.4") + "diffmix: {batch_size: 2, mode: enlarge}\n")
+    cfg = _cfg(other, DATA + FAST.replace("t_start: 250", "t_start: 200") + "diffmix: {batch_size: 2, mode: enlarge}\n")
     assert _run(cfg, out, "--num", "3", "--resume") == 2
     err = capsys.readouterr().err
     assert "made by another configuration" in err and "mode 'balance' there, 'enlarge' here" in err
-    assert "sampler.strength 0.5 there, 0.4 here" in err
+    assert "sampler.t_start 250 there, 200 here" in err
     assert len(list(out.glob("*.npy"))) == 2  # nothing mixed in
 
 

@@ -72,10 +72,11 @@ def test_identity_names_the_weights_and_the_sampler():
 
     torch.manual_seed(0)
     model = build_sdm("tiny", num_label_channels=6, image_size=SIZE)
-    synth = Synthesizer(model, DDIMSampler(num_steps=4, strength=0.5))
+    synth = Synthesizer(model, DDIMSampler(steps=2, t_start=250))
     ident = synthesizer_identity(synth)
     assert ident["checkpoint"]["sha256"] == model_sha256(model) and len(model_sha256(model)) == 64
-    assert ident["sampler"]["type"] == "DDIMSampler" and ident["sampler"]["settings"]["strength"] == 0.5
+    assert ident["sampler"]["type"] == "DDIMSampler" and ident["sampler"]["settings"]["t_start"] == 250
+    assert ident["sampler"]["settings"] == synth.sampler_settings
     torch.manual_seed(1)
     other = build_sdm("tiny", num_label_channels=6, image_size=SIZE)
     assert model_sha256(other) != model_sha256(model)

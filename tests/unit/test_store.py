@@ -18,7 +18,7 @@ from diffmix_aug.store import MANIFEST, Patch, PatchStore, store_identity
 H = W = 8
 CLASSES = ClassTable(4, (1,), ("background", "a", "b", "c"))
 SYNTH = {"checkpoint": {"path": "x.safetensors", "sha256": "ab" * 32},
-         "sampler": {"type": "DDIMSampler", "settings": {"num_steps": 100, "strength": 0.55}}}
+         "sampler": {"type": "DDIMSampler", "settings": {"steps": 55, "t_start": 540}}}
 
 
 def ident(**changes):
@@ -55,13 +55,13 @@ def test_write_read_roundtrip_in_hovernet_layout(tmp_path):
 def test_a_store_made_by_another_configuration_is_refused_with_every_difference_named(tmp_path):
     PatchStore.create(tmp_path, ident())
     other = {"checkpoint": {"path": "y", "sha256": "cd" * 32},
-             "sampler": {"type": "DDIMSampler", "settings": {"num_steps": 100, "strength": 0.4}}}
+             "sampler": {"type": "DDIMSampler", "settings": {"steps": 55, "t_start": 400}}}
     with pytest.raises(ValueError) as info:
         PatchStore.open(tmp_path, ident(mode="union", patch_shape=(16, 16), synthesizer=other))
     msg = str(info.value)
     for part in ("made by another configuration", "mode 'balance' there, 'union' here",
                  "patch_shape [8, 8] there, [16, 16] here", "checkpoint (sha256 of the weights)",
-                 "sampler.strength 0.55 there, 0.4 here"):
+                 "sampler.t_start 540 there, 400 here"):
         assert part in msg, msg
     with pytest.raises(ValueError, match="classes"):
         PatchStore.create(tmp_path, ident(classes=ClassTable(5, (1,))))
