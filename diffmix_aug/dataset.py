@@ -176,7 +176,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
             (self.config.warmup_items or min(self.cache.capacity, 8)) if warmup == "block" else 0)
         k = min(k, self.cache.capacity)
         if not self.cooperative:
-            self._producer.start()
+            self._producer.start(warmup=k)  # the k patches the caller waits for are made at its priority
         if k > len(self.cache):
             if self.cooperative:
                 while len(self.cache) < k:
@@ -202,7 +202,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
             return
         self._closed = True
         if self._producer is not None:
-            self._producer.close(timeout=2.0)
+            self._producer.close(timeout=1.5)  # leaves time for the label workers' shutdown within 2 s
         self.cache.close()
 
     def __enter__(self) -> DiffMixDataset:

@@ -2,7 +2,7 @@
 
 One thread of the training process runs the :class:`~diffmix_aug.generator.PatchGenerator`: on its
 own CUDA stream when the synthesizer is on a GPU, at a lowered CPU priority (nice +10, its own
-thread only) when it synthesises on the CPU. DataLoader workers never touch the synthesizer; they
+thread only, once the patches of a blocking warm-up are made) when it synthesises on the CPU. DataLoader workers never touch the synthesizer; they
 read the shared cache. The thread waits on the cache's credits (a slot whose patch was already
 served) instead of overwriting unread patches, and on events, never on sleeps. With
 ``label_workers > 0`` the label maps of the next batches are built in a small ``DataLoader`` while
@@ -11,8 +11,11 @@ the current batch renders.
 A failure inside the thread is kept with its traceback and re-raised by :meth:`Producer.check` (the
 dataset calls it on every item in the main process) and published in the cache, so workers raise
 it too. :meth:`Producer.close` is bounded: the render in flight stops at its next denoising step,
-and no patch reaches the cache afterwards. At interpreter exit every producer is stopped before
-any is joined (a daemon thread still inside a torch op during teardown aborts the process).
+and no patch reaches the cache afterwards. The thread is not a daemon: at interpreter exit every
+producer is told to stop (a ``threading`` exit hook, which runs before the interpreter joins its
+threads), and the interpreter then waits for each to finish its denoising step. A daemon thread
+still inside a torch op when the interpreter tears down aborts the process (SIGABRT, measured on a
+host with load 12 on 2 cores, where a nice +10 thread needs seconds per step).
 
 A CPU-only host whose cores the training loop keeps busy leaves a CPU synthesizer little time;
 there, render the patches beforehand (``diffmix-aug synthesize``) and serve them with
@@ -46,7 +49,7 @@ __all__ = ["PRODUCER_NICE", "Producer", "ProducerError", "derive_seed", "preload
 #: nice value of a CPU producer thread (weight 110 against 1024 for the training loop's nice-0 threads)
 PRODUCER_NICE = 10
 _LOADER_STREAMS = 1 << 40  # job lists of the label workers: streams apart from the in-thread batch keys
-_EXIT_JOIN_S = 15.0  # seconds interpreter exit waits for a thread still inside a denoising step
+_EXIT_JOIN_S = 15.0  # seconds a finaliser waits for a thread still inside a denoising step
 #: modules the producer thread may import lazily; imported by :func:`preload_imports` first
 _HEAVY_MODULES = ("cv2", "scipy.ndimage", "safetensors", "tqdm")
 
@@ -103,16 +106,18 @@ class Producer:
         self._lock = threading.Lock()  # one batch at a time (thread or cooperative step); paused() holds it
         self._write_lock = threading.Lock()  # close() takes it: no cache write after close()
         self._exc: BaseException | None = None
+        self._warmup = 0  # patches start() was told the caller blocks for
         self._thread: threading.Thread | None = None
         self._stream = None
         device = getattr(generator.synthesizer, "device", None)
         if device is not None and torch.device(device).type == "cuda":
             self._stream = torch.cuda.Stream(device=torch.device(device))
         self._box: list[Any] = []  # the thread and the label loader, for the finaliser (never the producer)
-        _LIVE[self._stop] = None
+        _LIVE[self._stop] = cache
         self._finalizer = weakref.finalize(self, _shutdown, self._stop, cache, self._box)
-        if not _ATEXIT:
-            _ATEXIT.append(atexit.register(_stop_all))
+        if not _ATEXIT:  # before the interpreter joins the (non-daemon) producer threads
+            register = getattr(threading, "_register_atexit", atexit.register)
+            _ATEXIT.append(register(_stop_all))
 
     # ------------------------------------------------------------------ batches
     @property
@@ -180,12 +185,19 @@ class Producer:
         return (len(t) - 1) * self.batch_size / (t[-1] - t[0])
 
     # ------------------------------------------------------------------ thread
-    def start(self) -> Producer:
-        """Start the background thread (and the label workers); idempotent."""
+    def start(self, warmup: int = 0) -> Producer:
+        """Start the background thread (and the label workers); idempotent.
+
+        Args:
+            warmup: Patches the caller is about to block for (``DiffMixDataset``'s ``warmup``): the
+                thread makes them at the caller's priority, since nothing of the caller's runs
+                meanwhile, and lowers its own only then (a thread may always lower its priority).
+        """
         if self._thread is not None:
             return self
         if self._stop.is_set():
             raise RuntimeError("this Producer was closed; build a new one")
+        self._warmup = check_positive_int("warmup", warmup, allow_zero=True)
         preload_imports()
         if self.label_workers > 0:  # workers start here, from the calling thread, before the producer runs
             loader = torch.utils.data.DataLoader(self.generator.jobs, batch_sampler=self._job_lists(),
@@ -193,16 +205,19 @@ class Producer:
                                                  prefetch_factor=2)
             self._maps_iter = iter(loader)
             self._box.append(self._maps_iter)
-        self._thread = threading.Thread(target=self._run, name="diffmix-producer", daemon=True)
+        # not a daemon: the interpreter joins it at exit (after _stop_all), never tears down under it
+        self._thread = threading.Thread(target=self._run, name="diffmix-producer", daemon=False)
         self._box.append(self._thread)
         self._thread.start()
         return self
 
     def _run(self) -> None:
         try:
-            if self._stream is None:
-                lower_thread_priority()
+            lowered = self._stream is not None  # a CUDA producer keeps its priority: it launches kernels
             while not self._stop.is_set():
+                if not lowered and len(self.cache) >= self._warmup:
+                    lower_thread_priority()
+                    lowered = True
                 got = 0
                 while got < self.batch_size and not self._stop.is_set():
                     if not self.cache.acquire_credit(timeout=self.idle_timeout):
@@ -256,9 +271,9 @@ class Producer:
     def close(self, timeout: float = 2.0) -> bool:
         """Stop the thread and the label workers; returns within about ``timeout`` seconds.
 
-        After it returns no patch is written to the cache. A synthesizer that cannot be
-        interrupted (a plain callable without ``should_stop``) is left to finish as a daemon
-        thread, never joined for ever.
+        After it returns no patch is written to the cache. A thread still inside a step (or a plain
+        callable synthesizer without ``should_stop``) when the time is up is left to finish that
+        call by itself; interpreter exit waits for it.
 
         Returns:
             True when the thread has ended, False when it was left running.
@@ -307,8 +322,8 @@ def lower_thread_priority(nice: int = PRODUCER_NICE) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, min(19, nice))
 
 
-#: the stop events of every live producer: at interpreter exit all are set before any join (producers
-#: sharing one synthesizer wait on each other's synthesis lock)
+#: stop event -> cache of every live producer: at interpreter exit all are set before any join
+#: (producers sharing one synthesizer wait on each other's synthesis lock)
 _LIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _ATEXIT: list = []  # holds the atexit hook once registered (lazily: no import-time side effect)
 
@@ -334,7 +349,10 @@ def _shutdown_loaders(box: list) -> None:
 
 
 def _stop_all() -> None:
-    """atexit hook (runs before the finalisers' joins): ask every live producer to stop."""
-    for stop in list(_LIVE):
+    """Exit hook (runs before the interpreter joins its threads): ask every live producer to stop and
+    wake a thread waiting for credits."""
+    for stop, cache in list(_LIVE.items()):
         stop.set()
+        with contextlib.suppress(Exception):
+            cache.release_credit(8)
 
