@@ -1,52 +1,45 @@
-"""The DiffMix ablation (paper Table 1 layout), with matched controls: one downstream network per arm and seed.
+"""The DiffMix ablation on real tissue: can the evidence tell the arms apart?
 
-    # real CoNSeP (the 27 training tiles; validation = whole held-out tiles)
-    python benchmarks/ablation.py --dataset consep --data-root ../shared/data/consep_256 --seeds 3 \\
-        --out benchmarks/results/consep/ablation
-    # ... and a model trained on all 27 tiles, scored on a separate CoNSeP-layout test folder
+    # the design (CoNSeP's 27 training tiles; validation = whole tiles 1-5, which the SDM never saw)
+    python benchmarks/ablation.py --dataset consep --data-root ../shared/data/consep_256 --jobs 2 \\
+        --out benchmarks/results/consep/ablation --results-page docs/results.md
+    # every training tile trains; a separate CoNSeP-layout folder (e.g. CoNSeP/Test) is scored, same tables
     python benchmarks/ablation.py --dataset consep --data-root ../shared/data/consep_256 --test-root CoNSeP/Test
-    # the procedural toy set
-    python benchmarks/ablation.py --dataset toy --seeds 3 --out benchmarks/results/ablation_toy
+    # smoke runs: --quick (a few tiles and steps; what CI runs), or the toy set
+    python benchmarks/ablation.py --dataset toy --quick
 
-**Arms.** Every arm trains the same :mod:`benchmarks.downstream` network with the same loop, the same
-gradient steps and batch size, and the same *real* items at every step: each batch is
-``--real-per-step`` real patches drawn uniformly (the same draws in every arm of one seed) plus the
-arm's own items:
+**One recipe for every arm** (:mod:`benchmarks.downstream`): the class-weighted type loss (median
+frequency balancing), HoVer-Net's affine + photometric augmentation with a random training window,
+HoVer-Net's HV-target size rule and pairing radius scaled to the field of view (8 px and 6 px at
+20x for 30 px and 12 px at 40x); the same network, steps, batch, and the same item plan per seed.
+Before any other arm runs, the baseline's rare-class AUROC on the evaluation tiles' ground-truth
+nuclei (mean over seeds) must reach ``--min-auroc`` (0.75): otherwise the harness stops, saying so.
 
-- ``baseline``: more real patches, drawn uniformly;
-- ``oversample``: real patches drawn with a weight ``sum_c n_c(patch) / N_c`` (inverse class
-  frequency, as CellViT's sampler), so patches holding rare nuclei come more often;
-- ``weighted-loss``: uniform real patches, and the type branch's cross-entropy weighted by median
-  frequency balancing (``w_c = median_f / f_c`` over pixel frequencies, clipped to [0.05, 50]);
-- ``gradmix``: GradMix patches from the offline pool (the *same* balancing draws as DiffMix-B,
-  pasted at the image level: the two arms differ in the renderer only);
-- ``diffmix-b`` / ``diffmix-e``: SDM renders of balancing / enlarging maps from the pool;
-- ``diffmix``: the paper's composition, the union of the balancing and enlarging pools;
-- ``diffmix-composed`` (optional): this project's ``mode="composed"`` (formerly "both"), enlarge(balance(map));
-- ``gradmix-fresh`` (optional): a new GradMix draw for every item (no replay), to show what replay costs.
+**Arms** (:mod:`benchmarks.arm_streams`): ``baseline``; ``rare-crop`` (windows centred on rare
+nuclei replace a share of items chosen to match the balancing arms' rare exposure after the
+training crop, as far as a share of 1 allows); ``gradmix``, ``diffmix-b``, ``diffmix-e``,
+``diffmix-union`` (the paper's DiffMix: each synthetic patch from a balancing or an enlarging map)
+and ``diffmix-composed`` (the library's enlarge(balance(map))). The synthetic arms read their items
+through ``DiffMixDataset(base, None, cache_dir=<rendered pool>, ...)`` (the product's path, producer
+off) at ``--ratio``; the pool (:mod:`benchmarks.consep_pool`) balances whole tiles with donors from
+the whole training split, then crops, and is drawn ``--pool-draws`` times (seed s uses draw
+s mod draws).
 
-**Pools.** Synthetic arms draw from an *offline pool* rendered once per split
-(:mod:`benchmarks.consep_pool`; the paper also trains on an offline pool). Pool entries come from
-training patches drawn uniformly: no arm gets a bias toward rare-rich sources. The pool has
-``--pool-size`` entries per kind; the JSON reports how often each distinct patch was served.
-Rendering: ``--ddim-steps`` guided DDIM steps from ``--t-start`` (default 540, guidance 1.5). The
-reference runs 55 steps (33 s per 128 px patch on 2 CPU cores); the CPU run uses 11 steps (about
-4 s per patch), and ``benchmarks/fidelity.py`` measures the renders it gets.
+**Evaluation** on whole tiles (:mod:`benchmarks.downstream.evaluate`); primary endpoint: rare-class
+average precision on ground-truth nuclei (threshold-free); beside it rare F1 with its TP / FP / FN,
+AUROC, PQ, type accuracy, per-class F1. Intervals: hierarchical bootstrap over tiles and seeds,
+paired differences with the baseline per seed (:mod:`benchmarks.ablation_analysis`); the smallest
+difference the design resolves is stated before any difference.
 
-**Evaluation.** Dice, AJI, DQ, SQ, PQ (mean over images), AJI+, and the pooled detection F1, type
-accuracy and per-type F1 (HoVer-Net's definitions, :mod:`diffmix_aug.metrics`); mean +- sd over seeds;
-a 95 % bootstrap interval over evaluation images (the seed-averaged metric); per arm a paired
-comparison with the baseline (same seeds, same real items, same bootstrap resamples). CoNSeP:
-validation tiles ``--val-tiles`` (default 1-5 and 19, which hold 170 of the 432 miscellaneous nuclei;
-tile 19 was in the SDM's training set, so the table is also given on tiles 1-5, which the SDM never
-saw). With ``--test-root``, every training tile trains and the folder is the evaluation set.
-
-Outputs in ``--out``: ``ablation.json``, ``ablation.md``, ``f1_per_type.png``.
+Outputs in ``--out``: ``ablation.json``, ``ablation.md``, ``rare_ap.png``, ``f1_per_type.png`` (all
+rendered from the JSON by :mod:`benchmarks.render_results`), and with ``--results-page`` the
+results page. Runs are cached in ``--work-dir`` (an interrupted design resumes where it stopped).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -63,39 +56,28 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.downstream.train import HarnessConfig, evaluate, raw_maps, train
+from benchmarks.arm_streams import ARMS, ArmStream, RareCrops
+from benchmarks.consep_pool import SDM_VAL_TILES, STORES, WEIGHTS, get_pool, store_dir
 from diffmix_aug._io import atomic_write_text
 
-ARMS = ("baseline", "oversample", "weighted-loss", "gradmix", "diffmix-b", "diffmix-e", "diffmix",
-        "diffmix-composed", "gradmix-fresh")
-DEFAULT_ARMS = ARMS[:7]
-POOL_KINDS = {"gradmix": ("gradmix_balance",), "diffmix-b": ("sdm_balance",), "diffmix-e": ("sdm_enlarge",),
-              "diffmix": ("sdm_balance", "sdm_enlarge"), "diffmix-composed": ("sdm_both",)}
-SEG_COLS = ("dice", "aji", "dq", "sq", "pq")
-EXTRA_COLS = ("aji_plus", "f1_detection", "accuracy")
-CONSEP_VAL_TILES = (1, 2, 3, 4, 5, 19)
+SYNTHETIC_ARMS = tuple(a for a in ARMS if a in STORES)
+DEFAULT_ARMS = ARMS
 
 PRESETS = {
-    "toy": {"quick": dict(n_train=16, n_test=8, iterations=8, batch_size=4, width=8, depth=2, ddim_steps=2,
-                          pool_size=4, crop=0),
-            "full": dict(n_train=96, n_test=560, iterations=600, batch_size=8, width=16, depth=2, ddim_steps=11,
-                         pool_size=96, crop=0)},
-    "consep": {"quick": dict(n_train=0, n_test=8, iterations=8, batch_size=4, width=8, depth=2, ddim_steps=2,
-                             pool_size=2, crop=64),
-               "full": dict(n_train=0, n_test=0, iterations=600, batch_size=8, width=16, depth=3, ddim_steps=11,
-                            pool_size=96, crop=64)},
+    "consep": {"quick": dict(iterations=4, batch_size=4, crop=48, width=8, depth=2, render_steps=1, pool_size=2,
+                             seeds=2, pool_draws=2, bootstrap=50, min_auroc=0.0, train_tiles="6,19",
+                             val_tiles="1,2", eval_crop=192),
+               "full": dict(iterations=800, batch_size=8, crop=64, width=16, depth=3, render_steps=11,
+                            pool_size=48, seeds=6, pool_draws=2, bootstrap=2000, min_auroc=0.75, train_tiles=None,
+                            val_tiles=",".join(map(str, SDM_VAL_TILES)), eval_crop=0)},
+    "toy": {"quick": dict(iterations=4, batch_size=4, crop=48, width=8, depth=2, render_steps=1, pool_size=2, seeds=2,
+                          pool_draws=2, bootstrap=50, min_auroc=0.0, n_train=12, n_test=4, eval_crop=0),
+            "full": dict(iterations=600, batch_size=8, crop=48, width=16, depth=2, render_steps=11, pool_size=48,
+                         seeds=5, pool_draws=2, bootstrap=2000, min_auroc=0.75, n_train=96, n_test=96, eval_crop=0)},
 }
 
 
 # ----------------------------------------------------------------------------------- data
-
-
-def _consep_train_root(root: Path) -> Path:
-    for cand in (root / "Train", root / "train", root):
-        if (cand / "Images").is_dir() and (cand / "Labels").is_dir():
-            return cand
-    raise FileNotFoundError(f"`--data-root` must hold CoNSeP-layout Images/ and Labels/ (or Train/ or train/ with "
-                            f"them), got {root}")
 
 
 def _test_merge(root: Path, choice: str) -> bool:
@@ -105,224 +87,48 @@ def _test_merge(root: Path, choice: str) -> bool:
     import scipy.io as sio
 
     top = 0
-    for f in sorted((root / "Labels").glob("*.mat")):
+    for f in sorted((Path(root) / "Labels").glob("*.mat")):
         top = max(top, int(np.max(sio.loadmat(f)["type_map"])))
     return top > 4
 
 
-def load_splits(args: argparse.Namespace) -> tuple[Any, dict[str, list[Any]], Any, dict[str, Any]]:
-    """``(train dataset, {eval name: items}, DatasetInfo, split description)`` for ``--dataset``."""
-    from diffmix_aug.data.dataset import NucleiDataset
-    from diffmix_aug.data.toy import make_toy_dataset
+def load_data(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """``(train TileSet, eval TileSet, split description)`` for ``--dataset``."""
+    from benchmarks.tilesets import consep_tilesets, folder_tileset, toy_tileset
 
     if args.dataset == "toy":
-        train_ds = make_toy_dataset(args.n_train, 64, seed=1000)
-        test_ds = make_toy_dataset(args.n_test, 64, seed=2000)
-        train_ds = NucleiDataset.from_samples([train_ds[i] for i in range(len(train_ds))], train_ds.info)
-        return (train_ds, {"test": [test_ds[i] for i in range(len(test_ds))]}, train_ds.info,
-                {"train": f"toy seed 1000, {args.n_train} patches", "eval": f"toy seed 2000, {args.n_test} patches"})
-    from benchmarks.consep_pool import DOWNSAMPLE, SDM_VAL_TILES, load_split
-
+        train, evl = toy_tileset(args.n_train, 1000), toy_tileset(args.n_test, 2000)
+        return train, evl, {"train": f"toy seed 1000, {args.n_train} images", "eval": f"toy seed 2000, "
+                            f"{args.n_test} images", "eval_name": "test"}
     if args.data_root is None:
         raise SystemExit("`--data-root` is required for --dataset consep (e.g. ../shared/data/consep_256)")
-    root = _consep_train_root(Path(args.data_root))
+    only = None if args.train_tiles is None else [int(t) for t in str(args.train_tiles).split(",") if t.strip()]
     if args.test_root is None:
-        train_ds, val = load_split(root, args.val_tiles)
-        items = [val[i] for i in range(len(val))]
-        names = val.item_names()
-        evals = {"val": items}
-        unseen = [it for it, n in zip(items, names) if int(n.split("_")[1]) in SDM_VAL_TILES]
-        if 0 < len(unseen) < len(items):
-            evals["val_sdm_unseen"] = unseen
-        desc = {"train": f"{root}: tiles not in {list(args.val_tiles)}", "eval": f"tiles {list(args.val_tiles)}",
-                "sdm_unseen_tiles": list(SDM_VAL_TILES)}
+        unseen = set(args.sdm_unseen_tiles)
+        leaked = [t for t in args.val_tiles if t not in unseen]
+        if leaked:
+            raise SystemExit(f"--val-tiles {leaked} were in the SDM's training set (it never saw only "
+                             f"{sorted(unseen)}): validating there leaks; use tiles of --sdm-unseen-tiles")
+        train, evl = consep_tilesets(args.data_root, args.val_tiles, only_tiles=only)
+        desc = {"train": f"{len(train)} tiles ({', '.join(train.names)})",
+                "eval": f"whole tiles {list(args.val_tiles)}, never seen by the SDM", "eval_name": "val"}
     else:
-        train_ds, _ = load_split(root, ())
-        test_root = Path(args.test_root)
-        if not (test_root / "Images").is_dir() or not (test_root / "Labels").is_dir():
-            raise SystemExit(f"`--test-root` must be a CoNSeP-layout folder with Images/ and Labels/, got {test_root}")
-        merge = _test_merge(test_root, args.test_merge)
-        test = NucleiDataset.from_consep_dir(test_root, merge=merge, patch_size=256, step=256).downsampled(DOWNSAMPLE)
-        evals = {"test": [test[i] for i in range(len(test))]}
-        desc = {"train": f"{root}: all tiles", "eval": f"{test_root} (merge 7->4: {merge}), 256 px windows at 40x"}
-    if args.n_test:
-        evals = {k: v[: args.n_test] for k, v in evals.items()}
-    if args.n_train:
-        train_ds = train_ds.subset(range(min(args.n_train, len(train_ds)))).materialised()
-    return train_ds, evals, train_ds.info, desc
+        train, _ = consep_tilesets(args.data_root, (), only_tiles=only)
+        merge = _test_merge(Path(args.test_root), args.test_merge)
+        evl = folder_tileset(args.test_root, merge)
+        desc = {"train": f"all {len(train)} training tiles", "eval": f"{args.test_root} (merge 7->4: {merge}), "
+                f"whole images at 20x", "eval_name": "test"}
+    return train, evl, desc
 
 
-def rare_content(items: list[Any], rare: tuple[int, ...]) -> dict[str, int]:
-    """Rare instances and pixels in ``items`` (the evaluation set's size in rare nuclei)."""
-    inst = px = 0
-    for it in items:
-        _, im, tm = raw_maps(it)
-        mask = np.isin(tm, rare) & (im > 0)
-        inst += int(np.unique(im[mask]).size)
-        px += int(mask.sum())
-    return {"instances": inst, "pixels": px}
-
-
-def median_frequency_weights(train_ds: Any, num_types: int) -> list[float]:
+def median_frequency_weights(patches: Any, num_types: int) -> list[float]:
     """Median frequency balancing of the type branch: ``w_c = median(f) / f_c`` over pixel frequencies."""
     counts = np.zeros(num_types, np.float64)
-    for i in range(len(train_ds)):
-        counts += np.bincount(np.asarray(train_ds[i].type_map).ravel(), minlength=num_types)[:num_types]
+    for i in range(len(patches)):
+        counts += np.bincount(np.asarray(patches[i].type_map).ravel(), minlength=num_types)[:num_types]
     freq = counts / counts.sum()
     w = np.where(freq > 0, np.median(freq[freq > 0]) / np.maximum(freq, 1e-12), 1.0)
     return [float(v) for v in np.clip(w, 0.05, 50.0)]
-
-
-def oversample_weights(train_ds: Any, num_types: int) -> np.ndarray:
-    """Per-patch draw weights ``sum_c n_c(patch) / N_c`` (inverse class frequency), normalised; ``float64 [N]``."""
-    per = np.zeros((len(train_ds), num_types), np.float64)
-    for i in range(len(train_ds)):
-        s = train_ds[i]
-        per[i] = np.bincount(np.asarray(s.info.types, np.int64), minlength=num_types)[:num_types]
-    total = per.sum(0)
-    w = (per[:, 1:] / np.maximum(total[1:], 1)).sum(1) + 1e-6
-    return w / w.sum()
-
-
-# ----------------------------------------------------------------------------------- the arm's stream
-
-
-class ArmStream(torch.utils.data.Dataset):
-    """Slot ``t`` of a run (step ``t // B``, position ``t % B``) -> one training item, planned up front.
-
-    Positions ``< real_per_step`` are the seed's uniform real draws (identical in every arm);
-    the rest are the arm's items. Every served item is recorded (rare instances and pixels after the
-    crop, synthetic or not, which pool entry) for the exposure report.
-    """
-
-    def __init__(self, arm: str, base: Any, info: Any, *, seed: int, iterations: int, batch_size: int,
-                 real_per_step: int, crop: int, pool: dict[str, Any] | None, oversample_p: np.ndarray | None,
-                 gradmix: Any = None):
-        self.arm, self.base, self.info, self.seed, self.crop = arm, base, info, int(seed), int(crop)
-        self.B, self.R, self.iterations = int(batch_size), int(real_per_step), int(iterations)
-        n = len(base)
-        self.real_plan = np.random.default_rng([self.seed, 31]).integers(0, n, (self.iterations, self.R))
-        n_extra = self.iterations * (self.B - self.R)
-        rng = np.random.default_rng([self.seed, 32])
-        self.pool_items: list[dict] = []
-        if arm in POOL_KINDS:
-            for kind in POOL_KINDS[arm]:
-                p = pool[kind]
-                self.pool_items += [{"img": p["img"][k], "inst_map": p["inst_map"][k], "type_map": p["type_map"][k]}
-                                    for k in range(len(p["img"]))]
-            self.extra_plan = rng.integers(0, len(self.pool_items), n_extra)
-        elif arm == "oversample":
-            self.extra_plan = rng.choice(n, n_extra, p=oversample_p)
-        else:  # baseline, weighted-loss, gradmix-fresh: uniform real patches
-            self.extra_plan = rng.integers(0, n, n_extra)
-        self.gradmix = gradmix
-        self.rare = tuple(info.rare_classes)
-        self.exposure = np.zeros((self.iterations * self.B, 3), np.int64)  # rare inst, rare px, synthetic
-        self.served_entry = np.full(self.iterations * self.B, -1, np.int64)
-
-    def __len__(self) -> int:
-        return self.iterations * self.B
-
-    def batches(self) -> list[list[int]]:
-        return [list(range(s * self.B, (s + 1) * self.B)) for s in range(self.iterations)]
-
-    def _item(self, t: int) -> tuple[dict, bool, int]:
-        s, pos = divmod(int(t), self.B)
-        if pos < self.R:
-            smp = self.base[int(self.real_plan[s, pos])]
-            return {"img": smp.image, "inst_map": smp.inst_map, "type_map": smp.type_map}, False, -1
-        q = s * (self.B - self.R) + pos - self.R
-        e = int(self.extra_plan[q])
-        if self.pool_items:
-            return self.pool_items[e], True, e
-        smp = self.base[e]
-        if self.arm == "gradmix-fresh":
-            from diffmix_aug.data.sample import NucleiSample
-
-            g = self.gradmix(NucleiSample.trusted(smp.image, smp.inst_map, smp.type_map),
-                             np.random.default_rng([self.seed, q, 13]))
-            return {"img": g.image, "inst_map": g.inst_map, "type_map": g.type_map}, True, -1
-        return {"img": smp.image, "inst_map": smp.inst_map, "type_map": smp.type_map}, False, -1
-
-    def __getitem__(self, t: int) -> dict:
-        item, synthetic, entry = self._item(t)
-        h, w = item["inst_map"].shape
-        if self.crop and self.crop < min(h, w):
-            rng = np.random.default_rng([self.seed, int(t), 5])
-            y, x = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
-            item = {k: np.ascontiguousarray(v[y:y + self.crop, x:x + self.crop]) for k, v in item.items()}
-        mask = np.isin(item["type_map"], self.rare) & (item["inst_map"] > 0)
-        self.exposure[t] = (np.unique(item["inst_map"][mask]).size, int(mask.sum()), int(synthetic))
-        self.served_entry[t] = entry
-        return item
-
-    def exposure_report(self) -> dict[str, Any]:
-        """Rare instances and pixels served (all and synthetic items), distinct synthetic patches, reuse."""
-        ex = self.exposure
-        syn = ex[:, 2] == 1
-        entries = self.served_entry[self.served_entry >= 0]
-        distinct = int(np.unique(entries).size) if entries.size else (int(syn.sum()) if self.arm == "gradmix-fresh"
-                                                                       else 0)
-        return {"items": int(len(ex)), "synthetic_items": int(syn.sum()),
-                "rare_instances": int(ex[:, 0].sum()), "rare_pixels": int(ex[:, 1].sum()),
-                "rare_instances_synthetic": int(ex[syn, 0].sum()), "rare_pixels_synthetic": int(ex[syn, 1].sum()),
-                "distinct_synthetic_patches": distinct,
-                "mean_reuse": float(syn.sum() / distinct) if distinct else 0.0,
-                "max_reuse": int(np.bincount(entries).max()) if entries.size else (1 if syn.any() else 0)}
-
-
-# ----------------------------------------------------------------------------------- per-image counts
-
-
-def type_counts(true_pts: list[dict], pred_pts: list[dict], type_ids: list[int], radius: float = 12.0) -> np.ndarray:
-    """Per image, HoVer-Net's additive classification counts; ``int64 [n_images, 3 + 5 * len(type_ids)]``.
-
-    Columns: detection tp, fp, fn, then per type ``(tp_c, fp_c, fn_c, fp_dc, fn_dc)`` (the terms of
-    ``diffmix_aug.metrics.classification_stats``), so pooled F1 over any resample of images is a sum.
-    """
-    from diffmix_aug.metrics.classification import pair_coordinates
-
-    out = np.zeros((len(true_pts), 3 + 5 * len(type_ids)), np.int64)
-    for i, (t, p) in enumerate(zip(true_pts, pred_pts)):
-        tc = np.asarray(t["inst_centroid"], np.float64).reshape(-1, 2)
-        pc = np.asarray(p["inst_centroid"], np.float64).reshape(-1, 2)
-        tt = np.asarray(t["inst_type"]).reshape(-1)
-        pt = np.asarray(p["inst_type"]).reshape(-1)
-        ia, ib = pair_coordinates(tc, pc, radius)
-        t_un = np.ones(tt.size, bool)
-        t_un[ia] = False
-        p_un = np.ones(pt.size, bool)
-        p_un[ib] = False
-        out[i, :3] = (len(ia), p_un.sum(), t_un.sum())
-        ptt, ppt = tt[ia], pt[ib]
-        for k, c in enumerate(type_ids):
-            ti, pi = ptt == c, ppt == c
-            out[i, 3 + 5 * k: 8 + 5 * k] = ((ti & pi).sum(), (~ti & pi).sum(), (ti & ~pi).sum(),
-                                            (pt[p_un] == c).sum(), (tt[t_un] == c).sum())
-    return out
-
-
-def f1_from_counts(counts: np.ndarray, k: int) -> np.ndarray:
-    """Per-type F1 of type column ``k`` from summed counts ``[..., 3 + 5 T]`` (1.0 where undefined, as HoVer-Net)."""
-    tp, fp, fn, fpd, fnd = (counts[..., 3 + 5 * k + j].astype(np.float64) for j in range(5))
-    den = 2 * tp + 2 * fp + 2 * fn + fpd + fnd
-    return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
-
-
-def bootstrap(per_seed: list[dict], type_ids: list[int], n_boot: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seed-averaged PQ and per-type F1 over ``n_boot`` resamples of the evaluation images (same resamples
-    for every arm when ``seed`` is shared). Returns ``{"pq": float [n_boot], "f1_<c>": float [n_boot]}``."""
-    n_img = per_seed[0]["seg"].shape[0]
-    idx = np.random.default_rng([seed, 77]).integers(0, n_img, (n_boot, n_img))
-    out: dict[str, np.ndarray] = {"pq": np.zeros(n_boot)}
-    for c in type_ids:
-        out[f"f1_{c}"] = np.zeros(n_boot)
-    for run in per_seed:
-        out["pq"] += np.nanmean(run["seg"][idx, 5], 1) / len(per_seed)
-        sums = run["counts"][idx].sum(1)
-        for k, c in enumerate(type_ids):
-            out[f"f1_{c}"] += f1_from_counts(sums, k) / len(per_seed)
-    return out
 
 
 # ----------------------------------------------------------------------------------- one run (a worker)
@@ -331,178 +137,170 @@ _STATE: dict[str, Any] = {}
 
 
 def _setup(args: argparse.Namespace) -> None:
-    """Load the split and the pool once per worker process."""
+    """Load the tiles once per worker process."""
     torch.set_num_threads(max(1, args.threads))
-    train_ds, evals, info, desc = load_splits(args)
-    _STATE.update(args=args, train=train_ds, evals=evals, info=info, desc=desc, pool=None, gradmix=None,
-                  weights=None, oversample=None)
-    needs_pool = any(a in POOL_KINDS for a in args.arm_list)
-    if needs_pool:
-        _STATE["pool"] = get_arm_pool(args, train_ds, info, progress=False)[0]
-    if "gradmix-fresh" in args.arm_list:
-        from benchmarks.consep_pool import make_samplers
+    train, evl, desc = load_data(args)
+    if args.eval_crop:
+        from diffmix_aug.data.sample import NucleiSample
 
-        _STATE["gradmix"] = make_samplers(train_ds, args.patch, args.max_shift, tuple(info.rare_classes))[3]
-    if "weighted-loss" in args.arm_list:
-        _STATE["weights"] = median_frequency_weights(train_ds, info.num_classes)
-    if "oversample" in args.arm_list:
-        _STATE["oversample"] = oversample_weights(train_ds, info.num_classes)
+        c = args.eval_crop
+        evl.tiles = [NucleiSample.trusted(t.image[:c, :c].copy(), t.inst_map[:c, :c].copy(), t.type_map[:c, :c].copy())
+                     for t in evl.tiles]
+        desc = desc | {"eval": desc["eval"] + f", top-left {c} px only (smoke run)"}
+    rare = tuple(train.info.rare_classes)
+    _STATE.update(args=args, train=train, eval=evl, desc=desc, rare=rare,
+                  rare_crops=RareCrops(train.tiles, train.window, rare),
+                  weights=median_frequency_weights(train.patches, train.info.num_classes))
 
 
-def get_arm_pool(args: argparse.Namespace, train_ds: Any, info: Any, progress: bool = True):
-    from benchmarks.consep_pool import KINDS, get_pool
+def harness_config(args: argparse.Namespace, seed: int, weights: list[float], rare: tuple[int, ...]):
+    """The one recipe every arm trains with."""
+    from benchmarks.downstream.postproc import TOY_POSTPROC
+    from benchmarks.downstream.targets import min_hv_area
+    from benchmarks.downstream.train import HarnessConfig
 
-    kinds = sorted({k for a in args.arm_list for k in POOL_KINDS.get(a, ())}, key=KINDS.index)
-    return get_pool(train_ds, args.pool_size, args.pool_dir, kinds=kinds, seed=0, steps=args.ddim_steps,
-                    t_start=args.t_start, guidance=args.guidance, weights=Path(args.sdm), patch=args.patch,
-                    max_shift=args.max_shift, rare=tuple(info.rare_classes), progress=progress)
+    return HarnessConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, width=args.width,
+                         depth=args.depth, net=args.net, seed=seed, device=args.device, type_weights=weights,
+                         augment="hovernet", crop=args.crop, min_hv_area=min_hv_area(args.downsample),
+                         pair_radius=12.0 / args.downsample, rare_classes=rare, postproc=dict(TOY_POSTPROC))
 
 
 def run_one(job: tuple[str, int]) -> dict[str, Any]:
-    """Train and evaluate one (arm, seed)."""
+    """Train and evaluate one (arm, seed); the result holds the arrays the analysis needs."""
+    from benchmarks.downstream.evaluate import evaluate_tiles
+    from benchmarks.downstream.train import train
+
     arm, seed = job
-    args, train_ds, info = _STATE["args"], _STATE["train"], _STATE["info"]
-    type_ids = list(range(1, info.num_classes))
-    cfg = HarnessConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, width=args.width,
-                        depth=args.depth, net=args.net, seed=seed, device=args.device,
-                        type_weights=_STATE["weights"] if arm == "weighted-loss" else None)
-    stream = ArmStream(arm, train_ds, info, seed=seed, iterations=args.iterations, batch_size=args.batch_size,
-                       real_per_step=args.real_per_step, crop=args.crop, pool=_STATE["pool"],
-                       oversample_p=_STATE["oversample"], gradmix=_STATE["gradmix"])
-    model, hist = train(stream, info.num_classes, cfg, progress=False, desc=f"{arm} s{seed}",
+    args, tr, rare = _STATE["args"], _STATE["train"], _STATE["rare"]
+    cfg = harness_config(args, seed, _STATE["weights"], rare)
+    draw = seed % args.pool_draws
+    store = store_dir(args.pool, draw, arm) if arm in STORES else None
+    ratio = args.rare_crop_ratio if arm == "rare-crop" else args.ratio
+    c0 = time.process_time()
+    stream = ArmStream(arm, tr.patches, seed=seed, iterations=args.iterations, batch_size=args.batch_size,
+                       ratio=ratio, store=store, store_size=args.pool_size * len(STORES.get(arm, ())),
+                       rare_crops=_STATE["rare_crops"], rare=rare)
+    t0 = time.perf_counter()
+    model, hist = train(stream, tr.info.num_classes, cfg, progress=False, desc=f"{arm} s{seed}",
                         batch_sampler=stream.batches())
-    out = {"arm": arm, "seed": seed, "train_seconds": hist["seconds"],
-           "final_loss": float(np.mean(hist["loss"][-5:])), "exposure": stream.exposure_report(), "evals": {}}
-    for name, items in _STATE["evals"].items():
-        m = evaluate(model, items, cfg, type_ids=type_ids, per_image=True)
-        per = m.pop("per_image")
-        m["_seg"] = per["seg"]
-        m["_counts"] = type_counts(per["true"], per["pred"], type_ids)
-        out["evals"][name] = m
-    return out
+    stream.finish()
+    t1 = time.perf_counter()
+    ev = evaluate_tiles(model, _STATE["eval"].tiles, type_ids=list(range(1, tr.info.num_classes)),
+                        radius=cfg.pair_radius, postproc=cfg.postproc, device=cfg.device)
+    t2 = time.perf_counter()
+    return {"arm": arm, "seed": seed, "pool_draw": draw if store is not None else None,
+            "train_seconds": round(t1 - t0, 1), "eval_seconds": round(t2 - t1, 1),
+            "cpu_seconds": round(time.process_time() - c0, 1),
+            "final_loss": float(np.mean(hist["loss"][-20:])), "exposure": stream.exposure(hist["served_rare"]),
+            "eval": dict(ev)}
 
 
-# ----------------------------------------------------------------------------------- reporting
+# ----------------------------------------------------------------------------------- the run cache
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], np.float64)
-    if arr.size == 0:
-        return float("nan"), float("nan")
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+def _config_key(args: argparse.Namespace) -> str:
+    keep = ("dataset", "val_tiles", "test_root", "train_tiles", "eval_crop", "iterations", "batch_size", "crop", "width", "depth",
+            "lr", "net", "ratio", "pool_size", "pool_draws", "render_steps", "t_start", "guidance", "sdm", "n_train",
+            "n_test", "rare_crop_ratio")
+    blob = json.dumps({k: str(getattr(args, k, None)) for k in keep}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def summarise(runs: dict[str, list[dict]], type_ids: list[int]) -> dict[str, dict]:
-    """Mean and sd over seeds of every metric, per arm (``runs[arm]`` = per-seed metric dicts)."""
-    out = {}
-    for arm, seeds in runs.items():
-        row = {k: _mean_sd([r[k] for r in seeds]) for k in SEG_COLS + EXTRA_COLS}
-        row["f1_per_type"] = {c: _mean_sd([r["f1_per_type"].get(c, float("nan")) for r in seeds]) for c in type_ids}
-        out[arm] = row
-    return out
+def _run_path(args: argparse.Namespace, arm: str, seed: int) -> Path:
+    return Path(args.work_dir) / _config_key(args) / f"{arm}_s{seed}.npz"
 
 
-def compare(runs: dict[str, list[dict]], type_ids: list[int], n_boot: int, rare: tuple[int, ...]) -> dict[str, dict]:
-    """Per arm: bootstrap 95 % intervals (PQ, per-type F1) and the paired comparison with the baseline."""
-    boots = {arm: bootstrap([{"seg": r["_seg"], "counts": r["_counts"]} for r in seeds], type_ids, n_boot)
-             for arm, seeds in runs.items()}
-    keys = ["pq"] + [f"f1_{c}" for c in type_ids]
-    out: dict[str, dict] = {}
-    for arm, b in boots.items():
-        row: dict[str, Any] = {"ci95": {k: [float(np.percentile(b[k], 2.5)), float(np.percentile(b[k], 97.5))]
-                                        for k in keys}}
-        if arm != "baseline" and "baseline" in boots:
-            base = {r_seed: r for r_seed, r in zip([r["seed"] for r in runs["baseline"]], runs["baseline"])}
-            paired = {}
-            for k in keys:
-                def metric(r: dict, k: str = k) -> float:
-                    return r["pq"] if k == "pq" else r["f1_per_type"].get(int(k[3:]), float("nan"))
-
-                diffs = [metric(r) - metric(base[r["seed"]]) for r in runs[arm] if r["seed"] in base]
-                d = b[k] - boots["baseline"][k]
-                paired[k] = {"per_seed": diffs, "mean": float(np.mean(diffs)) if diffs else float("nan"),
-                             "sd": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
-                             "seeds_better": int(sum(x > 0 for x in diffs)), "seeds": len(diffs),
-                             "ci95_images": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))],
-                             "p_boot_le_0": float((d <= 0).mean())}
-            row["vs_baseline"] = paired
-        out[arm] = row
-    return out
-
-
-def markdown_table(summary: dict[str, dict], type_ids: list[int], names: list[str]) -> str:
-    """The paper's Table 1 layout: Dice AJI DQ SQ PQ | Acc F per type (+ AJI+ and F1_det)."""
-    def fmt(ms: tuple[float, float]) -> str:
-        m, s = ms
-        return "n/a" if math.isnan(m) else f"{m:.3f} ± {s:.3f}"
-
-    heads = ["Dice", "AJI", "DQ", "SQ", "PQ", "Acc"] + [f"F^{names[c]}" for c in type_ids] + ["AJI+", "F1_det"]
-    lines = ["| Method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
-    for arm, row in summary.items():
-        cells = [fmt(row[k]) for k in SEG_COLS] + [fmt(row["accuracy"])]
-        cells += [fmt(row["f1_per_type"][c]) for c in type_ids] + [fmt(row["aji_plus"]), fmt(row["f1_detection"])]
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def comparison_table(comp: dict[str, dict], rare: tuple[int, ...], names: list[str]) -> str:
-    keys = ["pq"] + [f"f1_{c}" for c in rare]
-    labels = ["PQ"] + [f"F^{names[c]}" for c in rare]
-    heads = [f"{lab} 95% CI (images)" for lab in labels] + [f"Δ{lab} vs baseline: seeds (mean ± sd, better/seeds), "
-                                                          f"95% CI (images)" for lab in labels]
-    lines = ["| Method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
-    for arm, row in comp.items():
-        cells = [f"[{row['ci95'][k][0]:.3f}, {row['ci95'][k][1]:.3f}]" for k in keys]
-        for k in keys:
-            p = row.get("vs_baseline", {}).get(k)
-            cells.append("—" if p is None else f"{p['mean']:+.3f} ± {p['sd']:.3f} ({p['seeds_better']}/{p['seeds']}), "
-                                               f"[{p['ci95_images'][0]:+.3f}, {p['ci95_images'][1]:+.3f}]")
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def exposure_table(exposure: dict[str, list[dict]]) -> str:
-    heads = ["items/run", "synthetic items", "rare instances served", "rare pixels served",
-             "rare instances in synthetic items", "distinct synthetic patches", "mean reuse", "max reuse"]
-    lines = ["| Method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
-    for arm, reps in exposure.items():
-        def m(k: str, reps: list[dict] = reps) -> str:
-            v = float(np.mean([r[k] for r in reps]))
-            return f"{v:.1f}" if k == "mean_reuse" else f"{v:.0f}"
-
-        lines.append(f"| {arm} | " + " | ".join(m(k) for k in ("items", "synthetic_items", "rare_instances",
-                                                               "rare_pixels", "rare_instances_synthetic",
-                                                               "distinct_synthetic_patches", "mean_reuse",
-                                                               "max_reuse")) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def bar_chart(summary: dict[str, dict], type_ids: list[int], names: list[str], path: Path, title: str = "") -> None:
-    """Grouped bars of per-type F1 (mean, sd error bars) by arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arms = list(summary)
-    width = 0.8 / max(1, len(arms))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.6 * len(type_ids), 3.6))
-    x = np.arange(len(type_ids))
-    for i, arm in enumerate(arms):
-        ms = [summary[arm]["f1_per_type"][c] for c in type_ids]
-        ax.bar(x + i * width - 0.4 + width / 2, [m for m, _ in ms], width, yerr=[s for _, s in ms], label=arm,
-               capsize=2)
-    ax.set_xticks(x, [names[c] for c in type_ids])
-    ax.set_ylabel("F1 per type (mean ± sd over seeds)")
-    ax.set_ylim(0, 1)
-    if title:
-        ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=min(4, len(arms)))
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+def _save_run(path: Path, result: dict[str, Any]) -> None:
+    ev = result["eval"]
+    meta = {k: v for k, v in result.items() if k != "eval"} | {"type_ids": ev["type_ids"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, seg=ev["seg"], counts=ev["counts"], nuc_tile=ev["nuc_tile"], nuc_type=ev["nuc_type"],
+                        nuc_prob=ev["nuc_prob"], meta=np.frombuffer(json.dumps(meta, default=_json).encode(), np.uint8))
     tmp.replace(path)
+
+
+def _load_run(path: Path) -> dict[str, Any]:
+    with np.load(path) as z:
+        meta = json.loads(bytes(z["meta"]).decode())
+        ev = {k: z[k] for k in ("seg", "counts", "nuc_tile", "nuc_type", "nuc_prob")} | {"type_ids": meta["type_ids"]}
+    meta.pop("type_ids")
+    return meta | {"eval": ev}
+
+
+def _run_jobs(args: argparse.Namespace, jobs: list[tuple[str, int]], desc: str) -> list[dict[str, Any]]:
+    """Run (or load from the run cache) every job; in parallel processes with ``--jobs``."""
+    from tqdm import tqdm
+
+    results, todo = [], []
+    for job in jobs:
+        path = _run_path(args, *job)
+        if path.is_file() and not args.no_resume:
+            results.append(_load_run(path))
+        else:
+            todo.append(job)
+    if todo:
+        bar = tqdm(total=len(todo), desc=desc, unit="run")
+        if args.jobs > 1 and len(todo) > 1:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(min(args.jobs, len(todo)), mp_context=mp.get_context("spawn"),
+                                     initializer=_setup, initargs=(args,)) as ex:
+                for r in ex.map(run_one, todo):
+                    _save_run(_run_path(args, r["arm"], r["seed"]), r)
+                    results.append(r)
+                    bar.update(1)
+                    bar.set_postfix_str(f"{r['arm']} s{r['seed']}: {r['train_seconds']:.0f} s")
+        else:
+            for job in todo:
+                r = run_one(job)
+                _save_run(_run_path(args, *job), r)
+                results.append(r)
+                bar.update(1)
+                bar.set_postfix_str(f"{r['arm']} s{r['seed']}: {r['train_seconds']:.0f} s")
+        bar.close()
+    return results
+
+
+# ----------------------------------------------------------------------------------- rare-crop matching
+
+
+def rare_crop_ratio(args: argparse.Namespace, train: Any, rare: tuple[int, ...]) -> dict[str, Any]:
+    """The rare-crop share that matches the balancing pool's rare exposure after the training crop.
+
+    Expected rare instances per training window (HoVer-Net augmentation, ``--crop``) are estimated
+    on 300 draws each of real patches, rare-centred crops and the balancing store's patches;
+    ``ratio_rc = ratio * (m_bal - m_real) / (m_rc - m_real)``, capped at 1.
+    """
+    from benchmarks.downstream import augment as aug
+    from diffmix_aug.cache import load_patch
+
+    def seen(items):
+        out = []
+        for j, (inst, typ) in enumerate(items):
+            p = aug.draw_params(np.random.default_rng([77, j]), inst.shape, args.crop or inst.shape[0], True)
+            rows, cols = aug.source_indices(p, inst.shape)
+            a, t = inst[rows, cols], typ[rows, cols]
+            out.append(np.unique(a[np.isin(t, rare) & (a > 0)]).size)
+        return float(np.mean(out)) if out else 0.0
+
+    rng = np.random.default_rng([args.seed_base, 5])
+    real = [train.patches[int(i)] for i in rng.integers(0, len(train.patches), 300)]
+    crops = RareCrops(train.tiles, train.window, rare)
+    rc = [crops(np.random.default_rng([args.seed_base, j, 8])) for j in range(300)]
+    m_real, m_rc = seen([(s.inst_map, s.type_map) for s in real]), seen([(s.inst_map, s.type_map) for s in rc])
+    out = {"m_real": m_real, "m_rare_crop": m_rc, "ratio_synthetic": args.ratio}
+    store = store_dir(args.pool, 0, "gradmix")  # the balancing maps (DiffMix-B renders the same maps)
+    if store.is_dir():
+        bal = [p for p in (load_patch(f) for f in sorted(store.glob("pool_*.npy"))) if p is not None]
+        pick = rng.integers(0, len(bal), 300)
+        m_bal = seen([(bal[i][..., 3], bal[i][..., 4]) for i in pick])
+        want = args.ratio * (m_bal - m_real) / max(1e-9, m_rc - m_real)
+        out.update(m_balance=m_bal, ratio_matched=want, ratio=float(min(1.0, max(0.0, want))),
+                   matched=bool(0.0 <= want <= 1.0))
+    else:
+        out.update(m_balance=None, ratio_matched=None, ratio=args.ratio, matched=False)
+    return out
 
 
 # ----------------------------------------------------------------------------------- main
@@ -510,164 +308,239 @@ def bar_chart(summary: dict[str, dict], type_ids: list[int], names: list[str], p
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", choices=("toy", "consep"), default="toy")
-    ap.add_argument("--data-root", default=None, help="CoNSeP: a CoNSeP-layout folder (Images/, Labels/) or one "
-                    "holding Train/ or train/ (../shared/data/consep_256)")
-    ap.add_argument("--val-tiles", default=",".join(map(str, CONSEP_VAL_TILES)),
-                    help="CoNSeP tiles held out whole for validation (never split by patch)")
-    ap.add_argument("--test-root", default=None, help="a separate CoNSeP-layout test folder: train on every "
-                    "training tile and evaluate there")
+    ap.add_argument("--dataset", choices=("toy", "consep"), default="consep")
+    ap.add_argument("--data-root", default=None, help="CoNSeP: ../shared/data/consep_256 (or its train/)")
+    ap.add_argument("--val-tiles", default=None, help="tiles held out whole for validation (default 1-5)")
+    ap.add_argument("--sdm-unseen-tiles", default=",".join(map(str, SDM_VAL_TILES)),
+                    help="tiles the SDM never saw (validation must use only these)")
+    ap.add_argument("--train-tiles", default=None, help="read only these training tiles (smoke runs; 'all': every one)")
+    ap.add_argument("--eval-crop", type=int, default=None, help="score only the top-left N px of each evaluation "
+                    "tile (smoke runs; 0: whole tiles)")
+    ap.add_argument("--test-root", default=None, help="a CoNSeP-layout test folder: every training tile trains "
+                    "and the folder is scored")
     ap.add_argument("--test-merge", choices=("auto", "yes", "no"), default="auto",
                     help="merge the test folder's classes 7 -> 4 (auto: when a type above 4 occurs)")
-    ap.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--sdm", default=None, help="SDM export for the diffmix arms (default: the dataset's shipped one)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few patches, steps and pool entries")
+    ap.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated subset of {','.join(ARMS)} "
+                    "(baseline always runs)")
+    ap.add_argument("--seeds", type=int, default=None, help="training seeds (>= 5 for the design)")
+    ap.add_argument("--pool-draws", type=int, default=None, help="independent pool draws (seed s uses s mod draws)")
+    ap.add_argument("--pool-size", type=int, default=None, help="crops per pool kind and draw")
+    ap.add_argument("--ratio", type=float, default=0.5, help="synthetic_ratio of the synthetic arms")
+    ap.add_argument("--rare-crop-ratio", default="auto", help="share of rare-centred crops ('auto': matched)")
+    ap.add_argument("--sdm", default=None, help="SDM export (default: the dataset's shipped one)")
+    ap.add_argument("--render-steps", type=int, default=None, help="denoising steps of the pool's renders")
+    ap.add_argument("--t-start", type=int, default=540, help="entry timestep of the renders (the reference's)")
+    ap.add_argument("--guidance", type=float, default=1.5)
+    ap.add_argument("--quick", action="store_true", help="smoke run: a few tiles, steps, pool entries, 2 seeds")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--results-page", type=Path, default=None, help="also render the results page here")
+    ap.add_argument("--work-dir", type=Path, default=Path("runs/ablation_work"), help="run cache")
+    ap.add_argument("--no-resume", action="store_true", help="ignore cached runs")
+    ap.add_argument("--pool-dir", type=Path, default=Path("runs/pools"))
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--real-per-step", type=int, default=None, help="real items per batch in every arm (default: half)")
-    ap.add_argument("--crop", type=int, default=None, help="random training crop side (0: whole patches)")
-    ap.add_argument("--n-train", type=int, default=None, help="toy: training patches; CoNSeP: cap (0 = all)")
-    ap.add_argument("--n-test", type=int, default=None, help="toy: test patches; CoNSeP: cap (0 = all)")
+    ap.add_argument("--crop", type=int, default=None, help="training window side (HoVer-Net augmentation)")
+    ap.add_argument("--n-train", type=int, default=None, help="toy: training images")
+    ap.add_argument("--n-test", type=int, default=None, help="toy: test images")
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--depth", type=int, default=None)
-    ap.add_argument("--ddim-steps", type=int, default=None, help="guided DDIM steps from --t-start")
-    ap.add_argument("--t-start", type=int, default=540, help="entry timestep (the reference's 540)")
-    ap.add_argument("--guidance", type=float, default=1.5)
-    ap.add_argument("--pool-size", type=int, default=None, help="offline pool entries per kind")
-    ap.add_argument("--pool-dir", type=Path, default=Path("runs/pools"))
-    ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--net", choices=("small", "monai"), default="small")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes, one thread each by default)")
+    ap.add_argument("--net", choices=("small",), default="small")
+    ap.add_argument("--bootstrap", type=int, default=None)
+    ap.add_argument("--min-auroc", type=float, default=None, help="the baseline's rare AUROC gate")
+    ap.add_argument("--device", default="cpu", help="device of the downstream networks")
+    ap.add_argument("--render-device", default="cpu", help="device of the pool's renders")
+    ap.add_argument("--render-batch", type=int, default=8)
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     args = ap.parse_args(argv)
     preset = PRESETS[args.dataset]["quick" if args.quick else "full"]
     for key, value in preset.items():
-        if getattr(args, key) is None:
+        if getattr(args, key, None) is None:
             setattr(args, key, value)
-    if args.quick:
-        args.seeds = 1
-        args.bootstrap = min(args.bootstrap, 50)
-    args.arm_list = [a.strip() for a in args.arms.split(",") if a.strip()]
+    for key in ("n_train", "n_test", "train_tiles"):
+        if not hasattr(args, key) or getattr(args, key) is None:
+            setattr(args, key, preset.get(key))
+    if args.train_tiles == "all":
+        args.train_tiles = None
+    args.arm_list = ["baseline"] + [a.strip() for a in args.arms.split(",") if a.strip() and a.strip() != "baseline"]
     bad = [a for a in args.arm_list if a not in ARMS]
-    if bad or not args.arm_list:
-        ap.error(f"--arms must be a comma-separated subset of {list(ARMS)}, got {args.arms!r}")
-    for name in ("seeds", "iterations", "batch_size", "pool_size", "jobs"):
+    if bad:
+        ap.error(f"--arms must be a comma-separated subset of {list(ARMS)}, got {bad}")
+    for name in ("seeds", "iterations", "batch_size", "pool_size", "pool_draws", "jobs", "bootstrap"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.real_per_step is None:
-        args.real_per_step = args.batch_size // 2
-    if not 0 <= args.real_per_step <= args.batch_size:
-        ap.error(f"--real-per-step must be in [0, --batch-size={args.batch_size}], got {args.real_per_step}")
+    if not 0.0 <= args.ratio <= 1.0:
+        ap.error(f"--ratio must be in [0, 1], got {args.ratio}")
+    if args.rare_crop_ratio != "auto":
+        try:
+            args.rare_crop_ratio = float(args.rare_crop_ratio)
+        except ValueError:
+            ap.error(f"--rare-crop-ratio must be 'auto' or a share in [0, 1], got {args.rare_crop_ratio!r}")
     try:
-        args.val_tiles = tuple(int(t) for t in str(args.val_tiles).split(",") if t.strip())
+        args.val_tiles = tuple(int(t) for t in str(args.val_tiles or "").split(",") if t.strip())
+        args.sdm_unseen_tiles = tuple(int(t) for t in str(args.sdm_unseen_tiles).split(",") if t.strip())
     except ValueError:
-        ap.error(f"--val-tiles must be comma-separated tile numbers, got {args.val_tiles!r}")
-    if args.threads is None:
-        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        ap.error("--val-tiles / --sdm-unseen-tiles must be comma-separated tile numbers")
+    if args.threads is None:  # on a shared machine one thread per job: spinning OpenMP threads stall under load
+        args.threads = 1 if args.quick else max(1, (os.cpu_count() or 1) // args.jobs)
     root = Path(__file__).resolve().parents[1]
     if args.sdm is None:
-        args.sdm = str(root / ("diffmix_aug/weights/sdm_tiny_toy.safetensors" if args.dataset == "toy"
-                               else "benchmarks/weights/sdm_consep_cpu.safetensors"))
-    # field of view: the reference shifts +-15 px on 256 px at 40x; scaled to the patch and resolution
-    args.patch = 64 if args.dataset == "toy" else 128
-    args.max_shift = 4 if args.dataset == "toy" else 7
+        args.sdm = str(root / "diffmix_aug/weights/sdm_tiny_toy.safetensors" if args.dataset == "toy" else WEIGHTS)
+    args.downsample = 1 if args.dataset == "toy" else 2
+    args.seed_base = 0
     if args.out is None:
         args.out = Path("runs/ablation") / args.dataset
     return args
 
 
-def run(args: argparse.Namespace) -> dict:
-    from tqdm import tqdm
-
-    t_start = time.perf_counter()
+def prepare(args: argparse.Namespace) -> dict[str, Any]:
+    """Load the tiles, build (or load) the pool, settle the rare-crop share; returns the run's context."""
+    t_begin = time.perf_counter()
+    print(f"ablation: loading {args.dataset} tiles ...", flush=True)
     _setup(args)
-    train_ds, evals, info, desc = _STATE["train"], _STATE["evals"], _STATE["info"], _STATE["desc"]
-    names = list(info.class_names)
-    rare = tuple(info.rare_classes)
-    type_ids = list(range(1, info.num_classes))
-    pool_meta = None
-    if any(a in POOL_KINDS for a in args.arm_list):
-        pool, path = get_arm_pool(args, train_ds, info)
-        _STATE["pool"] = pool
-        pool_meta = pool["meta"] | {"file": path.name}
-    jobs = [(arm, s) for s in range(args.seeds) for arm in args.arm_list]
-    results = []
-    if args.jobs > 1:
-        import multiprocessing as mp
+    ctx: dict[str, Any] = {"t_begin": t_begin, "timing": {"load": round(time.perf_counter() - t_begin, 1)},
+                           "pool_meta": None, "rare_crop": None}
+    train, rare = _STATE["train"], _STATE["rare"]
+    kinds = {k for a in args.arm_list for k in STORES.get(a, ())}
+    if "rare-crop" in args.arm_list:
+        kinds.add("gradmix_balance")  # the balancing maps the rare-crop share is matched to (no render needed)
+    args.pool = None
+    if kinds:
+        from benchmarks.consep_pool import KINDS
 
-        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=_setup,
-                                 initargs=(args,)) as ex:
-            for r in tqdm(ex.map(run_one, jobs), total=len(jobs), desc="ablation", unit="run"):
-                results.append(r)
-    else:
-        for job in tqdm(jobs, desc="ablation", unit="run"):
-            results.append(run_one(job))
-    elapsed = time.perf_counter() - t_start
-    report: dict[str, Any] = {}
-    for name, items in evals.items():
-        runs = {arm: [r["evals"][name] | {"seed": r["seed"]} for r in results if r["arm"] == arm]
-                for arm in args.arm_list}
-        report[name] = {"n_images": len(items), "rare_content": rare_content(items, rare),
-                        "summary": summarise(runs, type_ids),
-                        "comparison": compare(runs, type_ids, args.bootstrap, rare)}
-    exposure = {arm: [r["exposure"] for r in results if r["arm"] == arm] for arm in args.arm_list}
-    per_run = [{k: v for k, v in r.items() if k != "evals"} |
-               {"metrics": {n: {k: v for k, v in m.items() if not k.startswith("_")} for n, m in r["evals"].items()}}
-               for r in results]
-    result = {
-        "benchmark": "ablation", "command": " ".join(["python", "benchmarks/ablation.py"] + sys.argv[1:]),
-        "dataset": args.dataset, "arms": args.arm_list, "seeds": args.seeds, "quick": args.quick, "split": desc,
-        "config": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-                   for k, v in vars(args).items() if k != "arm_list"},
-        "harness": HarnessConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
-                                 width=args.width, depth=args.depth, net=args.net).to_dict(),
-        "composition": {"diffmix": "union of the balancing and enlarging pools (the paper's)",
-                        "diffmix-composed": "enlarge(balance(map)) (this project's mode='composed', formerly 'both')",
-                        "synthetic": "offline pool, fixed share of every batch (1 - real_per_step / batch_size)"},
-        "pool": pool_meta, "class_names": names, "type_ids": type_ids, "rare_classes": list(rare),
-        "n_train": len(train_ds), "weighted_loss_weights": _STATE["weights"],
+        t0 = time.perf_counter()
+        pool = get_pool(train, args.pool_size, args.pool_dir, draws=args.pool_draws, seed=args.seed_base,
+                        steps=args.render_steps, t_start=args.t_start, guidance=args.guidance,
+                        weights=Path(args.sdm), kinds=[k for k in KINDS if k in kinds], rare=rare,
+                        device=args.render_device, batch=args.render_batch)
+        args.pool, ctx["pool_meta"] = pool, pool["meta"]
+        ctx["timing"]["pool"] = round(time.perf_counter() - t0, 1)
+    if "rare-crop" in args.arm_list:
+        if args.rare_crop_ratio == "auto":
+            ctx["rare_crop"] = rare_crop_ratio(args, train, rare)
+            args.rare_crop_ratio = ctx["rare_crop"]["ratio"]
+        else:
+            ctx["rare_crop"] = {"ratio": args.rare_crop_ratio, "matched": None}
+        print(f"rare-crop share {args.rare_crop_ratio:.3f}", flush=True)
+    _STATE["args"] = args
+    return ctx
+
+
+def run_design(args: argparse.Namespace, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """The baseline for every seed, its gate, then every other arm; returns every run's result."""
+    seeds = list(range(args.seeds))
+    t0 = time.perf_counter()
+    base_runs = _run_jobs(args, [("baseline", s) for s in seeds], "baseline")
+    ctx["timing"]["baseline_runs"] = round(time.perf_counter() - t0, 1)
+    rare = _STATE["rare"]
+    gate = _gate(args, base_runs, rare[0])
+    ctx["gate"] = gate
+    print(gate["message"], flush=True)
+    if not gate["passed"]:
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out / "gate_failed.json", json.dumps(gate, indent=2, default=_json) + "\n")
+        raise SystemExit(gate["message"])
+    t0 = time.perf_counter()
+    others = _run_jobs(args, [(a, s) for s in seeds for a in args.arm_list if a != "baseline"], "arms")
+    ctx["timing"]["arm_runs"] = round(time.perf_counter() - t0, 1)
+    return base_runs + others
+
+
+def assemble(args: argparse.Namespace, ctx: dict[str, Any], results: list[dict[str, Any]], evl: Any,
+             desc: dict[str, Any], train: Any) -> dict[str, Any]:
+    """The result file of a design: analysis (hierarchical bootstrap), exposure, pool, gate, timing, machine."""
+    from benchmarks.ablation_analysis import PRIMARY, analyse
+
+    rare = tuple(train.info.rare_classes)
+    names = list(train.info.class_names)
+    type_ids = list(range(1, train.info.num_classes))
+    t0 = time.perf_counter()
+    runs = {arm: {r["seed"]: r["eval"] for r in results if r["arm"] == arm} for arm in args.arm_list}
+    analysis = analyse(runs, type_ids=type_ids, rare=rare[0], n_boot=args.bootstrap)
+    timing = ctx["timing"]
+    timing["analysis"] = round(time.perf_counter() - t0, 1)
+    timing["total"] = round(time.perf_counter() - ctx["t_begin"], 1)
+    labels = np.asarray(results[0]["eval"]["nuc_type"])
+    eval_info = {"name": desc["eval_name"], "tiles": list(evl.names), "n_tiles": len(evl),
+                 "nuclei": int(labels.size), "rare_nuclei": int((labels == rare[0]).sum()),
+                 "rare_prevalence": float((labels == rare[0]).mean()) if labels.size else float("nan"),
+                 "nuclei_per_class": evl.describe()["nuclei_per_class"]}
+    sample_cfg = harness_config(args, 0, _STATE["weights"], rare).to_dict()
+    sample_cfg.pop("seed")
+    pool_meta = ctx["pool_meta"]
+    cmd = sys.argv[1:] if getattr(args, "argv", None) is None else args.argv
+    return {
+        "benchmark": "ablation", "schema": 2, "command": " ".join(["python", "benchmarks/ablation.py"] + list(cmd)),
+        "dataset": args.dataset, "quick": bool(args.quick), "arms": args.arm_list, "seeds": list(range(args.seeds)),
+        "primary": PRIMARY, "rare_class": {"id": rare[0], "name": names[rare[0]]}, "class_names": names,
+        "type_ids": type_ids,
+        "design": {"pool_draws": args.pool_draws, "seed_to_pool_draw": "seed mod pool_draws",
+                   "synthetic_ratio": args.ratio, "rare_crop": ctx["rare_crop"], "pool_size_per_kind": args.pool_size,
+                   "iterations": args.iterations, "batch_size": args.batch_size, "bootstrap": args.bootstrap,
+                   "min_auroc": args.min_auroc, "items_source": {
+                       a: ("DiffMixDataset(base, None, cache_dir=<pool store>)" if a in STORES else
+                           "the training patches" if a == "baseline" else "training patches and rare-centred crops")
+                       for a in args.arm_list}},
+        "split": {k: v for k, v in desc.items() if k != "eval_name"}, "eval": eval_info,
+        "train": train.describe() | {"sdm_unseen_tiles": list(args.sdm_unseen_tiles)},
+        "harness": sample_cfg, "sampler": pool_meta["sampler"] if pool_meta else None, "pool": pool_meta,
+        "gate": ctx["gate"], "analysis": analysis,
+        "exposure": {arm: [r["exposure"] for r in sorted(results, key=lambda r: r["seed"]) if r["arm"] == arm]
+                     for arm in args.arm_list},
+        "runs": [{k: r.get(k) for k in ("arm", "seed", "pool_draw", "train_seconds", "eval_seconds", "cpu_seconds",
+                                        "final_loss")}
+                 for r in sorted(results, key=lambda r: (args.arm_list.index(r["arm"]), r["seed"]))],
+        "timing_seconds": timing,
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
                     "numpy": np.__version__, "cpu_count": os.cpu_count(), "jobs": args.jobs,
-                    "threads_per_job": args.threads, "load_average_1min": os.getloadavg()[0]},
-        "elapsed_seconds": elapsed, "exposure": exposure, "eval": report, "runs": per_run,
+                    "threads_per_job": args.threads, "load_average_1min": round(os.getloadavg()[0], 2),
+                    "device": args.device},
+        "attribution": "CoNSeP (Graham et al., Medical Image Analysis 2019), research use" if args.dataset == "consep"
+        else "procedural toy data",
     }
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole design: prepare, baseline and gate, arms, analysis; writes JSON, markdown, figures."""
+    from benchmarks.render_results import render_ablation
+
+    ctx = prepare(args)
+    results = run_design(args, ctx)
+    result = assemble(args, ctx, results, _STATE["eval"], _STATE["desc"], _STATE["train"])
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "ablation.json", json.dumps(result, indent=2, default=_json_default) + "\n")
-    md = [f"# Ablation: {args.dataset}, arms {', '.join(args.arm_list)}, {args.seeds} seed(s)\n",
-          f"Command: `{result['command']}`\n",
-          f"{len(train_ds)} training patches ({desc['train']}); evaluation: {desc['eval']}. "
-          f"{args.iterations} steps x batch {args.batch_size} ({args.real_per_step} real items per step in every arm"
-          f"{f', {args.crop} px crops' if args.crop else ''}); {elapsed / 60:.1f} min on {os.cpu_count()} cores "
-          f"({args.jobs} jobs).\n"]
-    if pool_meta:
-        md.append(f"Offline pool: {pool_meta['size']} entries per kind ({', '.join(pool_meta['kinds'])}), sources "
-                  f"drawn uniformly; SDM renders with {pool_meta['steps']} guided DDIM steps from "
-                  f"t = {pool_meta['t_start']} (guidance {pool_meta['guidance_scale']}), "
-                  f"{pool_meta['s_per_patch']} s per patch. DiffMix = union of the balancing and enlarging pools "
-                  f"(the paper's composition).\n")
-    for name, rep in report.items():
-        rc = rep["rare_content"]
-        md += [f"\n## {name}: {rep['n_images']} images, {rc['instances']} {names[rare[0]]} nuclei\n",
-               "Mean ± sd over seeds (pooled F1 per type, HoVer-Net's definitions).\n",
-               markdown_table(rep["summary"], type_ids, names),
-               "\nBootstrap over images (seed-averaged) and the paired comparison with the baseline (same seeds, "
-               "same real items, same resamples):\n", comparison_table(rep["comparison"], rare, names)]
-    md += ["\n## Exposure (mean per run)\n", exposure_table(exposure)]
-    atomic_write_text(args.out / "ablation.md", "\n".join(md))
-    first = next(iter(report))
-    bar_chart(report[first]["summary"], type_ids, names, args.out / "f1_per_type.png",
-              title=f"{args.dataset} {first}: {report[first]['n_images']} images, "
-                    f"{report[first]['rare_content']['instances']} rare nuclei")
-    print("\n".join(md[-2 - 5 * len(report):]))
-    print(f"wrote {args.out}/ablation.json, ablation.md, f1_per_type.png ({elapsed / 60:.1f} min)")
+    atomic_write_text(args.out / "ablation.json", json.dumps(result, indent=1, default=_json) + "\n")
+    written = render_ablation(args.out / "ablation.json", page=args.results_page)
+    print((args.out / "ablation.md").read_text())
+    print(f"wrote {', '.join(str(p) for p in written)} ({result['timing_seconds']['total'] / 60:.1f} min)")
     return result
 
 
-def _json_default(obj: Any) -> Any:
+def _gate(args: argparse.Namespace, base_runs: list[dict], rare: int) -> dict[str, Any]:
+    from benchmarks.stats import average_precision, roc_auc
+
+    per_seed = []
+    for r in sorted(base_runs, key=lambda r: r["seed"]):
+        ev = r["eval"]
+        y = np.asarray(ev["nuc_type"]) == rare
+        s = np.asarray(ev["nuc_prob"])[:, rare]
+        per_seed.append({"seed": r["seed"], "auroc": roc_auc(s, y), "ap": average_precision(s, y)})
+    aurocs = [p["auroc"] for p in per_seed]
+    defined = [a for a in aurocs if not math.isnan(a)]
+    mean = float(np.mean(defined)) if defined else float("nan")
+    passed = bool(args.min_auroc <= 0 or mean >= args.min_auroc)  # --min-auroc 0: smoke runs, not checked
+    msg = (f"gate: the baseline's rare-class AUROC on the evaluation tiles' ground-truth nuclei is {mean:.3f} "
+           f"(per seed {', '.join(f'{a:.3f}' for a in aurocs)}; required >= {args.min_auroc})")
+    if not defined and args.min_auroc > 0:
+        msg += (": the evaluation tiles hold no nucleus of the rare class (or only it), so no arm can be scored on "
+                "it; choose other tiles")
+    elif not passed:
+        msg += (": the baseline does not learn the rare class, so no arm can be told apart from it; no other arm "
+                "was run. Train longer (--iterations), use a larger network (--width / --depth) or check the data.")
+    return {"min_auroc": args.min_auroc, "per_seed": per_seed, "mean_auroc": mean, "passed": passed, "message": msg}
+
+
+def _json(obj: Any) -> Any:
     if isinstance(obj, (np.floating, np.integer)):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -678,7 +551,9 @@ def _json_default(obj: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(parse_args(argv))
+    args = parse_args(argv)
+    args.argv = argv
+    run(args)
     return 0
 
 

@@ -1,24 +1,33 @@
-"""Real CoNSeP for the benchmarks: the tile split at 20x, and the offline synthetic pools of the ablation.
+"""Synthetic pools of the real-tissue ablation: balancing on whole tiles, then crops, rendered once per draw.
 
-The SDM of ``diffmix_aug/configs/sdm_consep_cpu.yaml`` renders a 128 px patch (20x, a 256 px window
-at 40x) in about 33 s on 2 CPU cores with the reference protocol (55 guided DDIM steps from t = 540). An online producer at that speed would serve each patch hundreds of
-times, so the real-data ablation uses what the paper uses: an **offline pool**, rendered once per
-split and cached on disk, then drawn from by every seed. The pool is built from the *training*
-tiles only, one entry per draw ``k``:
+The ablation's synthetic arms read a *rendered pool* through ``DiffMixDataset`` (producer off), the
+way a user replays a store made by ``diffmix-aug synthesize``: on 2 CPU cores the SDM renders a few
+hundred patches per run, so the pool is rendered once per draw and cached on disk. One draw ``d``
+of the pool, from the training tiles only:
 
-- ``source[k]``: a training patch drawn uniformly (no bias toward rare-rich sources, for every
-  arm alike: the toy review found the producer's bias gave DiffMix-B 15-22 % more rare pixels
-  than GradMix);
-- ``balance``: the balancing map drawn from ``rng(seed, k, 2)``; ``sdm_balance`` is the SDM's
-  render of it and ``gradmix_balance`` GradMix's image-level paste of *the same draws* (GradMix and
-  the balancing sampler draw identical parameters from one generator), so the two arms differ in
-  the renderer only, and replay the same number of distinct patches;
-- ``enlarge``: the enlarging map drawn from ``rng(seed, k, 1)`` (shift ``max_shift`` = 7 px at 20x:
-  the reference's +-15 px at 40x on 256 px, halved with the resolution) and ``sdm_enlarge`` its
-  render;
-- ``both`` (only with ``kinds`` including it): enlarge(balance(map)), this project's composition.
+1. **Balancing as the reference does it** (``design/method.md`` §6): a :class:`DonorBank` of the
+   rare nuclei of *every* training tile (border rule scaled to the field of view: 30 px at 40x,
+   15 px at 20x), then GradMix's label mixing on each *whole* training tile (its own rare nuclei
+   first in the donor pool, then the other tiles' in a random order, each donor at most once per
+   tile). The image-level GradMix of the same draws is made on the whole tile too.
+2. ``size`` crops of the patch size (128 px at 20x = 256 px at 40x), tile and position drawn
+   uniformly (no bias toward rare-rich places), the same positions for every kind:
 
-    python -m benchmarks.consep_pool --data-root ../shared/data/consep_256/train --size 64
+   - ``sdm_balance``: the SDM's render of the balanced map's crop (from the original image's crop);
+   - ``gradmix_balance``: the GradMix image's crop with the same map (the renderer is the only
+     difference between GradMix and DiffMix-B);
+   - ``sdm_enlarge``: the render of the crop's enlarged map (shift 7 px: the reference's +-15 px at
+     40x on 256 px, halved with the resolution);
+   - ``sdm_composed``: the render of enlarge(balanced crop), the library's composition.
+
+3. Each kind is written as a patch store (HoVer-Net ``.npy`` ``int32 [H, W, 5]`` + JSON sidecar per
+   patch, in serve order) that ``DiffMixDataset(base, None, cache_dir=...)`` warm-starts from; the
+   paper's union of the B and E pools is a store holding both.
+
+The pool's ``meta`` reports what a reader of the method would ask first: the maps' rare share
+(against the real crops'), pastes per donor, and the sampler settings the Synthesizer reports.
+
+    python -m benchmarks.consep_pool --data-root ../shared/data/consep_256 --size 48 --draws 2
 
 Data: CoNSeP (Graham et al., "HoVer-Net", Medical Image Analysis 2019), research use.
 """
@@ -27,7 +36,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
+import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -41,199 +53,380 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WEIGHTS = Path(__file__).parent / "weights" / "sdm_consep_cpu.safetensors"
-DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "consep_256" / "train"
-SDM_VAL_TILES = (1, 2, 3, 4, 5)   # held out from the SDM's training (sdm_consep_cpu.yaml)
-DOWNSAMPLE = 2                    # 40x -> 20x, as the SDM was trained
-PATCH = 128                       # a 256 px window at 40x
-MAX_SHIFT = 7                     # the reference's +-15 px at 40x on 256 px, halved with the resolution
+SDM_VAL_TILES = (1, 2, 3, 4, 5)   # held out from the SDM's training (sdm_consep_cpu.yaml: holdout_tiles)
 RARE = (1,)                       # CoNSeP merged: 1 = miscellaneous
-KINDS = ("sdm_balance", "gradmix_balance", "sdm_enlarge", "sdm_both")
+SDM_KINDS = ("sdm_balance", "sdm_enlarge", "sdm_composed")
+KINDS = ("sdm_balance", "gradmix_balance", "sdm_enlarge", "sdm_composed")
+STORES = {"gradmix": ("gradmix_balance",), "diffmix-b": ("sdm_balance",), "diffmix-e": ("sdm_enlarge",),
+          "diffmix-union": ("sdm_balance", "sdm_enlarge"), "diffmix-composed": ("sdm_composed",)}
 ATTRIBUTION = "CoNSeP (Graham et al., Medical Image Analysis 2019), research use"
+POOL_VERSION = 2  # bump when the pool's construction changes (part of the cache key)
 
-__all__ = ["DATA_ROOT", "KINDS", "WEIGHTS", "build_pool", "get_pool", "load_pool", "load_split", "make_samplers",
-           "pool_key", "save_pool"]
+__all__ = ["KINDS", "SDM_KINDS", "STORES", "WEIGHTS", "build_pool", "field_of_view", "get_pool", "make_synthesizer",
+           "sampler_settings", "store_dir", "write_store"]
 
 
-def load_split(data_root: str | Path, val_tiles: Sequence[int], downsample: int = DOWNSAMPLE):
-    """``(train, val)`` materialised NucleiDatasets at ``40x / downsample``, split by tile.
+# ----------------------------------------------------------------------------------- the renderer
+
+
+def field_of_view(patch: int, downsample: int, tile: int | None = None) -> dict[str, int]:
+    """Balancing and enlarging constants scaled from the reference's settings (40x, 1000 px tiles, 256 px patches).
+
+    Returns ``{"border": GradMix's 30 px / downsample (at most the 30 / 256 share of a small tile),
+    "border_margin": enlarging's 32 px margin scaled to the patch, "max_shift": +-15 px / downsample
+    (at most 15 / 256 of the patch)}``. CoNSeP at 20x (128 px patches, 500 px tiles): 15, 16, 7.
+    """
+    from diffmix_aug.labelmaps.sampler import borders_for_patch
+
+    border = max(2, round(30 / downsample))
+    if tile is not None:
+        border = min(border, borders_for_patch(tile)["border"])
+    return {"border": border, "border_margin": borders_for_patch(patch)["border_margin"],
+            "max_shift": max(1, min(int(15 / downsample), int(15 * patch / 256)))}
+
+
+def make_synthesizer(weights: Path, steps: int, t_start: int, guidance: float, device: str = "cpu"):
+    """A Synthesizer entering at ``t_start`` with ``steps`` denoising steps.
+
+    Uses the sampler's own ``t_start`` setting (issue 29). On a sampler that only knows the
+    respaced ``num_steps`` / ``strength`` form, the closest such schedule with ``steps`` steps is
+    used and :func:`sampler_settings` records where it really entered.
+    """
+    from diffmix_aug.sampling._base import DDIMSettings
+    from diffmix_aug.sampling.synthesizer import Synthesizer
+
+    if "t_start" in inspect.signature(DDIMSettings.__init__).parameters:
+        return Synthesizer.from_checkpoint(weights, device=device, steps=steps, t_start=t_start,
+                                           guidance_scale=guidance)
+    from diffmix_aug.diffusion.schedule import space_timesteps
+
+    best = None  # respaced form: the schedule ddimN run for `steps` steps whose entry is closest to t_start
+    for n in range(steps, 1001):
+        try:
+            kept = space_timesteps(1000, f"ddim{n}")
+        except ValueError:
+            continue
+        entry = sorted(kept)[steps - 1]
+        if best is None or abs(entry - t_start) < abs(best[1] - t_start):
+            best = (n, entry)
+    n = best[0]
+    return Synthesizer.from_checkpoint(weights, device=device, num_steps=n, strength=min(1.0, (steps + 0.5) / n),
+                                       guidance_scale=guidance)
+
+
+def sampler_settings(synth: Any) -> dict[str, Any]:
+    """The sampler settings the Synthesizer reports, with the timesteps actually visited."""
+    rep = getattr(synth, "sampler_settings", None)
+    out = dict(rep) if isinstance(rep, dict) else dict(synth.sampler.settings())
+    steps = [int(t) for t in getattr(synth.sampler, "timesteps", [])]
+    out.setdefault("timesteps", steps)
+    out["entry_timestep"] = steps[0] if steps else None
+    out["denoising_steps"] = len(steps)
+    return out
+
+
+# ----------------------------------------------------------------------------------- stores
+
+
+def write_store(directory: Path, images: np.ndarray, inst: np.ndarray, types: np.ndarray,
+                metas: Sequence[dict[str, Any]]) -> Path:
+    """Write patches as a store that ``DiffMixDataset(..., cache_dir=directory)`` warm-starts from.
+
+    HoVer-Net patches ``int32 [H, W, 5]`` (RGB, instance id, type) with a JSON sidecar each, named
+    and time-stamped in serve order (the warm start loads the newest ``capacity`` files, oldest
+    first), plus ``manifest.json``. Written to a temporary folder and renamed into place.
+    """
+    from diffmix_aug._io import atomic_save_npy, atomic_write_text
+
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.time() - len(images) - 10
+    names = []
+    for k, (im, a, t, meta) in enumerate(zip(images, inst, types, metas)):
+        stem = tmp / f"pool_{k:05d}"
+        patch = np.concatenate([im.astype(np.int32), a[..., None].astype(np.int32), t[..., None].astype(np.int32)], -1)
+        atomic_save_npy(stem.with_suffix(".npy"), patch)
+        atomic_write_text(stem.with_suffix(".json"), json.dumps(meta, default=_json))
+        os.utime(stem.with_suffix(".npy"), (t0 + k, t0 + k))
+        names.append(stem.name)
+    atomic_write_text(tmp / "manifest.json", json.dumps({"patches": names, "count": len(names)}))
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+    return directory
+
+
+def _union_store(directory: Path, parts: Sequence[Path]) -> Path:
+    """A store holding every patch of ``parts`` (hard links where possible), in order."""
+    tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    names, k = [], 0
+    t0 = time.time() - 10**5
+    for part in parts:
+        for name in json.loads((part / "manifest.json").read_text())["patches"]:
+            for ext in (".npy", ".json"):
+                src, dst = part / f"{name}{ext}", tmp / f"pool_{k:05d}{ext}"
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+            os.utime(tmp / f"pool_{k:05d}.npy", (t0 + k, t0 + k))
+            names.append(f"pool_{k:05d}")
+            k += 1
+    (tmp / "manifest.json").write_text(json.dumps({"patches": names, "count": len(names)}))
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+    return directory
+
+
+def store_dir(pool: dict[str, Any], draw: int, arm: str) -> Path:
+    """The store an arm reads for pool draw ``draw``."""
+    return Path(pool["dir"]) / f"draw{draw}" / arm
+
+
+# ----------------------------------------------------------------------------------- building
+
+
+def _bank(train: Any, border: int, rare: Sequence[int]):
+    from diffmix_aug.labelmaps.donors import DonorBank
+
+    return DonorBank.from_maps(((t.inst_map, t.type_map, t.image) for t in train.tiles), rare, border,
+                               keep_images=True, image_margin=8)
+
+
+def _own_to_bank(bank: Any, tile: int, refs: np.ndarray) -> np.ndarray:
+    """Donor references of one tile (``< 0``: ``-id`` of the tile's own rare nucleus) as bank indices."""
+    refs = np.asarray(refs, np.int64)
+    out = refs.copy()
+    own = refs < 0
+    if own.any():
+        lut = {int(i): k for k, i in enumerate(bank.inst_ids) if bank.sources[k] == tile}
+        out[own] = [lut.get(int(-r), -1) for r in refs[own]]
+    return out
+
+
+def _rare_count(inst: np.ndarray, typ: np.ndarray, rare: Sequence[int]) -> tuple[int, int]:
+    """(rare nuclei, all nuclei) of one map."""
+    fg = inst > 0
+    ids, first = np.unique(inst[fg], return_index=True)
+    t = typ[fg][first]
+    return int(np.isin(t, rare).sum()), int(ids.size)
+
+
+def _balance_tiles(train: Any, bank: Any, draw: int, seed: int, border: int, rare: Sequence[int],
+                   gradmix_images: bool, progress: bool) -> tuple[list, list, dict]:
+    """Balanced maps (and GradMix images) of every whole training tile, and the paste counts."""
+    from tqdm import tqdm
+
+    from diffmix_aug.baselines.gradmix import GradMix
+    from diffmix_aug.data.sample import NucleiSample
+    from diffmix_aug.labelmaps.balance import apply_balance, draw_balance_params
+
+    gm = GradMix(bank, rare, border=border, source_key=None)
+    maps, images = [], []
+    pastes = np.zeros(len(bank), np.int64)
+    converted, skipped = 0, 0
+    for k, tile in enumerate(tqdm(train.tiles, desc=f"balance tiles (draw {draw})", disable=not progress)):
+        rng = np.random.default_rng([seed, draw, k, 2])
+        params = draw_balance_params(rng, tile.inst_map, tile.type_map, bank, rare_classes=rare, border=border,
+                                     exclude_source=k, info=tile.info)
+        inst, typ, report = apply_balance(tile.inst_map, tile.type_map, params, bank, tile.info)
+        maps.append((inst, typ))
+        refs = _own_to_bank(bank, k, params.assign_donor)
+        np.add.at(pastes, refs[refs >= 0], 1)
+        converted += int(params.assign_major.size)
+        skipped += sum(len(v) for v in params.skipped.values())
+        if gradmix_images:
+            g = gm.apply(NucleiSample.trusted(tile.image, tile.inst_map, tile.type_map), params)
+            if not (np.array_equal(g.inst_map, inst) and np.array_equal(g.type_map, typ)):
+                raise AssertionError("GradMix's label mixing differs from the balancing map of the same draw")
+            images.append(g.image)
+    used = pastes[pastes > 0]
+    stats = {"donors": len(bank), "donors_used": int(used.size), "pastes": int(pastes.sum()),
+             "pastes_per_donor_mean": float(pastes.mean()) if len(bank) else 0.0,
+             "pastes_per_used_donor_mean": float(used.mean()) if used.size else 0.0,
+             "pastes_per_donor_max": int(pastes.max()) if len(bank) else 0,
+             "majors_converted": converted, "majors_skipped": skipped}
+    return maps, images, stats
+
+
+def build_pool(train: Any, size: int, *, draws: int = 2, seed: int = 0, steps: int = 11, t_start: int = 540,
+               guidance: float = 1.5, weights: Path = WEIGHTS, batch: int = 8, rare: Sequence[int] = RARE,
+               kinds: Sequence[str] = KINDS, out_dir: Path, device: str = "cpu",
+               progress: bool = True) -> dict[str, Any]:
+    """Build and render ``draws`` pool draws of ``size`` crops per kind into ``out_dir``.
 
     Args:
-        data_root: a CoNSeP-layout folder of 256 px patches (``Images/``, ``Labels/``), classes merged.
-        val_tiles: tile numbers held out whole (never split by patch).
-        downsample: 2 -> 20x, 128 px patches.
-    """
-    from diffmix_aug.data.dataset import NucleiDataset
-    from diffmix_aug.data.split import split_by_tile
-
-    root = Path(data_root)
-    if not (root / "Images").is_dir() or not (root / "Labels").is_dir():
-        raise FileNotFoundError(f"`data_root` must be a CoNSeP-layout folder with Images/ and Labels/, got {root} "
-                                f"(the patches are in ../shared/data/consep_256/train)")
-    ds = NucleiDataset.from_consep_dir(root, merge=False)
-    train_idx, val_idx = split_by_tile(ds, list(val_tiles)) if val_tiles else (list(range(len(ds))), [])
-    train = ds.subset(train_idx).downsampled(downsample).materialised()
-    val = ds.subset(val_idx).downsampled(downsample).materialised() if val_idx else None
-    return train, val
-
-
-def pool_key(names: Sequence[str], size: int, seed: int, steps: int, t_start: int, guidance: float,
-             weights: Path, patch: int = PATCH, max_shift: int = MAX_SHIFT, rare: Sequence[int] = RARE) -> str:
-    """A short hash of everything that defines a pool (so a changed split or protocol never reuses one)."""
-    h = hashlib.sha256()
-    h.update(json.dumps([list(names), size, seed, steps, t_start, guidance, weights.name,
-                         weights.stat().st_size, patch, max_shift, list(rare)]).encode())
-    return h.hexdigest()[:12]
-
-
-def make_samplers(train: Any, patch: int = PATCH, max_shift: int = MAX_SHIFT, rare: Sequence[int] = RARE):
-    """``(enlarge, balance, both, GradMix)`` over ``train``'s donors, borders scaled to ``patch``."""
-    from diffmix_aug.baselines.gradmix import GradMix
-    from diffmix_aug.labelmaps.donors import DonorBank
-    from diffmix_aug.labelmaps.sampler import LabelMapSampler, borders_for_patch
-
-    info = train.info
-    rare = tuple(rare)
-    borders = borders_for_patch(patch)
-    bank = DonorBank.from_dataset(train, rare, border=borders["border"], keep_images=True)
-    enl = LabelMapSampler("enlarge", num_classes=info.num_classes, max_shift=max_shift, **borders)
-    bal = LabelMapSampler("balance", donors=bank, num_classes=info.num_classes, rare_classes=rare, **borders)
-    both = LabelMapSampler("composed", donors=bank, num_classes=info.num_classes, rare_classes=rare,
-                           max_shift=max_shift, **borders)
-    gm = GradMix(bank, rare_classes=rare, border=borders["border"], source_key=None)
-    return enl, bal, both, gm
-
-
-def build_pool(train: Any, size: int, *, kinds: Sequence[str] = KINDS[:3], seed: int = 0, steps: int = 11,
-               t_start: int = 540, guidance: float = 1.5, weights: Path = WEIGHTS, batch: int = 8,
-               patch: int = PATCH, max_shift: int = MAX_SHIFT, rare: Sequence[int] = RARE,
-               progress: bool = True) -> dict[str, Any]:
-    """Draw ``size`` label maps per kind from the training patches and render them.
+        train: The training :class:`~benchmarks.tilesets.TileSet` (whole tiles).
+        size: Crops per kind and draw.
+        draws: Independent pool draws (balancing, positions, enlarging, SDM noise).
+        seed: Seed of every draw.
+        steps, t_start, guidance: The SDM's sampler (denoising steps, entry timestep, guidance).
+        weights: The SDM export (trained on tiles the validation never uses).
+        batch: Render batch size.
+        rare: Rare classes.
+        kinds: Subset of :data:`KINDS` to build.
+        out_dir: Where the stores go (``draw{d}/{arm}``).
+        device: Where the SDM renders.
 
     Returns:
-        ``{"source": int64 [size], "<kind>": {"img": uint8 [size, H, W, 3], "inst_map": int32 [size, H, W],
-        "type_map": int32 [size, H, W]}, "meta": {...}}``.
+        ``{"dir": out_dir, "meta": {...}}`` (also written to ``out_dir/pool.json``).
     """
     from tqdm import tqdm
 
     from diffmix_aug.data.sample import NucleiSample
-    from diffmix_aug.sampling.synthesizer import Synthesizer
+    from diffmix_aug.labelmaps.sampler import LabelMapSampler
 
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise ValueError(f"`kinds` must be a subset of {list(KINDS)}, got {bad}")
-    enl, bal, both, gm = make_samplers(train, patch, max_shift, rare)
-    rng = np.random.default_rng([seed, 99])
-    source = rng.integers(0, len(train), size)
-    maps: dict[str, list] = {k: [] for k in kinds}
-    for k, j in enumerate(source):
-        s = train[int(j)]
-        trusted = NucleiSample.trusted(s.image, s.inst_map, s.type_map)
-        if "sdm_balance" in kinds:
-            m = bal(trusted, np.random.default_rng([seed, k, 2]))
-            maps["sdm_balance"].append((s.image, m.inst_map, m.type_map))
-        if "gradmix_balance" in kinds:
-            g = gm(trusted, np.random.default_rng([seed, k, 2]))
-            maps["gradmix_balance"].append((g.image, g.inst_map, g.type_map))
-        if "sdm_enlarge" in kinds:
-            m = enl(s, np.random.default_rng([seed, k, 1]))
-            maps["sdm_enlarge"].append((s.image, m.inst_map, m.type_map))
-        if "sdm_both" in kinds:
-            m = both(trusted, np.random.default_rng([seed, k, 3]))
-            maps["sdm_both"].append((s.image, m.inst_map, m.type_map))
-    if "sdm_balance" in kinds and "gradmix_balance" in kinds:  # the matched control: same maps
-        for a, b in zip(maps["sdm_balance"], maps["gradmix_balance"]):
-            if not (np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])):
-                raise AssertionError("GradMix and the balancing sampler drew different maps from one generator")
-    synth = None
-    out: dict[str, Any] = {"source": source}
-    seconds = 0.0
-    n_sdm = sum(len(v) for k, v in maps.items() if k.startswith("sdm_"))
-    bar = tqdm(total=n_sdm, desc="SDM pool", unit="patch", disable=not progress)
-    for kind in kinds:
-        imgs = np.stack([m[0] for m in maps[kind]])
-        inst = np.stack([m[1] for m in maps[kind]]).astype(np.int32)
-        typ = np.stack([m[2] for m in maps[kind]]).astype(np.int32)
-        if kind.startswith("sdm_"):
-            if synth is None:
-                synth = Synthesizer.from_checkpoint(weights, device="cpu", sampler="reference", steps=steps,
-                                                    t_start=t_start, guidance_scale=guidance)
-            gen = torch.Generator().manual_seed(seed * 1000 + KINDS.index(kind))
-            rendered = []
-            t0 = time.perf_counter()
-            for s0 in range(0, len(imgs), batch):
-                rendered.append(synth(imgs[s0:s0 + batch], inst[s0:s0 + batch], typ[s0:s0 + batch], generator=gen))
-                bar.update(len(rendered[-1]))
-            seconds += time.perf_counter() - t0
-            imgs = np.concatenate(rendered)
-        out[kind] = {"img": imgs, "inst_map": inst, "type_map": typ}
-    bar.close()
-    out["meta"] = {"size": size, "seed": seed, "steps": steps, "t_start": t_start, "guidance_scale": guidance,
-                   "guided_steps": steps, "sampler": synth.sampler_settings if synth is not None else None,
-                   "weights": weights.name, "kinds": list(kinds),
-                   "sdm_seconds": round(seconds, 1), "sdm_patches": n_sdm,
-                   "s_per_patch": round(seconds / max(1, n_sdm), 2), "max_shift": max_shift, "patch": patch,
-                   "rare_classes": list(rare),
-                   "source_bias": "none (uniform over training patches)", "attribution": ATTRIBUTION}
-    return out
+    t_begin = time.perf_counter()
+    out_dir = Path(out_dir)
+    patch, info = train.window, train.info
+    fov = field_of_view(patch, train.downsample, min(train.tiles[0].inst_map.shape))
+    bank = _bank(train, fov["border"], rare)
+    enl = LabelMapSampler("enlarge", num_classes=info.num_classes, rare_classes=rare, max_shift=fov["max_shift"],
+                          border_margin=fov["border_margin"])
+    need_sdm = any(k in SDM_KINDS for k in kinds)
+    synth = make_synthesizer(Path(weights), steps, t_start, guidance, device) if need_sdm else None
+    settings = sampler_settings(synth) if synth is not None else None
+    real_share = [_rare_count(p.inst_map, p.type_map, rare) for p in train.patches]
+    meta: dict[str, Any] = {
+        "version": POOL_VERSION, "size": size, "draws": draws, "seed": seed, "kinds": list(kinds), "patch": patch,
+        "field_of_view": fov, "weights": Path(weights).name, "sampler": settings, "rare_classes": list(rare),
+        "train_tiles": list(train.names), "source_bias": "none (tile and position uniform)",
+        "real_patches_rare_share": sum(r for r, _ in real_share) / max(1, sum(n for _, n in real_share)),
+        "per_draw": [], "attribution": ATTRIBUTION}
+    sdm_seconds, n_sdm = 0.0, 0
+    for d in range(draws):
+        maps, gm_images, paste_stats = _balance_tiles(train, bank, d, seed, fov["border"], rare,
+                                                      "gradmix_balance" in kinds, progress)
+        rng = np.random.default_rng([seed, d, 7])
+        h, w = train.tiles[0].inst_map.shape
+        pos = [(int(rng.integers(len(train.tiles))), int(rng.integers(0, h - patch + 1)),
+                int(rng.integers(0, w - patch + 1))) for _ in range(size)]
+        crops: dict[str, list] = {k: [] for k in ("real",) + tuple(kinds)}
+        for j, (k, y, x) in enumerate(pos):
+            sl = (slice(y, y + patch), slice(x, x + patch))
+            tile = train.tiles[k]
+            real = NucleiSample.trusted(tile.image[sl].copy(), tile.inst_map[sl].copy(), tile.type_map[sl].copy())
+            binst, btyp = (np.ascontiguousarray(m[sl]) for m in maps[k])
+            crops["real"].append((real.image, real.inst_map, real.type_map))
+            if "sdm_balance" in kinds:
+                crops["sdm_balance"].append((real.image, binst, btyp))
+            if "gradmix_balance" in kinds:
+                crops["gradmix_balance"].append((np.ascontiguousarray(gm_images[k][sl]), binst, btyp))
+            if "sdm_enlarge" in kinds:
+                e = enl(real, np.random.default_rng([seed, d, j, 1]))
+                crops["sdm_enlarge"].append((real.image, e.inst_map, e.type_map))
+            if "sdm_composed" in kinds:
+                e = enl(NucleiSample.trusted(real.image, binst, btyp), np.random.default_rng([seed, d, j, 3]))
+                crops["sdm_composed"].append((real.image, e.inst_map, e.type_map))
+        draw_meta: dict[str, Any] = {"draw": d, "balancing": paste_stats, "rare_share": {}, "rare_per_crop": {}}
+        for kind, items in crops.items():
+            counts = [_rare_count(a, t, rare) for _, a, t in items]
+            draw_meta["rare_share"][kind] = sum(r for r, _ in counts) / max(1, sum(n for _, n in counts))
+            draw_meta["rare_per_crop"][kind] = float(np.mean([r for r, _ in counts])) if counts else 0.0
+        bar = tqdm(total=sum(len(crops[k]) for k in kinds if k in SDM_KINDS), desc=f"SDM pool (draw {d})",
+                   unit="patch", disable=not progress)
+        for kind in kinds:
+            imgs = np.stack([c[0] for c in crops[kind]])
+            inst = np.stack([c[1] for c in crops[kind]]).astype(np.int32)
+            typ = np.stack([c[2] for c in crops[kind]]).astype(np.int32)
+            if kind in SDM_KINDS:
+                gen = torch.Generator().manual_seed(seed * 100003 + d * 101 + KINDS.index(kind))
+                out, t0 = [], time.perf_counter()
+                for s0 in range(0, len(imgs), batch):
+                    out.append(synth(imgs[s0:s0 + batch], inst[s0:s0 + batch], typ[s0:s0 + batch], generator=gen))
+                    bar.update(len(out[-1]))
+                sdm_seconds += time.perf_counter() - t0
+                n_sdm += len(imgs)
+                imgs = np.concatenate(out)
+            metas = [{"kind": kind, "draw": d, "index": j, "tile": train.names[k], "origin": [y, x],
+                      "rare_nuclei": _rare_count(inst[j], typ[j], rare)[0],
+                      **({"sampler": settings} if kind in SDM_KINDS else {})} for j, (k, y, x) in enumerate(pos)]
+            write_store(out_dir / f"draw{d}" / _arm_of(kind), imgs, inst, typ, metas)
+        bar.close()
+        if "sdm_balance" in kinds and "sdm_enlarge" in kinds:
+            _union_store(out_dir / f"draw{d}" / "diffmix-union",
+                         [out_dir / f"draw{d}" / "diffmix-b", out_dir / f"draw{d}" / "diffmix-e"])
+        meta["per_draw"].append(draw_meta)
+    meta.update(sdm_patches=n_sdm, sdm_seconds=round(sdm_seconds, 1),
+                s_per_render=round(sdm_seconds / n_sdm, 3) if n_sdm else None,
+                build_seconds=round(time.perf_counter() - t_begin, 1))
+    from diffmix_aug._io import atomic_write_text
+
+    atomic_write_text(out_dir / "pool.json", json.dumps(meta, indent=1, default=_json))
+    return {"dir": str(out_dir), "meta": meta}
 
 
-def save_pool(pool: dict[str, Any], path: Path) -> None:
-    """Write a pool as one ``.npz`` (atomically: a temporary file, then a rename)."""
-    arrays = {"source": pool["source"], "meta": np.frombuffer(json.dumps(pool["meta"]).encode(), np.uint8)}
-    for kind in pool["meta"]["kinds"]:
-        for field, arr in pool[kind].items():
-            arrays[f"{kind}/{field}"] = arr
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+def _arm_of(kind: str) -> str:
+    return {"sdm_balance": "diffmix-b", "gradmix_balance": "gradmix", "sdm_enlarge": "diffmix-e",
+            "sdm_composed": "diffmix-composed"}[kind]
 
 
-def load_pool(path: Path) -> dict[str, Any]:
-    """Read a pool written by :func:`save_pool`."""
-    with np.load(path) as z:
-        meta = json.loads(bytes(z["meta"]).decode())
-        pool: dict[str, Any] = {"source": z["source"], "meta": meta}
-        for kind in meta["kinds"]:
-            pool[kind] = {f: z[f"{kind}/{f}"] for f in ("img", "inst_map", "type_map")}
-    return pool
+def pool_key(train: Any, size: int, draws: int, seed: int, steps: int, t_start: int, guidance: float,
+             weights: Path, kinds: Sequence[str], rare: Sequence[int]) -> str:
+    """A short hash of everything that defines a pool (a changed split or protocol never reuses one)."""
+    h = hashlib.sha256()
+    weights = Path(weights)
+    h.update(json.dumps([POOL_VERSION, list(train.names), train.window, train.downsample, size, draws, seed, steps,
+                         t_start, guidance, weights.name, weights.stat().st_size, sorted(kinds), list(rare),
+                         "t_start" in inspect.signature(_ddim_settings_init()).parameters]).encode())
+    return h.hexdigest()[:12]
 
 
-def get_pool(train: Any, size: int, cache_dir: Path, *, kinds: Sequence[str] = KINDS[:3], seed: int = 0,
-             steps: int = 11, t_start: int = 540, guidance: float = 1.5, weights: Path = WEIGHTS,
-             patch: int = PATCH, max_shift: int = MAX_SHIFT, rare: Sequence[int] = RARE,
-             progress: bool = True) -> tuple[dict[str, Any], Path]:
-    """The cached pool for this split and protocol (any cached one holding ``kinds``), built when absent."""
-    names = train.item_names() or [f"{len(train)} items"]
-    key = pool_key(names, size, seed, steps, t_start, guidance, Path(weights), patch, max_shift, rare)
-    for cached in sorted(Path(cache_dir).glob(f"pool_{key}_*.npz")):
-        if set(kinds) <= set(cached.stem.split("_", 2)[2].split("-")):
-            return load_pool(cached), cached
-    path = Path(cache_dir) / f"pool_{key}_{'-'.join(sorted(kinds))}.npz"
-    pool = build_pool(train, size, kinds=kinds, seed=seed, steps=steps, t_start=t_start, guidance=guidance,
-                      weights=Path(weights), patch=patch, max_shift=max_shift, rare=rare, progress=progress)
-    save_pool(pool, path)
-    return pool, path
+def _ddim_settings_init():
+    from diffmix_aug.sampling._base import DDIMSettings
+
+    return DDIMSettings.__init__
+
+
+def get_pool(train: Any, size: int, cache_dir: Path, **kwargs) -> dict[str, Any]:
+    """The cached pool for this split and protocol, built when absent (arguments of :func:`build_pool`)."""
+    key = pool_key(train, size, kwargs.get("draws", 2), kwargs.get("seed", 0), kwargs.get("steps", 11),
+                   kwargs.get("t_start", 540), kwargs.get("guidance", 1.5), kwargs.get("weights", WEIGHTS),
+                   kwargs.get("kinds", KINDS), kwargs.get("rare", RARE))
+    out_dir = Path(cache_dir) / f"pool_{key}"
+    done = out_dir / "pool.json"
+    if done.is_file():
+        return {"dir": str(out_dir), "meta": json.loads(done.read_text()) | {"cached": True}}
+    return build_pool(train, size, out_dir=out_dir, **kwargs)
+
+
+def _json(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.tilesets import consep_tilesets
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-root", type=Path, default=DATA_ROOT)
-    ap.add_argument("--val-tiles", default="1,2,3,4,5,19", help="tiles held out whole (comma-separated)")
-    ap.add_argument("--size", type=int, default=64, help="draws per kind")
-    ap.add_argument("--kinds", default=",".join(KINDS[:3]))
-    ap.add_argument("--steps", type=int, default=11, help="guided DDIM steps from --t-start")
-    ap.add_argument("--t-start", type=int, default=540, help="entry timestep (the reference's 540)")
+    ap.add_argument("--data-root", type=Path, required=True, help="../shared/data/consep_256")
+    ap.add_argument("--val-tiles", default="1,2,3,4,5", help="tiles held out whole (comma-separated)")
+    ap.add_argument("--size", type=int, default=48, help="crops per kind and draw")
+    ap.add_argument("--draws", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=11, help="denoising steps")
+    ap.add_argument("--t-start", type=int, default=540, help="entry timestep")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", type=Path, default=Path("runs/pools"))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    tiles = [int(t) for t in args.val_tiles.split(",") if t.strip()]
-    train, _ = load_split(args.data_root, tiles)
-    pool, path = get_pool(train, args.size, args.cache_dir, kinds=args.kinds.split(","), seed=args.seed,
-                          steps=args.steps, t_start=args.t_start)
-    print(json.dumps(pool["meta"]), "->", path)
+    train, _ = consep_tilesets(args.data_root, [int(t) for t in args.val_tiles.split(",") if t.strip()])
+    pool = get_pool(train, args.size, args.cache_dir, draws=args.draws, seed=args.seed, steps=args.steps,
+                    t_start=args.t_start)
+    print(json.dumps(pool["meta"], indent=1, default=_json), "->", pool["dir"])
     return 0
 
 

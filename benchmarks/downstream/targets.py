@@ -6,8 +6,10 @@ A re-implementation of ``vqdang/hover_net`` ``models/hovernet/targets.py::gen_ta
 
 1. ids that occur as several 4-connected pieces (mirror padding duplicates) are split: the first
    piece in raster order keeps its id, the others get ``current_max + k``;
-2. the fixed map is centre-cropped to ``crop_shape`` and instances with fewer than 30 pixels
-   *inside the crop* get no HV target (they keep ``np = 1``);
+2. the fixed map is centre-cropped to ``crop_shape`` and instances with fewer than ``min_area``
+   pixels *inside the crop* get no HV target (they keep ``np = 1``). HoVer-Net's 30 px is set for
+   40x (0.25 um/px); at 20x the same nucleus covers a quarter of the pixels, so the harness passes
+   :func:`min_hv_area` of its resolution (8 px at 20x);
 3. each remaining instance takes its bounding box on the full-size map, grown by 2 px, its centre
    of mass rounded to the nearest pixel (``int(c + 0.5)``), and 1-based x / y ranges minus the
    centre; negative offsets are divided by ``|min|`` and positive ones by ``max``, so each side
@@ -28,9 +30,17 @@ import numpy as np
 
 from diffmix_aug._checks import check_array
 
-__all__ = ["MIN_HV_AREA", "crop_to_shape", "fix_mirror_padding", "gen_instance_hv_map", "gen_targets"]
+__all__ = ["MIN_HV_AREA", "crop_to_shape", "fix_mirror_padding", "gen_instance_hv_map", "gen_targets",
+           "min_hv_area"]
 
-MIN_HV_AREA = 30  # HoVer-Net: morph.remove_small_objects(crop_ann, min_size=30)
+MIN_HV_AREA = 30  # HoVer-Net: morph.remove_small_objects(crop_ann, min_size=30), at 40x (0.25 um/px)
+
+
+def min_hv_area(downsample: int = 1) -> int:
+    """HoVer-Net's 30 px HV-target rule at ``40x / downsample`` (areas scale with the square): 8 at 20x."""
+    if isinstance(downsample, bool) or not isinstance(downsample, (int, np.integer)) or downsample < 1:
+        raise ValueError(f"`downsample` must be an int >= 1 (1 = 40x, 2 = 20x), got {downsample!r}")
+    return max(1, round(MIN_HV_AREA / downsample ** 2))
 
 
 def _check_shape(name: str, crop_shape, full_shape) -> tuple[int, int]:
@@ -98,12 +108,13 @@ def fix_mirror_padding(inst_map: np.ndarray) -> np.ndarray:
     return out
 
 
-def gen_instance_hv_map(inst_map: np.ndarray, crop_shape: tuple[int, int]) -> np.ndarray:
+def gen_instance_hv_map(inst_map: np.ndarray, crop_shape: tuple[int, int], min_area: int = MIN_HV_AREA) -> np.ndarray:
     """Horizontal/vertical distance maps of the full-size map (not cropped yet).
 
     Args:
         inst_map: ``int [H, W]`` instance map, 0 = background.
         crop_shape: ``(h, w)`` of the crop that decides which instances get a target.
+        min_area: Instances with fewer pixels inside the crop get no target (HoVer-Net: 30 at 40x).
 
     Returns:
         ``float32 [H, W, 2]``: channel 0 = x (horizontal), channel 1 = y (vertical), in [-1, 1].
@@ -116,7 +127,7 @@ def gen_instance_hv_map(inst_map: np.ndarray, crop_shape: tuple[int, int]) -> np
     hv = np.zeros(inst_map.shape + (2,), np.float32)
     crop = crop_to_shape(fixed, crop_shape)
     counts = np.bincount(crop.ravel())
-    keep = np.flatnonzero(counts >= MIN_HV_AREA)
+    keep = np.flatnonzero(counts >= min_area)
     keep = keep[keep > 0]
     if keep.size == 0:
         return hv
@@ -148,17 +159,18 @@ def gen_instance_hv_map(inst_map: np.ndarray, crop_shape: tuple[int, int]) -> np
     return hv
 
 
-def gen_targets(inst_map: np.ndarray, crop_shape: tuple[int, int]) -> dict[str, np.ndarray]:
+def gen_targets(inst_map: np.ndarray, crop_shape: tuple[int, int], min_area: int = MIN_HV_AREA) -> dict[str, np.ndarray]:
     """HoVer-Net's ``gen_targets``: binary nuclei map and HV map, centre-cropped.
 
     Args:
         inst_map: ``int [H, W]`` instance map of the full (input-size) patch, 0 = background.
         crop_shape: ``(h, w)`` output (mask) shape, at most ``(H, W)``.
+        min_area: See :func:`gen_instance_hv_map` (:func:`min_hv_area` of the resolution).
 
     Returns:
         ``{"np_map": int32 [h, w] in {0, 1}, "hv_map": float32 [h, w, 2] (x, then y) in [-1, 1]}``.
     """
-    hv = gen_instance_hv_map(inst_map, crop_shape)
+    hv = gen_instance_hv_map(inst_map, crop_shape, min_area)
     np_map = (inst_map > 0).astype(np.int32)
     return {
         "hv_map": np.ascontiguousarray(crop_to_shape(hv, crop_shape)),

@@ -4,8 +4,11 @@ Only the training dataset differs between arms. Items may be ``NucleiSample``-li
 (``.image``, ``.inst_map``, ``.type_map``), dicts with ``img``/``image``, ``inst_map`` and
 ``type_map``, or dicts that already hold HoVer-Net targets (``img``, ``np_map``, ``hv_map``,
 ``tp_map``, as HoVer-Net's FileLoader returns). Items with label maps get the same random
-dihedral augmentation (flips, 90-degree rotations; parameters drawn first from the loop's
-generator) and then HoVer-Net's ``gen_targets``; items with ready targets are used as they are.
+augmentation (parameters drawn first from a per-item seed of the loop): HoVer-Net's affine and
+photometric augmentation with a random ``crop`` window (:mod:`~benchmarks.downstream.augment`,
+the default), or dihedral flips and rotations only (``augment="dihedral"``); then HoVer-Net's
+``gen_targets`` with the HV-target size rule of the field of view (``min_hv_area``). Items with
+ready targets are used as they are.
 
 Evaluation runs the network on held-out patches, HoVer-Net's post-processing, and returns the
 paper's Table-1 numbers: Dice, AJI, DQ, SQ, PQ (mean over images, as ``compute_stats`` prints),
@@ -26,12 +29,15 @@ import torch
 from diffmix_aug._checks import check_positive_int
 from diffmix_aug.metrics import aji, aji_plus, classification_stats, dice, pair_table, panoptic_quality
 
+from . import augment as aug
 from .losses import hovernet_loss
 from .net import build_network
 from .postproc import TOY_POSTPROC, process
-from .targets import crop_to_shape, gen_targets
+from .targets import MIN_HV_AREA, crop_to_shape, gen_targets
 
-__all__ = ["HarnessConfig", "evaluate", "predict", "prepare_item", "raw_maps", "train"]
+AUGMENTS = ("hovernet", "dihedral", "none")
+
+__all__ = ["AUGMENTS", "HarnessConfig", "draw_item_params", "evaluate", "predict", "prepare_item", "raw_maps", "train"]
 
 
 @dataclass
@@ -45,7 +51,15 @@ class HarnessConfig:
             from scratch and uses 1e-3 with a cosine decay).
         width / depth: :class:`~benchmarks.downstream.net.SmallHoVerNet` size.
         net: ``"small"`` or ``"monai"``.
-        augment: dihedral augmentation of items with label maps.
+        augment: ``"hovernet"`` (HoVer-Net's affine + photometric augmentation, with a random
+            ``crop`` window), ``"dihedral"`` (flips and 90-degree rotations only) or ``"none"``
+            (``True`` / ``False`` mean ``"dihedral"`` / ``"none"``).
+        crop: Side of the training window cut from each item (0: the whole item; with
+            ``"dihedral"`` / ``"none"`` a random crop, with ``"hovernet"`` the affine's window).
+        min_hv_area: HoVer-Net's HV-target size rule (30 px at 40x; :func:`~.targets.min_hv_area`).
+        pair_radius: Detection pairing radius of :func:`evaluate` (HoVer-Net: 12 px at 40x).
+        rare_classes: Classes whose instances and pixels in every prepared (augmented) item are
+            counted (``history["served_rare"]``), the exposure the network really saw.
         seed: seeds the weights, the item order and the augmentation.
         num_workers: DataLoader workers.
         eval_batch: batch size of inference.
@@ -61,13 +75,26 @@ class HarnessConfig:
     width: int = 16
     depth: int = 3
     net: str = "small"
-    augment: bool = True
+    augment: str | bool = "hovernet"
+    crop: int = 0
+    min_hv_area: int = MIN_HV_AREA
+    pair_radius: float = 12.0
+    rare_classes: tuple[int, ...] = ()
     seed: int = 0
     num_workers: int = 0
     eval_batch: int = 16
     postproc: dict[str, Any] = field(default_factory=lambda: dict(TOY_POSTPROC))
     device: str = "cpu"
     type_weights: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, bool):
+            self.augment = "dihedral" if self.augment else "none"
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"`augment` must be one of {list(AUGMENTS)} (or a bool), got {self.augment!r}")
+        if isinstance(self.crop, bool) or not isinstance(self.crop, int) or self.crop < 0:
+            raise ValueError(f"`crop` must be an int >= 0 (0: whole items), got {self.crop!r}")
+        self.rare_classes = tuple(int(c) for c in self.rare_classes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,13 +120,32 @@ def _dihedral(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return np.ascontiguousarray(x[:, ::-1] if flip else x)
 
 
-def prepare_item(item: Any, params: tuple[int, bool] | None, out_shape: tuple[int, int] | None = None) -> dict:
+def draw_item_params(rng: np.random.Generator, shape: tuple[int, int], config: HarnessConfig) -> Any:
+    """One item's augmentation parameters for ``config`` (``None``: none), drawn before they are applied."""
+    h, w = shape
+    if config.augment == "hovernet":
+        return aug.draw_params(rng, (h, w), config.crop or min(h, w))
+    params: dict[str, Any] = {}
+    if config.crop and config.crop < min(h, w):
+        params["crop"] = (int(rng.integers(0, h - config.crop + 1)), int(rng.integers(0, w - config.crop + 1)))
+    if config.augment == "dihedral":
+        params["dihedral"] = (int(rng.integers(4)), bool(rng.integers(2)))
+    return params or None
+
+
+def prepare_item(item: Any, params: Any, out_shape: tuple[int, int] | None = None,
+                 min_area: int = MIN_HV_AREA, crop: int = 0, keep_maps: bool = False) -> dict:
     """Turn one dataset item into HoVer-Net's sample dict.
 
     Args:
         item: see the module docstring.
-        params: ``(k rotations, flip)`` drawn by the caller, or None for no augmentation.
-        out_shape: target (mask) shape; default: the image shape.
+        params: from :func:`draw_item_params`: an :class:`~.augment.AugParams`, a dict with
+            ``"crop": (y, x)`` and / or ``"dihedral": (k rotations, flip)``, a bare ``(k, flip)``
+            pair, or None for no augmentation.
+        out_shape: target (mask) shape; default: the (augmented) image shape.
+        min_area: HV-target size rule (:func:`~.targets.gen_targets`).
+        crop: window side for ``params["crop"]``.
+        keep_maps: also return the augmented ``"inst_map"`` / ``"type_map"`` (full input size).
 
     Returns:
         ``{"img": uint8 [H,W,3], "np_map": int32 [h,w], "hv_map": float32 [h,w,2], "tp_map": int32 [h,w]}``.
@@ -113,31 +159,54 @@ def prepare_item(item: Any, params: tuple[int, bool] | None, out_shape: tuple[in
         raise TypeError(f"dataset item must be a NucleiSample-like object or a dict with img/inst_map/type_map "
                         f"or img/np_map/hv_map/tp_map, got {type(item).__name__}")
     img, inst, typ = maps
-    if params is not None:
-        k, flip = params
-        img, inst, typ = (_dihedral(a, k, flip) for a in (img, inst, typ))
+    if isinstance(params, aug.AugParams):
+        img, inst, typ = aug.apply(img, inst, typ, params)
+    elif params is not None:
+        if isinstance(params, tuple):
+            params = {"dihedral": params}
+        if "crop" in params:
+            y, x = params["crop"]
+            img, inst, typ = (a[y:y + crop, x:x + crop] for a in (img, inst, typ))
+        if "dihedral" in params:
+            k, flip = params["dihedral"]
+            img, inst, typ = (_dihedral(a, k, flip) for a in (img, inst, typ))
+    img, inst, typ = (np.ascontiguousarray(a) for a in (img, inst, typ))
     shape = tuple(out_shape or inst.shape)
-    tg = gen_targets(inst, shape)
-    return {"img": img, "np_map": tg["np_map"], "hv_map": tg["hv_map"],
-            "tp_map": np.ascontiguousarray(crop_to_shape(typ, shape)).astype(np.int32)}
+    tg = gen_targets(inst, shape, min_area)
+    out = {"img": img, "np_map": tg["np_map"], "hv_map": tg["hv_map"],
+           "tp_map": np.ascontiguousarray(crop_to_shape(typ, shape)).astype(np.int32)}
+    if keep_maps:
+        out.update(inst_map=inst, type_map=typ)
+    return out
 
 
 class _Prepared(torch.utils.data.Dataset):
-    """Wraps the arm's dataset; augmentation parameters come from a per-item seed of the loop."""
+    """Wraps the arm's dataset; augmentation parameters come from a per-item seed of the loop.
 
-    def __init__(self, base: Any, seed: int, augment: bool, out_shape: tuple[int, int] | None):
-        self.base, self.seed, self.augment, self.out_shape = base, seed, augment, out_shape
+    With ``config.rare_classes`` it records, per index, the rare instances and pixels of the
+    prepared item (``served_rare``, ``int64 [len, 2]``; the last serve of each index).
+    """
+
+    def __init__(self, base: Any, config: HarnessConfig, out_shape: tuple[int, int] | None):
+        self.base, self.config, self.out_shape = base, config, out_shape
         self.epoch = 0
+        self.served_rare = np.zeros((len(base), 2), np.int64)
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, index: int) -> dict:
+        item = self.base[index]
         params = None
-        if self.augment:
-            rng = np.random.default_rng((self.seed, self.epoch, int(index)))
-            params = (int(rng.integers(4)), bool(rng.integers(2)))
-        out = prepare_item(self.base[index], params, self.out_shape)
+        maps = raw_maps(item)
+        if maps is not None and (self.config.augment != "none" or self.config.crop):
+            rng = np.random.default_rng((self.config.seed, self.epoch, int(index)))
+            params = draw_item_params(rng, maps[1].shape, self.config)
+        out = prepare_item(item, params, self.out_shape, self.config.min_hv_area, self.config.crop, keep_maps=True)
+        inst, typ = out.pop("inst_map", None), out.pop("type_map", None)
+        if self.config.rare_classes and inst is not None:
+            mask = np.isin(typ, self.config.rare_classes) & (inst > 0)
+            self.served_rare[int(index)] = (np.unique(inst[mask]).size, int(mask.sum()))
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
 
 
@@ -176,10 +245,11 @@ def train(dataset: Any, num_types: int, config: HarnessConfig | None = None, *, 
     torch.manual_seed(config.seed)
     model = build_network(config.net, num_types, **({"width": config.width, "depth": config.depth}
                                                      if config.net == "small" else {})).to(config.device)
-    first = prepare_item(dataset[0], None)
-    hw = tuple(first["img"].shape[:2])
+    first = raw_maps(dataset[0])
+    hw = (config.crop, config.crop) if config.crop and first is not None else tuple(
+        prepare_item(dataset[0], None)["img"].shape[:2])
     out_shape = _output_shape(model, hw, config.device)
-    prepared = _Prepared(dataset, config.seed, config.augment, None if out_shape == hw else out_shape)
+    prepared = _Prepared(dataset, config, None if out_shape == hw else out_shape)
     gen = torch.Generator().manual_seed(config.seed)
     if batch_sampler is not None:
         loader = torch.utils.data.DataLoader(prepared, batch_sampler=batch_sampler, num_workers=config.num_workers)
@@ -225,7 +295,7 @@ def train(dataset: Any, num_types: int, config: HarnessConfig | None = None, *, 
     bar.close()
     model.eval()
     history = {"loss": losses, "seconds": time.perf_counter() - t0, "samples": seen, "epochs": epoch,
-               "output_shape": list(out_shape)}
+               "output_shape": list(out_shape), "served_rare": prepared.served_rare}
     return model, history
 
 
@@ -288,7 +358,7 @@ def evaluate(model: torch.nn.Module, items: Sequence[Any], config: HarnessConfig
         true_pts.append({"inst_centroid": info.centroids, "inst_type": info.types})
         pred_pts.append({"inst_centroid": pred["inst_centroid"], "inst_type": pred["inst_type"]})
     mean = np.mean(np.asarray(rows, np.float64), 0) if rows else np.full(6, np.nan)
-    cls = classification_stats(true_pts, pred_pts, type_ids=type_ids)
+    cls = classification_stats(true_pts, pred_pts, radius=config.pair_radius, type_ids=type_ids)
     res = dict(zip(["dice", "aji", "aji_plus", "dq", "sq", "pq"], (float(v) for v in mean)))
     res.update(f1_detection=cls["f1_detection"], accuracy=cls["accuracy"], f1_per_type=cls["f1_per_type"],
                n_images=len(rows), n_true=cls["tp"] + cls["fn"], n_pred=cls["tp"] + cls["fp"])
