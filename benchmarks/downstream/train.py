@@ -245,9 +245,9 @@ def train(dataset: Any, num_types: int, config: HarnessConfig | None = None, *, 
     torch.manual_seed(config.seed)
     model = build_network(config.net, num_types, **({"width": config.width, "depth": config.depth}
                                                      if config.net == "small" else {})).to(config.device)
-    first = raw_maps(dataset[0])
-    hw = (config.crop, config.crop) if config.crop and first is not None else tuple(
-        prepare_item(dataset[0], None)["img"].shape[:2])
+    # with a training window the input size is known without reading an item (a stateful dataset, e.g.
+    # DiffMixDataset, would count a serve)
+    hw = (config.crop, config.crop) if config.crop else tuple(prepare_item(dataset[0], None)["img"].shape[:2])
     out_shape = _output_shape(model, hw, config.device)
     prepared = _Prepared(dataset, config, None if out_shape == hw else out_shape)
     gen = torch.Generator().manual_seed(config.seed)

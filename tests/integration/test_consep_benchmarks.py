@@ -1,4 +1,4 @@
-"""Quick modes of the real-CoNSeP benchmarks (``benchmarks/ablation.py --dataset consep``, ``benchmarks/fidelity.py``).
+"""Quick modes of the real-CoNSeP benchmarks (``benchmarks/ablation.py``, ``benchmarks/fidelity.py``).
 
 They read ``../shared/data/consep_256`` (CoNSeP, Graham et al. 2019, research use), which a fresh
 clone does not have: the tests skip with that reason there. The committed SDM
@@ -8,6 +8,7 @@ clone does not have: the tests skip with that reason there. The committed SDM
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,85 +22,142 @@ pytestmark = pytest.mark.skipif(not (CONSEP / "train" / "Labels").is_dir(),
 
 
 @pytest.fixture(scope="module")
-def pool_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("pools")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("consep_cache")
 
 
-# quick mode: 18 s (ablation), 17 s (fidelity), 4 s (--test-root) on 2 quiet cores
-def test_ablation_quick_on_consep(tmp_path, pool_dir):
-    from benchmarks.ablation import DEFAULT_ARMS, main
-
-    out = tmp_path / "ablation"
-    assert main(["--dataset", "consep", "--data-root", str(CONSEP), "--quick", "--out", str(out),
-                 "--pool-dir", str(pool_dir), "--n-test", "4", "--iterations", "4"]) == 0
-    result = json.loads((out / "ablation.json").read_text())
-    assert set(result["eval"]) == {"val", "val_sdm_unseen"}
-    assert set(result["eval"]["val"]["summary"]) == set(DEFAULT_ARMS)
-    assert result["n_train"] == 21 * 16  # tiles 1-5 and 19 held out whole
-    assert result["pool"]["source_bias"].startswith("none")
-    exposure = {arm: reps[0] for arm, reps in result["exposure"].items()}
-    assert exposure["gradmix"]["rare_instances"] == exposure["diffmix-b"]["rare_instances"]
-    assert exposure["diffmix-e"]["rare_instances_synthetic"] <= exposure["diffmix-b"]["rare_instances_synthetic"]
-    assert result["weighted_loss_weights"][1] > result["weighted_loss_weights"][3]  # misc rarer than epithelial
-    assert (out / "f1_per_type.png").is_file()
-
-
-# quick mode: 18 s (ablation), 17 s (fidelity), 4 s (--test-root) on 2 quiet cores
-def test_ablation_test_root_trains_on_every_tile(tmp_path, pool_dir):
-    """--test-root: all 27 tiles train, the folder (here: a copy of two training patches) is scored."""
-    import shutil
-
+def _ablation(out: Path, cache: Path, *extra: str) -> int:
     from benchmarks.ablation import main
 
+    return main(["--dataset", "consep", "--data-root", str(CONSEP), "--quick", "--out", str(out),
+                 "--pool-dir", str(cache / "pools"), "--work-dir", str(cache / "work"), *extra])
+
+
+# quick mode on 2 quiet cores: about 25 s of CPU (pool, 14 tiny runs, the bootstrap)
+def test_ablation_quick_runs_the_design(tmp_path, cache):
+    from benchmarks.arm_streams import ARMS
+    from benchmarks.render_results import ablation_markdown
+
+    out = tmp_path / "ablation"
+    page = tmp_path / "results.md"
+    assert _ablation(out, cache, "--results-page", str(page)) == 0
+    r = json.loads((out / "ablation.json").read_text())
+    assert r["arms"] == list(ARMS) and r["seeds"] == [0, 1] and r["design"]["pool_draws"] == 2
+    # the synthetic arms' items came from DiffMixDataset, every asked item served from the pool
+    for arm in ("gradmix", "diffmix-b", "diffmix-e", "diffmix-union", "diffmix-composed"):
+        assert r["design"]["items_source"][arm].startswith("DiffMixDataset(base, None")
+        for ex in r["exposure"][arm]:
+            ds = ex["dataset"]
+            assert ds["synthetic_served"] == ds["synthetic_asked"] == ex["asked_items"] > 0
+            assert ds["epochs"] and all("served_share" in e for e in ds["epochs"])
+    # GradMix and DiffMix-B replay the same balancing maps at the same slots (the renderer is the difference)
+    for g, b in zip(r["exposure"]["gradmix"], r["exposure"]["diffmix-b"]):
+        assert g["rare_instances_items"] == b["rare_instances_items"]
+    assert r["design"]["rare_crop"]["ratio"] >= 0 and "m_rare_crop" in r["design"]["rare_crop"]
+    # the design's numbers: primary endpoint with hierarchical intervals, paired differences, resolvable size
+    a = r["analysis"]
+    assert a["n_tiles"] == 2 and a["seeds"] == [0, 1]
+    for arm in ARMS:
+        m = a["arms"][arm]["metrics"]["rare_ap"]
+        assert len(m["per_seed"]) == 2 and len(m["ci95"]) == 2
+        if arm != "baseline":
+            assert set(a["arms"][arm]["vs_baseline"]["rare_ap"]) >= {"mean", "ci95", "se", "seeds_better"}
+    assert "rare_ap" in a["resolvable"] and r["gate"]["passed"]
+    # balancing on whole tiles, its report, and the sampler settings the Synthesizer reported
+    p = r["pool"]
+    assert len(p["per_draw"]) == 2 and p["per_draw"][0]["balancing"]["pastes"] > 0
+    assert set(p["per_draw"][0]["rare_share"]) >= {"real", "sdm_balance", "sdm_enlarge", "sdm_composed"}
+    assert r["sampler"]["entry_timestep"] is not None and r["sampler"]["timesteps"]
+    # everything rendered from the JSON
+    assert (out / "ablation.md").read_text() == ablation_markdown(r)
+    assert "Smallest difference the design resolves" in page.read_text()
+    assert (out / "rare_ap.png").is_file() and (out / "f1_per_type.png").is_file()
+
+
+def test_ablation_refuses_leaky_validation_and_stops_at_the_gate(tmp_path, cache):
+    with pytest.raises(SystemExit, match="in the SDM's training set|leaks"):
+        _ablation(tmp_path / "a", cache, "--val-tiles", "19")
+    out = tmp_path / "gate"
+    with pytest.raises(SystemExit, match="does not learn the rare class"):
+        _ablation(out, cache, "--min-auroc", "0.99", "--arms", "baseline,diffmix-e")
+    gate = json.loads((out / "gate_failed.json").read_text())
+    assert not gate["passed"] and len(gate["per_seed"]) == 2
+    assert not (out / "ablation.json").exists()
+
+
+def test_ablation_test_root_trains_on_every_tile(tmp_path, cache):
+    """--test-root: all 27 tiles train, the folder (here: two training windows as whole images) is scored."""
     test_root = tmp_path / "Test"
     for sub, ext in (("Images", ".jpg"), ("Labels", ".mat")):
         (test_root / sub).mkdir(parents=True)
         for name in ("train_7_005", "train_19_010"):
             shutil.copy(CONSEP / "train" / sub / f"{name}{ext}", test_root / sub)
     out = tmp_path / "ablation"
-    assert main(["--dataset", "consep", "--data-root", str(CONSEP), "--test-root", str(test_root), "--quick",
-                 "--arms", "baseline,weighted-loss", "--out", str(out), "--pool-dir", str(pool_dir),
-                 "--iterations", "2"]) == 0
-    result = json.loads((out / "ablation.json").read_text())
-    assert result["n_train"] == 432 and set(result["eval"]) == {"test"}
-    assert result["eval"]["test"]["n_images"] == 2
-    assert "merge 7->4: False" in result["split"]["eval"]  # consep_256 is merged already: auto keeps it
+    assert _ablation(out, cache, "--test-root", str(test_root), "--arms", "baseline", "--train-tiles", "all",
+                     "--eval-crop", "0") == 0
+    r = json.loads((out / "ablation.json").read_text())
+    assert r["train"]["n_tiles"] == 27 and r["train"]["n_patches"] == 432
+    assert r["eval"]["n_tiles"] == 2 and r["eval"]["name"] == "test"
+    assert "merge 7->4: False" in r["split"]["eval"]  # consep_256 is merged already: auto keeps it
 
 
-# quick mode: 18 s (ablation), 17 s (fidelity), 4 s (--test-root) on 2 quiet cores
-def test_fidelity_quick(tmp_path, pool_dir):
+# quick mode on 2 quiet cores: about 12 s of CPU
+def test_fidelity_quick(tmp_path):
     from benchmarks.fidelity import main
+    from benchmarks.render_results import fidelity_markdown
 
     out = tmp_path / "fidelity"
-    assert main(["--data-root", str(CONSEP), "--quick", "--out", str(out), "--pool-dir", str(pool_dir)]) == 0
-    result = json.loads((out / "fidelity.json").read_text())
-    lf = result["label_fidelity"]
-    for key in ("real", "sdm_enlarge", "sdm_balance", "gradmix_balance", "swap_vs_B", "swap_vs_A"):
+    assert main(["--data-root", str(CONSEP), "--quick", "--out", str(out)]) == 0
+    r = json.loads((out / "fidelity.json").read_text())
+    lf = r["label_fidelity"]
+    for key in ("real", "sdm_enlarge", "null_enlarge", "sdm_balance", "gradmix_balance", "null_balance",
+                "swap_vs_B", "swap_vs_A"):
         assert 0.0 <= lf[key]["pq"][0] <= 1.0
-    auc = result["realism"]["c2st_auc_sdm"][0]
-    assert 0.0 <= auc <= 1.0
-    assert result["type_fidelity"]["real_val"]["1"]["n"] == 49  # tiles 1-5 hold 49 miscellaneous nuclei
-    assert set(result["stain_w1"]) == {"real_train_vs_real_val", "sdm_vs_real_val", "gradmix_vs_real_val"}
-    assert (out / "fidelity.md").read_text().count("|") > 20 and (out / "fidelity.png").is_file()
+    assert lf["real"]["pq_ratio"][0] in (1.0, 0.0) or np.isnan(lf["real"]["pq_ratio"][0])
+    tf = r["type_fidelity"]
+    assert {"real_val", "sdm_pasted", "gradmix_pasted", "null_pasted"} <= set(tf) and "mask_only" in tf
+    assert set(r["realism"]) == {"sdm", "gradmix", "negative_control_real_vs_real", "positive_control_blur"}
+    mo = r["morphology"]
+    assert mo["features"] == ["area", "eccentricity", "haematoxylin"] and "sdm_enlarge" in mo["w1"]
+    assert r["sampler"]["entry_timestep"] is not None
+    assert (out / "fidelity.md").read_text() == fidelity_markdown(r)
+    for png in ("fidelity.png", "morphology.png", "fidelity_examples.png"):
+        assert (out / png).is_file()
 
 
-def test_auc_and_type_counts_match_references():
-    """The rank AUC matches the pairwise definition; per-image counts sum to classification_stats."""
-    from benchmarks.ablation import f1_from_counts, type_counts
-    from benchmarks.fidelity import auc
+def test_tile_counts_match_classification_stats():
+    """Per-image counts of the whole-tile evaluation sum to HoVer-Net's pooled classification stats."""
+    from benchmarks.downstream.evaluate import counts_from_points
     from diffmix_aug.metrics import classification_stats
 
     rng = np.random.default_rng(0)
-    neg, pos = rng.normal(0, 1, 40), rng.normal(0.7, 1, 30)
-    pairwise = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
-    assert auc(neg, pos) == pytest.approx(pairwise)
     true, pred = [], []
     for _ in range(6):
         n, m = rng.integers(0, 12), rng.integers(0, 12)
         true.append({"inst_centroid": rng.uniform(0, 64, (n, 2)), "inst_type": rng.integers(1, 5, n)})
         pred.append({"inst_centroid": rng.uniform(0, 64, (m, 2)), "inst_type": rng.integers(1, 5, m)})
-    counts = type_counts(true, pred, [1, 2, 3, 4]).sum(0)
-    ref = classification_stats(true, pred, type_ids=[1, 2, 3, 4])
+    counts = sum(counts_from_points(t["inst_centroid"], t["inst_type"], p["inst_centroid"], p["inst_type"],
+                                    [1, 2, 3, 4], 6.0) for t, p in zip(true, pred))
+    ref = classification_stats(true, pred, radius=6.0, type_ids=[1, 2, 3, 4])
     assert tuple(counts[:3]) == (ref["tp"], ref["fp"], ref["fn"])
     for k, c in enumerate([1, 2, 3, 4]):
-        assert f1_from_counts(counts, k) == pytest.approx(ref["f1_per_type"][c])
+        tp, fp, fn, fpd, fnd = counts[3 + 5 * k: 8 + 5 * k]
+        den = 2 * tp + 2 * fp + 2 * fn + fpd + fnd
+        assert (2 * tp / den if den else 1.0) == pytest.approx(ref["f1_per_type"][c])
+
+
+def test_reassembled_tiles_match_the_patches():
+    """consep_256's windows put back into 1000 px tiles (then 20x) give back every window exactly."""
+    from benchmarks.tilesets import consep_tilesets
+    from diffmix_aug.data.dataset import NucleiDataset
+
+    train, val = consep_tilesets(CONSEP, [1], only_tiles=[7])
+    patches = NucleiDataset.from_consep_dir(CONSEP / "train", merge=False)
+    names = patches.item_names()
+    for ts in (train, val):
+        assert len(ts.tiles) == 1 and ts.tiles[0].inst_map.shape == (500, 500) and len(ts.patches) == 16
+        for j, name in enumerate(ts.patches.item_names()):
+            ref = patches.subset([names.index(name)]).downsampled(2)[0]
+            got = ts.patches[j]
+            np.testing.assert_array_equal(got.inst_map, ref.inst_map)
+            np.testing.assert_array_equal(got.type_map, ref.type_map)

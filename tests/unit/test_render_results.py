@@ -1,0 +1,31 @@
+"""Committed result markdown equals its rendering from the committed JSON (``benchmarks/render_results.py``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.render_results import COMMITTED, PAGE, ROOT, ablation_markdown, fidelity_markdown, results_page
+
+
+@pytest.mark.parametrize("kind", sorted(COMMITTED))
+def test_committed_markdown_is_the_rendering(kind):
+    path = COMMITTED[kind]
+    if not path.is_file():
+        pytest.skip(f"{path.relative_to(ROOT)} is not committed yet (the lead's full run writes it)")
+    r = json.loads(path.read_text())
+    text = ablation_markdown(r) if kind == "ablation" else fidelity_markdown(r)
+    assert path.with_name(f"{kind}.md").read_text() == text, "stale: run python -m benchmarks.render_results"
+
+
+def test_results_page_is_the_rendering():
+    if not COMMITTED["ablation"].is_file():
+        pytest.skip("benchmarks/results/consep/ablation/ablation.json is not committed yet")
+    from benchmarks.render_results import _rel
+
+    r = json.loads(COMMITTED["ablation"].read_text())
+    fid = json.loads(COMMITTED["fidelity"].read_text()) if COMMITTED["fidelity"].is_file() else None
+    text = results_page(r, fid, _rel(COMMITTED["ablation"].parent, PAGE.parent), _rel(COMMITTED["fidelity"].parent,
+                                                                                         PAGE.parent))
+    assert PAGE.read_text() == text, "stale: run python -m benchmarks.render_results"
