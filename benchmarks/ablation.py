@@ -58,6 +58,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from benchmarks.arm_streams import ARMS, ArmStream, RareCrops
 from benchmarks.consep_pool import SDM_VAL_TILES, STORES, WEIGHTS, get_pool, store_dir
+from benchmarks.report_io import json_default
 from diffmix_aug._io import atomic_write_text
 
 SYNTHETIC_ARMS = tuple(a for a in ARMS if a in STORES)
@@ -67,8 +68,8 @@ PRESETS = {
     "consep": {"quick": dict(iterations=4, batch_size=4, crop=48, width=8, depth=2, render_steps=1, pool_size=2,
                              seeds=2, pool_draws=2, bootstrap=50, min_auroc=0.0, train_tiles="6,19",
                              val_tiles="1,2", eval_crop=192),
-               "full": dict(iterations=800, batch_size=8, crop=64, width=16, depth=3, render_steps=11,
-                            pool_size=48, seeds=6, pool_draws=2, bootstrap=2000, min_auroc=0.75, train_tiles=None,
+               "full": dict(iterations=1200, batch_size=8, crop=64, width=16, depth=3, render_steps=11,
+                            pool_size=48, seeds=5, pool_draws=2, bootstrap=2000, min_auroc=0.75, train_tiles=None,
                             val_tiles=",".join(map(str, SDM_VAL_TILES)), eval_crop=0)},
     "toy": {"quick": dict(iterations=4, batch_size=4, crop=48, width=8, depth=2, render_steps=1, pool_size=2, seeds=2,
                           pool_draws=2, bootstrap=50, min_auroc=0.0, n_train=12, n_test=4, eval_crop=0),
@@ -216,7 +217,7 @@ def _save_run(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, seg=ev["seg"], counts=ev["counts"], nuc_tile=ev["nuc_tile"], nuc_type=ev["nuc_type"],
-                        nuc_prob=ev["nuc_prob"], meta=np.frombuffer(json.dumps(meta, default=_json).encode(), np.uint8))
+                        nuc_prob=ev["nuc_prob"], meta=np.frombuffer(json.dumps(meta, default=json_default).encode(), np.uint8))
     tmp.replace(path)
 
 
@@ -273,7 +274,7 @@ def rare_crop_ratio(args: argparse.Namespace, train: Any, rare: tuple[int, ...])
     ``ratio_rc = ratio * (m_bal - m_real) / (m_rc - m_real)``, capped at 1.
     """
     from benchmarks.downstream import augment as aug
-    from diffmix_aug.cache import load_patch
+    from diffmix_aug.store import PatchStore
 
     def seen(items):
         out = []
@@ -292,9 +293,10 @@ def rare_crop_ratio(args: argparse.Namespace, train: Any, rare: tuple[int, ...])
     out = {"m_real": m_real, "m_rare_crop": m_rc, "ratio_synthetic": args.ratio}
     store = store_dir(args.pool, 0, "gradmix")  # the balancing maps (DiffMix-B renders the same maps)
     if store.is_dir():
-        bal = [p for p in (load_patch(f) for f in sorted(store.glob("pool_*.npy"))) if p is not None]
+        ps = PatchStore.open(store)
+        bal = [ps.read(name) for name in ps.names()]
         pick = rng.integers(0, len(bal), 300)
-        m_bal = seen([(bal[i][..., 3], bal[i][..., 4]) for i in pick])
+        m_bal = seen([(bal[i].inst_map, bal[i].type_map) for i in pick])
         want = args.ratio * (m_bal - m_real) / max(1e-9, m_rc - m_real)
         out.update(m_balance=m_bal, ratio_matched=want, ratio=float(min(1.0, max(0.0, want))),
                    matched=bool(0.0 <= want <= 1.0))
@@ -439,7 +441,7 @@ def run_design(args: argparse.Namespace, ctx: dict[str, Any]) -> list[dict[str, 
     print(gate["message"], flush=True)
     if not gate["passed"]:
         args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out / "gate_failed.json", json.dumps(gate, indent=2, default=_json) + "\n")
+        atomic_write_text(args.out / "gate_failed.json", json.dumps(gate, indent=2, default=json_default) + "\n")
         raise SystemExit(gate["message"])
     t0 = time.perf_counter()
     others = _run_jobs(args, [(a, s) for s in seeds for a in args.arm_list if a != "baseline"], "arms")
@@ -509,7 +511,7 @@ def run(args: argparse.Namespace) -> dict:
     results = run_design(args, ctx)
     result = assemble(args, ctx, results, _STATE["eval"], _STATE["desc"], _STATE["train"])
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "ablation.json", json.dumps(result, indent=1, default=_json) + "\n")
+    atomic_write_text(args.out / "ablation.json", json.dumps(result, indent=1, default=json_default) + "\n")
     written = render_ablation(args.out / "ablation.json", page=args.results_page)
     print((args.out / "ablation.md").read_text())
     print(f"wrote {', '.join(str(p) for p in written)} ({result['timing_seconds']['total'] / 60:.1f} min)")
@@ -538,16 +540,6 @@ def _gate(args: argparse.Namespace, base_runs: list[dict], rare: int) -> dict[st
         msg += (": the baseline does not learn the rare class, so no arm can be told apart from it; no other arm "
                 "was run. Train longer (--iterations), use a larger network (--width / --depth) or check the data.")
     return {"min_auroc": args.min_auroc, "per_seed": per_seed, "mean_auroc": mean, "passed": passed, "message": msg}
-
-
-def _json(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (tuple, Path)):
-        return list(obj) if isinstance(obj, tuple) else str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def main(argv: list[str] | None = None) -> int:

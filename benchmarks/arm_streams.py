@@ -42,16 +42,6 @@ def wants_extra(seed: int, epoch: int, index: int, ratio: float) -> bool:
     return ratio > 0 and key_uniform(int(seed), int(epoch), int(index), DECISION_KEY) < ratio
 
 
-def _library_mode(arm: str) -> str:
-    """The store's mode in the library's names, or the nearest name this library version accepts."""
-    from diffmix_aug.config import MODES
-
-    mode = STORE_MODES[arm]
-    if mode in MODES:
-        return mode
-    return {"union": "balance", "composed": "both"}.get(mode, mode)  # before the mode names of issue 30
-
-
 def open_store_dataset(base: Any, store: Path, *, arm: str, ratio: float, seed: int, max_reuse: int,
                        capacity: int) -> Any:
     """The product's path for a rendered pool: ``DiffMixDataset(base, None, cache_dir=store, ...)``.
@@ -61,8 +51,8 @@ def open_store_dataset(base: Any, store: Path, *, arm: str, ratio: float, seed: 
     """
     from diffmix_aug.dataset import DiffMixDataset
 
-    return DiffMixDataset(base, None, mode=_library_mode(arm), synthetic_ratio=ratio, seed=seed,
-                          cache_dir=str(store), cache_capacity=capacity, max_reuse=max_reuse, start=True)
+    return DiffMixDataset(base, None, mode=STORE_MODES[arm], synthetic_ratio=ratio, seed=seed,
+                          cache_dir=str(store), cache_capacity=capacity, max_reuse=max_reuse)
 
 
 class RareCrops:

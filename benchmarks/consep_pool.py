@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import os
 import shutil
@@ -52,15 +51,20 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report_io import json_default  # noqa: E402
+
 WEIGHTS = Path(__file__).parent / "weights" / "sdm_consep_cpu.safetensors"
 SDM_VAL_TILES = (1, 2, 3, 4, 5)   # held out from the SDM's training (sdm_consep_cpu.yaml: holdout_tiles)
 RARE = (1,)                       # CoNSeP merged: 1 = miscellaneous
 SDM_KINDS = ("sdm_balance", "sdm_enlarge", "sdm_composed")
 KINDS = ("sdm_balance", "gradmix_balance", "sdm_enlarge", "sdm_composed")
+#: the library mode each kind's maps were made with (the store's manifest records it)
+KIND_MODES = {"sdm_balance": "balance", "gradmix_balance": "balance", "sdm_enlarge": "enlarge",
+              "sdm_composed": "composed"}
 STORES = {"gradmix": ("gradmix_balance",), "diffmix-b": ("sdm_balance",), "diffmix-e": ("sdm_enlarge",),
           "diffmix-union": ("sdm_balance", "sdm_enlarge"), "diffmix-composed": ("sdm_composed",)}
 ATTRIBUTION = "CoNSeP (Graham et al., Medical Image Analysis 2019), research use"
-POOL_VERSION = 2  # bump when the pool's construction changes (part of the cache key)
+POOL_VERSION = 3  # bump when the pool's construction changes (part of the cache key)
 
 __all__ = ["KINDS", "SDM_KINDS", "STORES", "WEIGHTS", "build_pool", "field_of_view", "get_pool", "make_synthesizer",
            "sampler_settings", "store_dir", "write_store"]
@@ -86,32 +90,11 @@ def field_of_view(patch: int, downsample: int, tile: int | None = None) -> dict[
 
 
 def make_synthesizer(weights: Path, steps: int, t_start: int, guidance: float, device: str = "cpu"):
-    """A Synthesizer entering at ``t_start`` with ``steps`` denoising steps.
-
-    Uses the sampler's own ``t_start`` setting (issue 29). On a sampler that only knows the
-    respaced ``num_steps`` / ``strength`` form, the closest such schedule with ``steps`` steps is
-    used and :func:`sampler_settings` records where it really entered.
-    """
-    from diffmix_aug.sampling._base import DDIMSettings
+    """A Synthesizer entering at ``t_start`` (an original timestep; the reference's is 540) with ``steps``
+    denoising steps from there to 0, guidance ``guidance``."""
     from diffmix_aug.sampling.synthesizer import Synthesizer
 
-    if "t_start" in inspect.signature(DDIMSettings.__init__).parameters:
-        return Synthesizer.from_checkpoint(weights, device=device, steps=steps, t_start=t_start,
-                                           guidance_scale=guidance)
-    from diffmix_aug.diffusion.schedule import space_timesteps
-
-    best = None  # respaced form: the schedule ddimN run for `steps` steps whose entry is closest to t_start
-    for n in range(steps, 1001):
-        try:
-            kept = space_timesteps(1000, f"ddim{n}")
-        except ValueError:
-            continue
-        entry = sorted(kept)[steps - 1]
-        if best is None or abs(entry - t_start) < abs(best[1] - t_start):
-            best = (n, entry)
-    n = best[0]
-    return Synthesizer.from_checkpoint(weights, device=device, num_steps=n, strength=min(1.0, (steps + 0.5) / n),
-                                       guidance_scale=guidance)
+    return Synthesizer.from_checkpoint(weights, device=device, steps=steps, t_start=t_start, guidance_scale=guidance)
 
 
 def sampler_settings(synth: Any) -> dict[str, Any]:
@@ -129,58 +112,56 @@ def sampler_settings(synth: Any) -> dict[str, Any]:
 
 
 def write_store(directory: Path, images: np.ndarray, inst: np.ndarray, types: np.ndarray,
-                metas: Sequence[dict[str, Any]]) -> Path:
-    """Write patches as a store that ``DiffMixDataset(..., cache_dir=directory)`` warm-starts from.
+                metas: Sequence[dict[str, Any]], *, mode: str, classes: Any, synthesizer: Any = None) -> Path:
+    """Write patches as a :class:`~diffmix_aug.store.PatchStore` that ``DiffMixDataset(base, None,
+    cache_dir=directory)`` warm-starts from.
 
-    HoVer-Net patches ``int32 [H, W, 5]`` (RGB, instance id, type) with a JSON sidecar each, named
-    and time-stamped in serve order (the warm start loads the newest ``capacity`` files, oldest
-    first), plus ``manifest.json``. Written to a temporary folder and renamed into place.
+    Patches are named ``pool_00000``, ... in serve order (the warm start reads file-name order). The
+    manifest names the mode, the class table, the patch shape and, for renders, the checkpoint and
+    sampler (:func:`~diffmix_aug.generator.synthesizer_identity`). Written into a temporary folder
+    and renamed into place, so a half-written pool is never read.
+
+    Args:
+        directory: The store's folder (replaced when it exists).
+        images, inst, types: ``uint8 [n, H, W, 3]``, ``int [n, H, W]`` twice.
+        metas: One JSON-able dict per patch.
+        mode: The library mode the maps were made with (``"balance"``, ``"enlarge"``, ``"union"``, ``"composed"``).
+        classes: The :class:`~diffmix_aug.class_table.ClassTable` of the maps.
+        synthesizer: The Synthesizer that rendered them (None: not rendered, e.g. GradMix).
     """
-    from diffmix_aug._io import atomic_save_npy, atomic_write_text
+    from diffmix_aug.generator import synthesizer_identity
+    from diffmix_aug.store import Patch, PatchStore, store_identity
 
     directory = Path(directory)
     tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    t0 = time.time() - len(images) - 10
-    names = []
+    shape = tuple(int(v) for v in np.asarray(inst).shape[1:3])
+    ident = store_identity(mode, classes, shape, None if synthesizer is None else synthesizer_identity(synthesizer))
+    store = PatchStore.create(tmp, ident, created_by="benchmarks.consep_pool")
     for k, (im, a, t, meta) in enumerate(zip(images, inst, types, metas)):
-        stem = tmp / f"pool_{k:05d}"
-        patch = np.concatenate([im.astype(np.int32), a[..., None].astype(np.int32), t[..., None].astype(np.int32)], -1)
-        atomic_save_npy(stem.with_suffix(".npy"), patch)
-        atomic_write_text(stem.with_suffix(".json"), json.dumps(meta, default=_json))
-        os.utime(stem.with_suffix(".npy"), (t0 + k, t0 + k))
-        names.append(stem.name)
-    atomic_write_text(tmp / "manifest.json", json.dumps({"patches": names, "count": len(names)}))
+        store.write(f"pool_{k:05d}", Patch(np.asarray(im, np.uint8), np.asarray(a, np.int32), np.asarray(t, np.int32),
+                                           dict(meta)))
     if directory.exists():
         shutil.rmtree(directory)
     tmp.rename(directory)
     return directory
 
 
-def _union_store(directory: Path, parts: Sequence[Path]) -> Path:
-    """A store holding every patch of ``parts`` (hard links where possible), in order."""
-    tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    names, k = [], 0
-    t0 = time.time() - 10**5
+def _union_store(directory: Path, parts: Sequence[Path], classes: Any) -> Path:
+    """The paper's union: one store (mode ``"union"``) holding every patch of ``parts``, in order."""
+    from diffmix_aug.store import PatchStore
+
+    images, inst, types, metas = [], [], [], []
     for part in parts:
-        for name in json.loads((part / "manifest.json").read_text())["patches"]:
-            for ext in (".npy", ".json"):
-                src, dst = part / f"{name}{ext}", tmp / f"pool_{k:05d}{ext}"
-                try:
-                    os.link(src, dst)
-                except OSError:
-                    shutil.copy2(src, dst)
-            os.utime(tmp / f"pool_{k:05d}.npy", (t0 + k, t0 + k))
-            names.append(f"pool_{k:05d}")
-            k += 1
-    (tmp / "manifest.json").write_text(json.dumps({"patches": names, "count": len(names)}))
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.rename(directory)
-    return directory
+        store = PatchStore.open(part)
+        for name in store.names():
+            p = store.read(name)
+            images.append(p.image)
+            inst.append(p.inst_map)
+            types.append(p.type_map)
+            metas.append(p.meta | {"from_store": Path(part).name})
+    return write_store(directory, np.stack(images), np.stack(inst), np.stack(types), metas, mode="union",
+                       classes=classes)
 
 
 def store_dir(pool: dict[str, Any], draw: int, arm: str) -> Path:
@@ -291,6 +272,9 @@ def build_pool(train: Any, size: int, *, draws: int = 2, seed: int = 0, steps: i
     bank = _bank(train, fov["border"], rare)
     enl = LabelMapSampler("enlarge", num_classes=info.num_classes, rare_classes=rare, max_shift=fov["max_shift"],
                           border_margin=fov["border_margin"])
+    from diffmix_aug.class_table import ClassTable
+
+    classes = ClassTable(info.num_classes, tuple(int(c) for c in rare), tuple(info.class_names))
     need_sdm = any(k in SDM_KINDS for k in kinds)
     synth = make_synthesizer(Path(weights), steps, t_start, guidance, device) if need_sdm else None
     settings = sampler_settings(synth) if synth is not None else None
@@ -349,18 +333,19 @@ def build_pool(train: Any, size: int, *, draws: int = 2, seed: int = 0, steps: i
             metas = [{"kind": kind, "draw": d, "index": j, "tile": train.names[k], "origin": [y, x],
                       "rare_nuclei": _rare_count(inst[j], typ[j], rare)[0],
                       **({"sampler": settings} if kind in SDM_KINDS else {})} for j, (k, y, x) in enumerate(pos)]
-            write_store(out_dir / f"draw{d}" / _arm_of(kind), imgs, inst, typ, metas)
+            write_store(out_dir / f"draw{d}" / _arm_of(kind), imgs, inst, typ, metas, mode=KIND_MODES[kind],
+                        classes=classes, synthesizer=synth if kind in SDM_KINDS else None)
         bar.close()
         if "sdm_balance" in kinds and "sdm_enlarge" in kinds:
             _union_store(out_dir / f"draw{d}" / "diffmix-union",
-                         [out_dir / f"draw{d}" / "diffmix-b", out_dir / f"draw{d}" / "diffmix-e"])
+                         [out_dir / f"draw{d}" / "diffmix-b", out_dir / f"draw{d}" / "diffmix-e"], classes)
         meta["per_draw"].append(draw_meta)
     meta.update(sdm_patches=n_sdm, sdm_seconds=round(sdm_seconds, 1),
                 s_per_render=round(sdm_seconds / n_sdm, 3) if n_sdm else None,
                 build_seconds=round(time.perf_counter() - t_begin, 1))
     from diffmix_aug._io import atomic_write_text
 
-    atomic_write_text(out_dir / "pool.json", json.dumps(meta, indent=1, default=_json))
+    atomic_write_text(out_dir / "pool.json", json.dumps(meta, indent=1, default=json_default))
     return {"dir": str(out_dir), "meta": meta}
 
 
@@ -375,15 +360,8 @@ def pool_key(train: Any, size: int, draws: int, seed: int, steps: int, t_start: 
     h = hashlib.sha256()
     weights = Path(weights)
     h.update(json.dumps([POOL_VERSION, list(train.names), train.window, train.downsample, size, draws, seed, steps,
-                         t_start, guidance, weights.name, weights.stat().st_size, sorted(kinds), list(rare),
-                         "t_start" in inspect.signature(_ddim_settings_init()).parameters]).encode())
+                         t_start, guidance, weights.name, weights.stat().st_size, sorted(kinds), list(rare)]).encode())
     return h.hexdigest()[:12]
-
-
-def _ddim_settings_init():
-    from diffmix_aug.sampling._base import DDIMSettings
-
-    return DDIMSettings.__init__
 
 
 def get_pool(train: Any, size: int, cache_dir: Path, **kwargs) -> dict[str, Any]:
@@ -396,16 +374,6 @@ def get_pool(train: Any, size: int, cache_dir: Path, **kwargs) -> dict[str, Any]
     if done.is_file():
         return {"dir": str(out_dir), "meta": json.loads(done.read_text()) | {"cached": True}}
     return build_pool(train, size, out_dir=out_dir, **kwargs)
-
-
-def _json(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     train, _ = consep_tilesets(args.data_root, [int(t) for t in args.val_tiles.split(",") if t.strip()])
     pool = get_pool(train, args.size, args.cache_dir, draws=args.draws, seed=args.seed, steps=args.steps,
                     t_start=args.t_start)
-    print(json.dumps(pool["meta"], indent=1, default=_json), "->", pool["dir"])
+    print(json.dumps(pool["meta"], indent=1, default=json_default), "->", pool["dir"])
     return 0
 
 

@@ -65,6 +65,7 @@ from benchmarks.consep_pool import (
     make_synthesizer,
     sampler_settings,
 )
+from benchmarks.report_io import json_default, save_figure
 from diffmix_aug._io import atomic_write_text
 
 NAMES = {1: "misc", 2: "inflammatory", 3: "epithelial", 4: "spindle"}
@@ -545,7 +546,7 @@ def run(args: argparse.Namespace) -> dict:
         "elapsed_seconds": round(elapsed, 1), "attribution": ATTRIBUTION,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "fidelity.json", json.dumps(result, indent=1, default=_json) + "\n")
+    atomic_write_text(args.out / "fidelity.json", json.dumps(result, indent=1, default=json_default) + "\n")
     from benchmarks.render_results import render_fidelity
 
     written = render_fidelity(args.out / "fidelity.json")
@@ -592,10 +593,8 @@ def _examples(path: Path, src, sdm_e, sdm_b, gm, swap, emaps, bmaps, k: int = 4)
         axes[0, j].set_title(title, fontsize=8)
     fig.suptitle("Validation windows and their renders (yellow: rare nuclei of the map)", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------------- rendering (from the JSON)
@@ -708,7 +707,7 @@ def figures(r: dict, out: Path) -> list[Path]:
     axes[2].set_title("realism, with its controls", fontsize=9)
     axes[2].legend(fontsize=7)
     fig.tight_layout()
-    paths = [_savefig(fig, out / "fidelity.png")]
+    paths = [save_figure(fig, out / "fidelity.png")]
     plt.close(fig)
     mo = r["morphology"]
     classes, feats = mo["classes"], mo["features"]
@@ -727,29 +726,15 @@ def figures(r: dict, out: Path) -> list[Path]:
                     ax.stairs(dens, edges, color=col, label=f"{lab} (n={h['n']})")
             ax.set_title(f"{cls}: {f}", fontsize=8)
             ax.tick_params(labelsize=6)
-            ax.legend(fontsize=5)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=5)
+            else:
+                ax.text(0.5, 0.5, "no nuclei measured", ha="center", va="center", fontsize=7, transform=ax.transAxes)
     fig.suptitle("Nucleus morphology per class, real vs synthetic (density histograms)", fontsize=10)
     fig.tight_layout()
-    paths.append(_savefig(fig, out / "morphology.png"))
+    paths.append(save_figure(fig, out / "morphology.png"))
     plt.close(fig)
     return paths
-
-
-def _savefig(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
-    return path
-
-
-def _json(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report_io import save_figure  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = {"ablation": ROOT / "benchmarks/results/consep/ablation/ablation.json",
              "fidelity": ROOT / "benchmarks/results/consep/fidelity.json"}
@@ -217,7 +219,7 @@ def ablation_figures(r: dict[str, Any], out: Path) -> list[Path]:
     ax.set_title(f"{r['dataset']}: {rare} AP on ground-truth nuclei, paired with the baseline", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    paths.append(_save(fig, out / "rare_ap.png"))
+    paths.append(save_figure(fig, out / "rare_ap.png"))
     plt.close(fig)
     type_ids, names = r["type_ids"], r["class_names"]
     fig, ax = plt.subplots(figsize=(1.6 + 1.7 * len(type_ids), 3.6))
@@ -235,16 +237,9 @@ def ablation_figures(r: dict[str, Any], out: Path) -> list[Path]:
     ax.set_title(f"{r['dataset']}: per-type F1 on {r['eval']['n_tiles']} whole evaluation tiles", fontsize=9)
     ax.legend(fontsize=7, ncol=min(4, len(arms)))
     fig.tight_layout()
-    paths.append(_save(fig, out / "f1_per_type.png"))
+    paths.append(save_figure(fig, out / "f1_per_type.png"))
     plt.close(fig)
     return paths
-
-
-def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-    return path
 
 
 def render_ablation(json_path: Path, page: Path | None = None, figures: bool = True) -> list[Path]:

@@ -17,17 +17,24 @@ def base():
     return NucleiDataset.from_samples([ds[i] for i in range(len(ds))], ds.info)
 
 
-def _store(tmp_path, base, n, name, shift=0):
+def _classes(base):
+    from diffmix_aug.class_table import ClassTable
+
+    return ClassTable(base.info.num_classes, tuple(base.info.rare_classes), tuple(base.info.class_names))
+
+
+def _store(tmp_path, base, n, name, mode="balance", shift=0):
     items = [base[(i + shift) % len(base)] for i in range(n)]
     imgs = np.stack([255 - s.image for s in items])  # recognisable: no real patch has these pixels
     inst = np.stack([s.inst_map for s in items])
     typ = np.stack([s.type_map for s in items])
-    return write_store(tmp_path / name, imgs, inst, typ, [{"k": i} for i in range(n)]), imgs, inst
+    return (write_store(tmp_path / name, imgs, inst, typ, [{"k": i} for i in range(n)], mode=mode,
+                        classes=_classes(base)), imgs, inst)
 
 
 def test_decisions_are_diffmix_datasets(tmp_path, base):
-    (tmp_path / "empty").mkdir()
-    ds = open_store_dataset(base, tmp_path / "empty", arm="diffmix-e", ratio=0.3, seed=4, max_reuse=1, capacity=1)
+    store, _, _ = _store(tmp_path, base, 1, "e", mode="enlarge")
+    ds = open_store_dataset(base, store, arm="diffmix-e", ratio=0.3, seed=4, max_reuse=1, capacity=1)
     try:
         for e in range(3):
             for i in range(len(base)):
@@ -52,6 +59,8 @@ def test_synthetic_arm_serves_the_store_through_the_dataset(tmp_path, base):
     assert ex["dataset"]["synthetic_served"] == ex["dataset"]["synthetic_asked"] == st.extra.sum()
     assert ex["dataset"]["pool_serves_max"] <= st.max_reuse
     assert ex["dataset"]["source"].startswith("DiffMixDataset(base, None")
+    with pytest.raises(ValueError, match="another configuration"):  # the store's mode is checked
+        ArmStream("diffmix-e", base, seed=1, iterations=1, batch_size=1, ratio=0.5, store=store, store_size=4)
 
 
 def test_gradmix_and_diffmix_b_replay_the_same_maps(tmp_path, base):

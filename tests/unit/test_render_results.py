@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from benchmarks.render_results import COMMITTED, PAGE, ROOT, ablation_markdown, fidelity_markdown, results_page
+from benchmarks.render_results import (
+    COMMITTED,
+    PAGE,
+    ROOT,
+    ablation_markdown,
+    fidelity_markdown,
+    results_page,
+)
 
 
 @pytest.mark.parametrize("kind", sorted(COMMITTED))
