@@ -6,6 +6,7 @@ expected, what was received and, where one exists, the fix (MONAI / diffusers st
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,8 +33,20 @@ def describe(value: Any) -> str:
             return f"Tensor(shape={tuple(value.shape)}, dtype={value.dtype}, device={value.device})"
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
-    text = repr(value)
+    # reprlib bounds the work (items per container, depth), not only the text: a value expanded
+    # from nested references (a YAML alias bomb) is never walked in full
+    text = _REPR.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _bounded_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 3, 60, 60
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 8
+    return r
+
+
+_REPR = _bounded_repr()
 
 
 def check_array(

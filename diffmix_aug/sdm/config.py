@@ -136,15 +136,14 @@ class SDMConfig:
 
 
 def load_sdm_config(path: str | os.PathLike[str]) -> SDMConfig:
-    """Read an :class:`SDMConfig` from a YAML or JSON file (``yaml.safe_load``).
+    """Read an :class:`SDMConfig` from a YAML or JSON file (:func:`~diffmix_aug._yaml.load_yaml`).
 
     The file holds either the config mapping itself or ``{"preset": name, ...overrides}``; in the
     latter case the preset is expanded with :func:`~diffmix_aug.sdm.presets.preset_config`.
     """
-    import yaml
+    from .._yaml import load_yaml
 
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    data = load_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{os.fspath(path)}: expected a mapping of SDM config keys, got {type(data).__name__}")
     if "preset" in data:

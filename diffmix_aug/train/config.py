@@ -300,11 +300,11 @@ def _out_dir(value: Any) -> str:
 
 
 def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
-    """Read a :class:`TrainConfig` from YAML (``yaml.safe_load``); errors name the file."""
-    import yaml
+    """Read a :class:`TrainConfig` from YAML (:func:`~diffmix_aug._yaml.load_yaml`: safe, no aliases);
+    errors name the file."""
+    from .._yaml import load_yaml
 
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    data = load_yaml(path)
     try:
         return TrainConfig.from_dict(data)
     except (TypeError, ValueError) as exc:
