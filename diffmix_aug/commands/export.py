@@ -34,8 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cut HoVer-Net windows of this side (HoVer-Net: 540 for CoNSeP); default: whole items")
     parser.add_argument("--step", type=int, default=None, help="window step (HoVer-Net: 164); default: --patch-size")
     parser.add_argument("--mode", choices=("mirror", "valid"), default="mirror", help="window mode at the border")
-    parser.add_argument("--no-merge", action="store_true",
-                        help="CoNSeP/GLySAC: keep the raw classes (default merges them, CoNSeP 7 -> 4)")
+    parser.add_argument("--merge", choices=("auto", "yes", "no"), default="auto",
+                        help="CoNSeP/GLySAC: merge raw classes (CoNSeP 7 -> 4); auto (default) merges only when the "
+                             "labels hold a raw type id, so folders merged already are read as they are")
+    parser.add_argument("--no-merge", action="store_const", const="no", dest="merge", help="same as --merge no")
     parser.add_argument("--downsample", type=int, default=1, help="reduce resolution by this integer factor first")
     parser.add_argument("--num", type=int, default=64, help="toy: number of patches")
     parser.add_argument("--size", type=int, default=256, help="toy: patch side")
@@ -61,7 +63,8 @@ def build_dataset(args: argparse.Namespace):
         if not args.input.exists():
             raise FileNotFoundError(f"--input {str(args.input)!r} does not exist")
         if name in ("consep", "glysac"):
-            ds = NucleiDataset.from_consep_dir(args.input, name, merge=not args.no_merge)
+            ds = NucleiDataset.from_consep_dir(args.input, name, merge={"auto": "auto", "yes": True, "no": False}[
+                getattr(args, "merge", "auto")])
         elif name == "hovernet_npy":
             ds = NucleiDataset.from_hovernet_npy_dir(args.input, get_dataset_info("consep"))
         else:
@@ -90,6 +93,7 @@ def _names(ds, prefix: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from ..data.dataset_card import write_dataset_card
     from ..data.readers import write_hovernet_npy
 
     out = args.out
@@ -115,5 +119,14 @@ def run(args: argparse.Namespace) -> int:
         counts = c if counts is None else counts + c
     shape = tuple(ds[0].shape) if len(ds) else None
     per_class = {n: int(v) for n, v in zip(ds.info.class_names[1:], counts[1:])} if counts is not None else {}
-    print(f"wrote {len(ds)} HoVer-Net patches {shape} to {out}; nuclei per class: {per_class}")
+    write_dataset_card(out, ds.info, per_class, len(ds))
+    print(f"wrote {len(ds)} HoVer-Net patches {shape} to {out}; nuclei per class: {per_class}; "
+          f"resolution: {_mpp_text(ds.info.mpp)}")
+    empty = [n for n, v in per_class.items() if v == 0]
+    if empty:
+        print(f"note: no nucleus of class {empty} was exported; check --merge and the source labels")
     return 0
+
+
+def _mpp_text(mpp: float | None) -> str:
+    return "unknown" if mpp is None else f"{mpp:g} um/px"

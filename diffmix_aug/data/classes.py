@@ -14,7 +14,7 @@ In every merged table, class 1 is the rare class that balancing targets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +33,10 @@ class DatasetInfo:
         colors: RGB uint8 triples indexed by class id (background black).
         merge_table: Raw id -> merged id, or None when the raw ids are used as they are.
         rare_classes: Ids that balancing pastes in (the minority classes).
+        mpp: Microns per pixel of the images as read (CoNSeP 0.25 at 40x; 0.5 after
+            ``downsampled(2)``), or None where unknown (the procedural toy set). An SDM records the
+            ``mpp`` it was trained at, and :class:`~diffmix_aug.dataset.DiffMixDataset` refuses a
+            base of another resolution.
     """
 
     name: str
@@ -40,6 +44,7 @@ class DatasetInfo:
     colors: tuple[tuple[int, int, int], ...]
     merge_table: dict[int, int] | None = None
     rare_classes: tuple[int, ...] = (1,)
+    mpp: float | None = None
     notes: str = field(default="", compare=False)
 
     @property
@@ -52,6 +57,10 @@ class DatasetInfo:
         if self.merge_table is None:
             return np.asarray(type_map, dtype=np.int32)
         return merge_classes(type_map, self.merge_table)
+
+    def scaled(self, factor: int) -> DatasetInfo:
+        """This table for images reduced ``factor`` times (``mpp`` multiplied; classes unchanged)."""
+        return self if factor == 1 or self.mpp is None else replace(self, mpp=self.mpp * factor)
 
     def palette(self) -> np.ndarray:
         """``uint8 [num_classes, 3]`` colour table."""
@@ -98,12 +107,14 @@ DATASETS: dict[str, DatasetInfo] = {
         ("background", "miscellaneous", "inflammatory", "epithelial", "spindle"),
         (_BLACK, _CYAN, _RED, _BLUE, _GREEN),  # colours of the HoVer-Net README
         {1: 1, 2: 2, 3: 3, 4: 3, 5: 4, 6: 4, 7: 4},
+        mpp=0.25,  # 40x
     ),
     "glysac": DatasetInfo(
         "glysac",
         ("background", "miscellaneous", "epithelial", "lymphocyte"),
         (_BLACK, _CYAN, _BLUE, _RED),
         {1: 1, 2: 1, 9: 1, 10: 1, 4: 2, 5: 2, 6: 2, 7: 2, 3: 3, 8: 3},
+        mpp=0.25,  # 40x
         notes="SONNET names merged 2 lymphocyte and 3 epithelial; DiffMix's code the other way round.",
     ),
     "pannuke": DatasetInfo(
@@ -112,6 +123,7 @@ DATASETS: dict[str, DatasetInfo] = {
         (_BLACK, (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 165, 0)),
         None,
         rare_classes=(4,),
+        mpp=0.25,  # 40x
     ),
     "conic": DatasetInfo(
         "conic",
@@ -119,6 +131,7 @@ DATASETS: dict[str, DatasetInfo] = {
         (_BLACK, (255, 165, 0), (0, 0, 255), (255, 0, 0), (0, 255, 0), (255, 0, 255), (255, 255, 0)),
         None,
         rare_classes=(1, 5),
+        mpp=0.5,  # Lizard: 20x
     ),
     # The embedded procedural dataset mirrors CoNSeP's merged classes (class 1 is rare).
     "toy": DatasetInfo(

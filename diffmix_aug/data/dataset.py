@@ -298,34 +298,51 @@ class NucleiDataset(torch.utils.data.Dataset):
         return cls(_Generated(fn, check_positive_int("n", n)), info)
 
     @classmethod
-    def from_consep_dir(cls, root: str | Path, dataset: str = "consep", merge: bool = True, *,
+    def from_consep_dir(cls, root: str | Path, dataset: str = "consep", merge: bool | str = "auto", *,
                         patch_size: int | Sequence[int] | None = None, step: int | Sequence[int] | None = None,
                         mode: str = "mirror") -> NucleiDataset:
         """CoNSeP/GLySAC split folder ``root/Images/*.png|tif`` + ``root/Labels/*.mat``.
 
         Args:
             root: e.g. ``CoNSeP/Train``.
-            dataset: ``"consep"`` or ``"glysac"`` (class names and merge table).
-            merge: Merge raw classes (CoNSeP 7 -> 4, GLySAC 10 -> 3). Without merging the
-                dataset's ``info`` keeps merged names, so prefer ``merge=True``.
+            dataset: ``"consep"`` or ``"glysac"`` (class names, merge table, 40x resolution).
+            merge: ``"auto"`` (default): merge raw classes (CoNSeP 7 -> 4, GLySAC 10 -> 3) only when
+                the labels hold a type id above the merged range, so folders merged already
+                (HoVer-Net's patches, ``consep_256``) are read as they are
+                (:func:`~diffmix_aug.data.class_scan.resolve_merge`). True / False force it
+                (True on labels that look merged warns; False on raw labels raises).
             patch_size, step, mode: Optional HoVer-Net tiling (:meth:`tiled`), e.g. 540 / 164.
         """
+        from .class_scan import check_merge_arg, resolve_merge
         from .classes import get_dataset_info
         from .readers import find_consep_pairs
 
         check_choice("dataset", dataset, ("consep", "glysac"))
+        merge = check_merge_arg(merge)
         info = get_dataset_info(dataset)
-        ds = cls(_ConsepTiles(find_consep_pairs(root), info, merge), info)
+        pairs = find_consep_pairs(root)
+        merge = resolve_merge(merge, info, [lab for _, lab in pairs], str(root))
+        ds = cls(_ConsepTiles(pairs, info, merge), info)
         return ds.tiled(patch_size, step, mode) if patch_size is not None else ds
 
     @classmethod
     def from_hovernet_npy_dir(cls, directory: str | Path, info: DatasetInfo, pattern: str = "*.npy", *,
                               patch_size: int | Sequence[int] | None = None,
                               step: int | Sequence[int] | None = None, mode: str = "mirror") -> NucleiDataset:
-        """Every HoVer-Net patch ``.npy`` (``[H, W, 5]``) in ``directory`` matching ``pattern``, sorted."""
+        """Every HoVer-Net patch ``.npy`` (``[H, W, 5]``) in ``directory`` matching ``pattern``, sorted.
+
+        A ``dataset.json`` written by ``diffmix-aug export`` sets the resolution (``info.mpp``) and
+        must list the same classes as ``info``; without one, the patches are taken to be at
+        ``info``'s native resolution (HoVer-Net's ``extract_patches.py`` does not rescale).
+        """
+        from .dataset_card import apply_dataset_card, read_dataset_card
+
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"HoVer-Net patch directory not found: {directory}")
+        if not isinstance(info, DatasetInfo):
+            raise TypeError(f"`info` must be a DatasetInfo (e.g. get_dataset_info('consep')), got {type(info).__name__}")
+        info = apply_dataset_card(info, read_dataset_card(directory), directory)
         paths = sorted(directory.glob(pattern))
         if not paths:
             raise FileNotFoundError(f"no files matching {pattern!r} in {directory}")
@@ -398,9 +415,10 @@ class NucleiDataset(torch.utils.data.Dataset):
 
         Args:
             factor: Integer factor >= 1; 2 turns CoNSeP's 40x (0.25 um/px) into 20x (0.5 um/px).
+                ``info.mpp`` of the result is multiplied by ``factor``.
         """
         factor = check_positive_int("factor", factor)
-        return self if factor == 1 else NucleiDataset(_Downsampled(self._source, factor), self.info)
+        return self if factor == 1 else NucleiDataset(_Downsampled(self._source, factor), self.info.scaled(factor))
 
     def item_names(self) -> list[str] | None:
         """File stems of the items (CoNSeP / HoVer-Net folders and their subsets), else None."""

@@ -76,7 +76,15 @@ def read_image(path: PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    try:
+        image_shape(path)  # the header's size, checked before any pixel is decoded
+    except ValueError as exc:
+        if "pixels" in str(exc):
+            raise
+    try:
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise ValueError(f"{path}: OpenCV could not decode this image ({str(exc).strip().splitlines()[-1]})") from None
     if img is None:
         raise ValueError(f"{path}: OpenCV could not decode this image; expected one of {IMAGE_SUFFIXES}")
     if img.dtype != np.uint8:
@@ -90,12 +98,36 @@ def read_image(path: PathLike) -> np.ndarray:
     raise ValueError(f"{path}: expected 1, 3 or 4 channels, got shape {img.shape}")
 
 
+#: Larger images are refused before decoding (a CoNSeP tile has 1e6 pixels; 11,585 px square fits).
+MAX_IMAGE_PIXELS = 1 << 27
+
+
 def image_shape(path: PathLike) -> tuple[int, int]:
-    """``(H, W)`` of an image file, read from its header only (Pillow)."""
+    """``(H, W)`` of an image file, read from its header only (Pillow).
+
+    Raises:
+        ValueError: unreadable header, or more than :data:`MAX_IMAGE_PIXELS` pixels; naming the file.
+    """
+    import warnings
+
     from PIL import Image
 
-    with Image.open(path) as im:
-        w, h = im.size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{path}: the image header declares more than {MAX_IMAGE_PIXELS} pixels ({exc}); this "
+                         "reader takes tiles, not whole slides: cut the image into tiles first") from None
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # Pillow raises several types for corrupt or unknown files
+        raise ValueError(f"{path}: cannot read the image header ({type(exc).__name__}: {exc})") from None
+    if h * w > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{path}: the image header declares {h} x {w} = {h * w} pixels, more than the "
+                         f"{MAX_IMAGE_PIXELS} this reader decodes; it takes tiles, not whole slides: cut the image "
+                         "into tiles first")
     return h, w
 
 

@@ -161,6 +161,15 @@ class NucleiSample:
         strict: bool = False,
         meta: dict[str, Any] | None = None,
     ) -> None:
+        if num_classes is not None:
+            if isinstance(num_classes, (bool, np.bool_)) or not isinstance(num_classes, (int, np.integer)):
+                raise TypeError(f"`num_classes` must be an int (classes counting the background, e.g. 5 for "
+                                f"CoNSeP) or None, got {describe(num_classes)}")
+            if num_classes < 1:
+                raise ValueError(f"`num_classes` must be >= 1 (classes counting the background), got {num_classes}")
+        if meta is not None and not isinstance(meta, dict):
+            raise TypeError(f"`meta` must be a dict of provenance (e.g. {{'image': path}}) or None, got "
+                            f"{describe(meta)}")
         if not isinstance(image, np.ndarray):
             raise TypeError(f"`image` must be a numpy.ndarray uint8 [H, W, 3], got {type(image).__name__}")
         if image.ndim != 3:
@@ -170,6 +179,8 @@ class NucleiSample:
                              "drop the alpha channel with image[..., :3]")
         if image.shape[-1] != 3:
             raise ValueError(f"`image` must have 3 channels (RGB) in its last axis, got shape {image.shape}")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError(f"`image` must be at least 1 x 1 pixels, got shape {image.shape}")
         if image.dtype != np.uint8:
             hint = " (scale floats in [0, 1] with (image * 255).round().astype(np.uint8))" \
                 if image.dtype.kind == "f" else ""
@@ -180,7 +191,9 @@ class NucleiSample:
             raise ValueError(f"`image`, `inst_map` and `type_map` must share H x W, got image {image.shape[:2]}, "
                              f"inst_map {inst.shape}, type_map {typ.shape}")
         if num_classes is not None and typ.size and typ.max() >= num_classes:
-            raise ValueError(f"`type_map` values must be < num_classes={num_classes}, got maximum {typ.max()}")
+            raise ValueError(f"`type_map` values must be < num_classes={num_classes} (types 1..{num_classes - 1}, "
+                             f"0 = background), got maximum {typ.max()}; check the class table or merge the "
+                             "raw classes first")
         orphan = (typ > 0) & (inst == 0)
         if orphan.any():
             raise ValueError(f"`type_map` has {int(orphan.sum())} typed pixels outside every instance "

@@ -57,6 +57,12 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tenso
                             ) -> None:
     """``model.load_state_dict`` with an error that names ``source`` and every key / shape mismatch."""
     expected = model.state_dict()
+    not_float = [f"{k} ({state[k].dtype})" for k, v in expected.items()
+                 if k in state and v.is_floating_point() and not state[k].is_floating_point()]
+    if not_float:
+        raise ValueError(f"{os.fspath(source)}: {len(not_float)} weight(s) are stored as integers where the network "
+                         f"holds floating-point values, e.g. {not_float[:3]}; expected float16/bfloat16/float32 "
+                         "tensors: the file was not written by export_sdm or was altered, re-export it")
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
@@ -101,9 +107,62 @@ def _config_from_json(text: str, source: Path) -> SDMConfig:
         raise ValueError(f"{source}: invalid SDM config ({exc})") from exc
 
 
+def _data_facts(num_classes: Any, config: SDMConfig, mpp: Any, class_names: Any, source: Path) -> dict[str, Any]:
+    """``num_classes``, ``mpp`` and ``class_names`` of a checkpoint, checked against its config.
+
+    ``num_classes`` counts the background and must equal the network's label channels - 1 (the
+    last channel is the instance-edge map); ``mpp`` is the training images' microns per pixel.
+    """
+    fix = "the metadata contradicts the weights: re-export the checkpoint with diffmix_aug.train.export_sdm"
+    if num_classes in (None, ""):
+        n = config.label_channels - 1
+    else:
+        try:
+            n = int(str(num_classes).strip())
+        except ValueError:
+            raise ValueError(f"{source}: metadata `num_classes` must be an integer, got {num_classes!r}; {fix}") from None
+        if n != config.label_channels - 1:
+            raise ValueError(f"{source}: metadata `num_classes` is {n}, but the network takes {config.label_channels} "
+                             f"label channels, i.e. num_classes = {config.label_channels - 1} (classes counting the "
+                             f"background, plus one edge channel); {fix}")
+    if mpp in (None, ""):
+        mpp = None
+    else:
+        try:
+            mpp = float(mpp)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: metadata `mpp` must be microns per pixel (a number), got {mpp!r}") from None
+        if not (mpp > 0 and mpp < 1e3):
+            raise ValueError(f"{source}: metadata `mpp` must be a positive number of microns per pixel, got {mpp!r}")
+    if class_names in (None, "", []):
+        class_names = None
+    else:
+        if isinstance(class_names, str):
+            try:
+                class_names = json.loads(class_names)
+            except json.JSONDecodeError:
+                raise ValueError(f"{source}: metadata `class_names` is not a JSON list") from None
+        if not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names):
+            raise ValueError(f"{source}: metadata `class_names` must be a list of names, got {class_names!r}")
+        if len(class_names) != n:
+            raise ValueError(f"{source}: metadata lists {len(class_names)} class names {class_names} for "
+                             f"num_classes = {n}; {fix}")
+    return {"num_classes": n, "mpp": mpp, "class_names": class_names}
+
+
 def read_sdm_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``{"config": SDMConfig, "num_classes": int, "dataset": str | None, "step": int | None}`` of a
-    training directory or an export file, without reading the weights."""
+    """What a training directory or an export file says of itself, without reading the weights.
+
+    Returns:
+        ``{"config": SDMConfig, "num_classes": int, "dataset": str | None, "step": int | None,
+        "mpp": float | None, "class_names": list[str] | None, "provenance": dict}``. ``mpp`` (microns
+        per pixel of the training images) and ``class_names`` are None for files made before
+        they were recorded.
+
+    Raises:
+        ValueError: unreadable metadata, or metadata that contradicts the network (``num_classes``
+            against the label channels, class names against ``num_classes``); naming the file.
+    """
     path = Path(path)
     if path.is_dir():
         cfg_path = path / "config.json"
@@ -119,7 +178,8 @@ def read_sdm_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         prov = {k: data[k] for k in PROVENANCE_KEYS if k in data}
         if "train" in data:
             prov["train_config"] = data["train"]
-        return {"config": config, "num_classes": int(data.get("num_classes", config.label_channels - 1)),
+        return {"config": config, **_data_facts(data.get("num_classes"), config, data.get("mpp"),
+                                                 data.get("class_names"), cfg_path),
                 "dataset": data.get("dataset"), "step": data.get("step"), "provenance": prov}
     from safetensors import safe_open
 
@@ -141,7 +201,10 @@ def read_sdm_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             prov = json.loads(meta["provenance"])
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: metadata 'provenance' is not valid JSON ({exc})") from exc
-    return {"config": config, "num_classes": int(meta.get("num_classes", config.label_channels - 1)),
+    if step not in (None, "") and not str(step).strip().isdigit():
+        raise ValueError(f"{path}: metadata `step` must be a non-negative integer, got {step!r}")
+    return {"config": config, **_data_facts(meta.get("num_classes"), config, meta.get("mpp"), meta.get("class_names"),
+                                            path),
             "dataset": meta.get("dataset") or None, "step": int(step) if step not in (None, "") else None,
             "provenance": prov}
 
@@ -170,8 +233,8 @@ def load_sdm(path: str | os.PathLike[str], device: torch.device | str = "cpu", d
 
 
 def export_sdm(source: str | os.PathLike[str] | SDMUNet, out: str | os.PathLike[str], *, use_ema: bool = True,
-               dtype: torch.dtype = torch.float16, num_classes: int | None = None, dataset: str | None = None
-               ) -> Path:
+               dtype: torch.dtype = torch.float16, num_classes: int | None = None, dataset: str | None = None,
+               mpp: float | None = None, class_names: list[str] | None = None) -> Path:
     """Write an inference export (one safetensors file with ``format = "diffmix_aug.sdm/1"``).
 
     Args:
@@ -181,24 +244,32 @@ def export_sdm(source: str | os.PathLike[str] | SDMUNet, out: str | os.PathLike[
         dtype: Stored floating dtype (float16 halves the size; :func:`load_sdm` returns float32).
         num_classes: Default: the training run's, or ``label_channels - 1``.
         dataset: Dataset name stored in the metadata (default: the training run's).
+        mpp: Microns per pixel of the training images (default: the training run's).
+        class_names: Class names, background first (default: the training run's).
+
+    Raises:
+        ValueError: metadata that contradicts the network (checked as :func:`read_sdm_metadata` does).
     """
     step = None
-    provenance: dict[str, Any] = dict(getattr(source, "checkpoint_info", {}).get("provenance", {})) \
-        if isinstance(source, SDMUNet) else {}
+    info: dict[str, Any] = dict(getattr(source, "checkpoint_info", None) or {}) if isinstance(source, SDMUNet) else {}
     if isinstance(source, SDMUNet):
         model = source
     else:
         model = load_sdm(source, use_ema=use_ema)
         info = model.checkpoint_info
-        num_classes = num_classes if num_classes is not None else info["num_classes"]
-        dataset = dataset if dataset is not None else info["dataset"]
         step = info["step"]
-        provenance = dict(info.get("provenance", {}))
+    provenance: dict[str, Any] = dict(info.get("provenance", {}))
+    num_classes = num_classes if num_classes is not None else info.get("num_classes")
+    dataset = dataset if dataset is not None else info.get("dataset")
+    mpp = mpp if mpp is not None else info.get("mpp")
+    class_names = class_names if class_names is not None else info.get("class_names")
     provenance["exported_weights"] = "ema" if use_ema and not isinstance(source, SDMUNet) else "model"
-    num_classes = num_classes if num_classes is not None else model.label_channels - 1
+    facts = _data_facts(num_classes, model.config, mpp, class_names, Path(out))
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    metadata = {"format": EXPORT_FORMAT, "config": model.config.to_json(), "num_classes": str(int(num_classes)),
+    metadata = {"format": EXPORT_FORMAT, "config": model.config.to_json(), "num_classes": str(facts["num_classes"]),
                 "dataset": dataset or "", "step": "" if step is None else str(int(step)),
+                "mpp": "" if facts["mpp"] is None else repr(facts["mpp"]),
+                "class_names": "" if facts["class_names"] is None else json.dumps(facts["class_names"]),
                 "provenance": json.dumps(provenance, sort_keys=True)}
     write_safetensors(out, state, metadata)
     return Path(out)

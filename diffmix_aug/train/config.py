@@ -97,8 +97,9 @@ class DataConfig:
         augment: Use the 6 rotation / flip variants of the reference (each image appears 6x per epoch).
         seed: Toy-dataset seed.
         num_workers: DataLoader workers.
-        merge: ``consep`` / ``glysac``: merge the raw classes (CoNSeP 7 -> 4). False for folders whose
-            labels are merged already (``consep_256``).
+        merge: ``consep`` / ``glysac``: ``auto`` (default) merges the raw classes (CoNSeP 7 -> 4) only
+            when the labels hold a raw type id; ``true`` / ``false`` force it (see
+            :func:`~diffmix_aug.data.class_scan.resolve_merge`).
         downsample: Integer factor the images and maps are reduced by before cropping (2: CoNSeP's
             40x, 0.25 um/px, becomes 20x, 0.5 um/px, as in Lizard).
         holdout_tiles: Tiles left out of training (whole tiles, by number or name; see
@@ -113,13 +114,19 @@ class DataConfig:
     augment: bool = True
     seed: int = 0
     num_workers: int = 0
-    merge: bool = True
+    merge: bool | str = "auto"
     downsample: int = 1
     holdout_tiles: tuple = ()
 
     def __post_init__(self) -> None:
         check_choice("data.dataset", self.dataset, DATASETS)
-        _check_bool("data.merge", self.merge)
+        from ..data.class_scan import check_merge_arg
+
+        try:
+            object.__setattr__(self, "merge", check_merge_arg(self.merge))
+        except ValueError:
+            raise ValueError(f"`data.merge` must be auto, true or false, got {self.merge!r}; auto merges raw "
+                             "classes only when the labels hold a raw type id") from None
         check_positive_int("data.downsample", self.downsample)
         if self.holdout_tiles is None:
             object.__setattr__(self, "holdout_tiles", ())

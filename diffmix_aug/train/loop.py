@@ -179,8 +179,11 @@ def _train(config: TrainConfig, out: Path, resume: bool, max_steps: int | None, 
     amp_dtype, use_scaler = _amp_settings(tc.amp, device)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     gen = torch.Generator(device=device).manual_seed(tc.seed * 1000003 + rank)
+    data_info = getattr(dataset, "info", None)
     run_config = {"sdm": model.config.to_dict(), "train": config.to_dict(), "num_classes": num_classes,
-                  "dataset": getattr(getattr(dataset, "info", None), "name", dc.dataset),
+                  "dataset": getattr(data_info, "name", dc.dataset),
+                  "mpp": getattr(data_info, "mpp", None),
+                  "class_names": list(data_info.class_names) if data_info is not None else None,
                   "data_hash": data_fingerprint(dataset), "num_items": len(dataset),
                   "package_version": _package_version(), "git_commit": _git_commit()}
 

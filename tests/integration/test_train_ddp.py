@@ -145,7 +145,10 @@ def test_ddp_two_ranks_sync_weights_split_data_rank0_writes(tmp_path):
         assert torch.equal(saved[k], v.float()), k
     for k, v in ranks[0]["ema"].items():
         assert torch.equal(saved_ema[k], v.float()), k
-    assert json.loads((out / "config.json").read_text())["step"] == STEPS
+    run_config = json.loads((out / "config.json").read_text())
+    assert run_config["step"] == STEPS
+    # the toy set has no physical resolution; its class table travels to every export
+    assert run_config["mpp"] is None and run_config["class_names"][1] == "miscellaneous"
     state = torch.load(out / "train_state.pt", weights_only=True)
     assert state["step"] == STEPS
     rng = state["rng"]  # every rank's generator gathered, so each rank can resume its own stream
