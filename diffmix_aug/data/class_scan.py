@@ -4,7 +4,8 @@ HoVer-Net's exported patches, ``consep_256`` and many shared copies of CoNSeP ar
 (7 -> 4); merging them again silently turns every spindle nucleus (4) into epithelial (3). So the
 readers default to ``merge="auto"``: the type ids of every label file are scanned once (the small
 ``inst_type`` table where the file has one) and the raw table is applied only when an id above
-the merged range is present. An explicit ``merge=True`` on labels that look merged warns.
+the merged range is present. An explicit ``merge=True`` on labels that look merged warns, and so does
+``merge=False`` on raw labels (their ids have no names in the merged table).
 """
 
 from __future__ import annotations
@@ -118,8 +119,10 @@ def resolve_merge(merge: Any, info: DatasetInfo, label_paths: Sequence[str | Pat
                       f"({info.name}: {_remaps(info)}). Pass merge='auto' (the default) or merge=False.",
                       UserWarning, stacklevel=3)
     if merge is False and raw:
-        raise ValueError(f"merge=False but {where or 'the labels'} hold type id {top}, above the merged range "
-                         f"1..{merged_max} of {info.name!r}: these are raw classes; pass merge='auto' or True")
+        warnings.warn(f"merge=False keeps raw type ids up to {top} in {where or 'the labels'}, but the class table "
+                      f"of {info.name!r} names only 1..{merged_max} ({', '.join(names[1:])}): names, counts and "
+                      "num_classes of this dataset do not describe these ids. Pass merge='auto' (the default) to "
+                      "merge them.", UserWarning, stacklevel=3)
     return bool(decision)
 
 

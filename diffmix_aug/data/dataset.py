@@ -310,7 +310,7 @@ class NucleiDataset(torch.utils.data.Dataset):
                 the labels hold a type id above the merged range, so folders merged already
                 (HoVer-Net's patches, ``consep_256``) are read as they are
                 (:func:`~diffmix_aug.data.class_scan.resolve_merge`). True / False force it
-                (True on labels that look merged warns; False on raw labels raises).
+                (True on labels that look merged warns; so does False on raw labels).
             patch_size, step, mode: Optional HoVer-Net tiling (:meth:`tiled`), e.g. 540 / 164.
         """
         from .class_scan import check_merge_arg, resolve_merge

@@ -185,8 +185,9 @@ def test_export_consep_layout_and_toy_to_hovernet(tmp_path, capsys):
         (src / "Images" / f"patch{k}.png").write_bytes((data / f"patch{k}.png").read_bytes())
         (src / "Labels" / f"patch{k}.mat").write_bytes((data / f"patch{k}.mat").read_bytes())
     out2 = tmp_path / "win"
-    assert main(["export", "--dataset", "consep", "--input", str(src), "--no-merge", "--patch-size", "128",
-                 "--step", "128", "--out", str(out2), "--no-progress"]) == 0
+    with pytest.warns(UserWarning, match="merge=False keeps raw type ids"):  # raw ids kept, as asked
+        assert main(["export", "--dataset", "consep", "--input", str(src), "--no-merge", "--patch-size", "128",
+                     "--step", "128", "--out", str(out2), "--no-progress"]) == 0
     got = sorted(p.name for p in out2.glob("*.npy"))
     assert got[:2] == ["patch1_000.npy", "patch1_001.npy"] and len(got) == 8
     s = read_hovernet_npy(out2 / "patch1_000.npy")

@@ -56,13 +56,14 @@ def test_default_arguments_read_merged_and_raw_folders_right(tmp_path, with_inst
         assert got.tolist() == merged_counts.tolist(), name
 
 
-def test_explicit_merge_on_merged_labels_warns_and_false_on_raw_raises(tmp_path):
+def test_explicit_merge_on_merged_labels_and_no_merge_on_raw_labels_warn(tmp_path):
     _write_folder(tmp_path / "merged", raw=False)
     _write_folder(tmp_path / "raw", raw=True)
     with pytest.warns(UserWarning, match=r"look merged already.*4 -> 3.*merge='auto'"):
         NucleiDataset.from_consep_dir(tmp_path / "merged", merge=True)
-    with pytest.raises(ValueError, match=r"merge=False but .*raw.* hold type id [5-7].*merge='auto'"):
-        NucleiDataset.from_consep_dir(tmp_path / "raw", merge=False)
+    with pytest.warns(UserWarning, match=r"merge=False keeps raw type ids up to [5-7] .*names only 1..4.*'auto'"):
+        ds = NucleiDataset.from_consep_dir(tmp_path / "raw", merge=False)
+    assert ds[0].type_map.max() > 4  # kept raw, as asked
     with pytest.raises(ValueError, match="`merge` must be 'auto', True or False, got 'yes'"):
         NucleiDataset.from_consep_dir(tmp_path / "raw", merge="yes")
 
