@@ -1,8 +1,9 @@
 """``diffmix-aug`` command line: demo | train-sdm | synthesize | export.
 
 A user error (a missing file, bad YAML, a bad value: ``FileNotFoundError``, ``ValueError``,
-``TypeError``, ``yaml.YAMLError``) is printed as one line on stderr with exit code 2; ``--debug``
-shows the traceback instead. Torch is imported only when a command runs, not for ``--help``.
+``TypeError``, ``yaml.YAMLError``) is printed as one line on stderr with exit code 2; Ctrl-C exits 130
+with one line (``train-sdm`` first saves a checkpoint and says how to resume); ``--debug`` shows the
+traceback instead. Torch is imported only when a command runs, not for ``--help``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffmix-aug",
                                      description="DiffMix nuclei synthesis: demo, SDM training, offline synthesis, HoVer-Net export.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -31,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("diffmix_aug")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -46,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"diffmix-aug: {args.command} interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except Exception as exc:  # noqa: BLE001 - user errors become one line, others keep their traceback
         if args.debug or not isinstance(exc, _user_errors()):
             raise

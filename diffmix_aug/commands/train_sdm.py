@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from . import require_config
@@ -49,9 +50,21 @@ def run(args: argparse.Namespace) -> int:
         config = config.replace(train=train_over)
     if args.data_root is not None:
         config = config.replace(data={"data_root": args.data_root})
-    result = train_sdm(config, out_dir=args.out, resume=args.resume, max_steps=args.steps,
-                       progress=not args.no_progress)
+    try:
+        result = train_sdm(config, out_dir=args.out, resume=args.resume, max_steps=args.steps,
+                           progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("train-sdm: interrupted before a checkpoint could be saved (a second Ctrl-C, or before the first "
+              "step); nothing new was written", file=sys.stderr, flush=True)
+        return 130
     rank = dist.get_rank() if dist.is_initialized() else 0
+    if result.interrupted:
+        if rank == 0:
+            again = f"diffmix-aug train-sdm --config {args.config} --resume" + \
+                (f" --out {args.out}" if args.out is not None else "")
+            print(f"train-sdm: interrupted at step {result.step}; checkpoint saved in {result.out_dir}. "
+                  f"Resume with: {again}", file=sys.stderr, flush=True)
+        return 130
     if rank == 0:
         summary = {"out_dir": str(result.out_dir), "step": result.step, "wall_s": round(result.wall_s, 1)}
         if result.losses:

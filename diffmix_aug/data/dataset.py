@@ -424,9 +424,17 @@ class NucleiDataset(torch.utils.data.Dataset):
         """File stems of the items (CoNSeP / HoVer-Net folders and their subsets), else None."""
         return _source_names(self._source)
 
-    def materialised(self) -> NucleiDataset:
-        """Every item read once into memory (for small datasets re-read many times, e.g. SDM training)."""
-        return NucleiDataset(_SampleList([self[i] for i in range(len(self))], self.item_names()), self.info)
+    def materialised(self, progress: bool = False, desc: str = "read data") -> NucleiDataset:
+        """Every item read once into memory (for small datasets re-read many times, e.g. SDM training).
+
+        Args:
+            progress: Show a progress bar (tqdm) while the items are read.
+            desc: The bar's label.
+        """
+        from tqdm.auto import tqdm
+
+        items = [self[i] for i in tqdm(range(len(self)), desc=desc, unit="item", disable=not progress)]
+        return NucleiDataset(_SampleList(items, self.item_names()), self.info)
 
     # ------------------------------------------------------------------ protocol
     @property

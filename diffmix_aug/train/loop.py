@@ -13,6 +13,8 @@ import copy
 import json
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,44 @@ class TrainResult:
     wall_s: float = 0.0
     model: Any = None
     ema: Any = None
+    interrupted: bool = False
+
+
+class _StopRequest:
+    """Ctrl-C (SIGINT) as a request to stop at the next step boundary, where a checkpoint is saved.
+
+    The first SIGINT sets the flag; a second one raises ``KeyboardInterrupt`` at once. Only the main
+    thread can install signal handlers; elsewhere the default behaviour stays. Under DDP every rank
+    stops at the same step (the flags are reduced across ranks each step).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def agreed(self, world: int, device: torch.device) -> bool:
+        """Whether any rank asked to stop (a collective call when ``world > 1``)."""
+        if world == 1:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
 
 
 def _dist_setup(device_pref: str) -> tuple[int, int, torch.device, bool]:
@@ -160,9 +200,12 @@ def _train(config: TrainConfig, out: Path, resume: bool, max_steps: int | None, 
            rank: int, world: int, device: torch.device) -> TrainResult:
     tc, dc = config.train, config.data
     total = tc.total_steps if max_steps is None else min(int(max_steps), tc.total_steps)
+    say = _status(rank == 0 and progress)
     if dataset is None:
+        say(f"train-sdm: reading the {dc.dataset} training data"
+            + (f" from {dc.data_root}" if dc.data_root else "") + " ...")
         # read once: every item is re-read 6x per epoch (toy: generated; folders: decoded + downsampled)
-        dataset = build_dataset(dc).materialised()
+        dataset = build_dataset(dc).materialised(progress=rank == 0 and progress)
     data = SDMTrainData(dataset, dc.crop_size, augment=dc.augment, seed=tc.seed)
     num_classes = data.num_classes
 
@@ -204,6 +247,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, max_steps: int | None, 
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
     bar = None
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"train-sdm: {len(dataset)} training images, {n_params / 1e6:.2f} M parameters on {device}, "
+        f"steps {step}..{total}, checkpoints every {tc.save_interval or 'end'} steps in {out} (Ctrl-C saves one)")
     if rank == 0 and progress:
         from tqdm.auto import tqdm
 
@@ -217,6 +263,38 @@ def _train(config: TrainConfig, out: Path, resume: bool, max_steps: int | None, 
                          "training items; lower the batch size or add images")
     t_start = time.perf_counter()
     model.train()
+    with _StopRequest() as stop:
+        step, log_rows, interrupted = _loop(
+            step, total, data, tc, dc, rank, world, device, net, model, ema, optimizer, scaler, tables, gen,
+            amp_dtype, out, run_config, config, bar, losses, log_rows, stop)
+    wall = time.perf_counter() - t_start
+    if bar is not None:
+        bar.close()
+    if rank == 0 and log_rows:
+        _append_log(out / "log.jsonl", log_rows)
+    _save(out, model, ema, optimizer, scaler, step, gen, run_config, rank, world)
+    if interrupted:
+        return TrainResult(out, step, losses, wall, model, ema, interrupted=True)
+    if rank == 0 and tc.sample_interval:
+        say(f"train-sdm: checkpoint saved at step {step}; writing preview samples ({tc.sample_count} images, "
+            f"{tc.sample_steps} DDIM steps) to {out / 'samples'} ...")
+        _sample_grid(out, ema, tables, data, tc, step, config.diffusion.beta_schedule)
+    return TrainResult(out, step, losses, wall, model, ema)
+
+
+def _status(enabled: bool):
+    """A one-line status printer (progress before and after the bar), or a no-op."""
+    def say(text: str) -> None:
+        if enabled:
+            print(text, flush=True)
+    return say
+
+
+def _loop(step, total, data, tc, dc, rank, world, device, net, model, ema, optimizer, scaler, tables, gen, amp_dtype,
+          out, run_config, config, bar, losses, log_rows, stop) -> tuple[int, list, bool]:
+    """The training steps from ``step`` to ``total``; returns ``(step, unwritten log rows, interrupted)``."""
+    per_epoch = len(epoch_indices(len(data), 0, tc.seed, rank=rank, world_size=world, batch_size=tc.batch_size))
+    batches_per_epoch = per_epoch // tc.batch_size
     while step < total:
         epoch, offset = divmod(step, batches_per_epoch)
         data.set_epoch(epoch)
@@ -224,7 +302,16 @@ def _train(config: TrainConfig, out: Path, resume: bool, max_steps: int | None, 
         loader = torch.utils.data.DataLoader(data, batch_size=tc.batch_size, sampler=indices[offset * tc.batch_size:],
                                              num_workers=dc.num_workers, drop_last=True,
                                              pin_memory=device.type == "cuda")
-        for x, y in loader:
+        batches = iter(loader)
+        while True:
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                break
+            except RuntimeError:
+                if stop.requested:  # Ctrl-C reached the DataLoader workers too, and they exited
+                    return step, log_rows, True
+                raise
             if step >= total:
                 break
             stage = tc.stage_at(step)
@@ -261,17 +348,11 @@ def _train(config: TrainConfig, out: Path, resume: bool, max_steps: int | None, 
                 _save(out, model, ema, optimizer, scaler, step, gen, run_config, rank, world)
             if rank == 0 and tc.sample_interval and step % tc.sample_interval == 0 and step < total:
                 _sample_grid(out, ema, tables, data, tc, step, config.diffusion.beta_schedule)
+            if stop.agreed(world, device) and step < total:
+                return step, log_rows, True
             if step >= total:
                 break  # before the loader fetches a batch that would not be trained on
-    wall = time.perf_counter() - t_start
-    if bar is not None:
-        bar.close()
-    if rank == 0 and log_rows:
-        _append_log(out / "log.jsonl", log_rows)
-    _save(out, model, ema, optimizer, scaler, step, gen, run_config, rank, world)
-    if rank == 0 and tc.sample_interval:
-        _sample_grid(out, ema, tables, data, tc, step, config.diffusion.beta_schedule)
-    return TrainResult(out, step, losses, wall, model, ema)
+    return step, log_rows, False
 
 
 def _backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any, model: torch.nn.Module,

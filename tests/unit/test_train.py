@@ -252,3 +252,44 @@ def test_ema_warmup_ramps_the_decay_and_forgets_the_initial_weights():
         TrainConfig.from_dict({"train": {"ema_warmup": "yes"}})
     assert load_train_config("diffmix_aug/configs/sdm_paper_consep.yaml").train.ema_warmup is False
     assert load_train_config("diffmix_aug/configs/sdm_tiny.yaml").train.ema_warmup is True
+
+
+def test_ctrl_c_saves_a_checkpoint_exits_130_and_says_how_to_resume(tmp_path):
+    """SIGINT mid-run: the loop stops at the next step boundary, saves, exits 130 with a resume line;
+    the resumed run continues from that step. Every wait is bounded."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    cfg = _config(((100000, 1e-3, 0.0),), batch=2, n_images=2, save_interval=0).to_dict()
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "diffmix_aug.cli", "train-sdm", "--config", str(path), "--out",
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        log = out / "log.jsonl"
+        while not (log.is_file() and log.read_text().count("\n") >= 2):  # two steps done: the handler is in
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no training step in 300 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert "train-sdm: reading the toy training data" in stdout  # progress before the bar
+    assert "checkpoint saved in" in stderr and f"--config {path} --resume --out {out}" in stderr
+    assert "Traceback" not in stderr
+    step = json.loads((out / "config.json").read_text())["step"]
+    assert step >= 2
+    result = train_sdm(TrainConfig.from_dict(cfg), out_dir=out, resume=True, max_steps=step + 1, progress=False)
+    assert result.step == step + 1 and not result.interrupted
