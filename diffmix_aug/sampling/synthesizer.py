@@ -102,7 +102,8 @@ class Synthesizer:
         """Load an SDM (inference export or training directory, via :func:`diffmix_aug.sdm.load_sdm`).
 
         Args:
-            path: ``.safetensors`` export or training directory.
+            path: ``.safetensors`` export, training directory, or a shipped name (``"consep-20x"``,
+                ``"toy"``; see :mod:`~diffmix_aug.sdm.registry`).
             device: Default CUDA when available, else CPU.
             precision: Default ``"fp32"`` (the highest-precision path; pass ``"fp16"`` on a GPU for speed).
             cuda_graph: See the class.
@@ -112,13 +113,14 @@ class Synthesizer:
                 preset (``steps``, ``t_start``, ``solver``, ``guidance_scale``, ...).
         """
         from ..sdm.checkpoint import load_sdm
+        from ..sdm.registry import resolve_checkpoint
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_sdm(path, device=device)  # raises ValueError naming the file on NaN / inf weights
         synth = cls(model, make_sampler(sampler, **sampler_kwargs), device=device, precision=precision or "fp32",
                     cuda_graph=cuda_graph)
-        synth.checkpoint = os.fspath(path)
+        synth.checkpoint = os.fspath(resolve_checkpoint(path))
         return synth
 
     checkpoint: str | None = None  # the file or directory ``from_checkpoint`` loaded, for error messages

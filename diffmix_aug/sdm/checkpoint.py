@@ -19,6 +19,7 @@ import torch
 
 from .._io import atomic_write_bytes
 from .config import SDMConfig
+from .registry import resolve_checkpoint
 from .unet import SDMUNet
 
 __all__ = ["EXPORT_FORMAT", "check_finite_state", "export_sdm", "load_sdm", "load_state_dict_checked", "read_safetensors",
@@ -163,7 +164,7 @@ def read_sdm_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         ValueError: unreadable metadata, or metadata that contradicts the network (``num_classes``
             against the label channels, class names against ``num_classes``); naming the file.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if path.is_dir():
         cfg_path = path / "config.json"
         if not cfg_path.is_file():
@@ -211,10 +212,11 @@ def read_sdm_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_sdm(path: str | os.PathLike[str], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
              *, use_ema: bool = True) -> SDMUNet:
-    """Load an SDM from a training directory (EMA weights by default) or an export file.
+    """Load an SDM from a training directory (EMA weights by default), an export file or a shipped name.
 
     Args:
-        path: Training directory or ``.safetensors`` export.
+        path: Training directory, ``.safetensors`` export, or the name of a checkpoint shipped with the
+            package (``"consep-20x"``, ``"toy"``: :mod:`~diffmix_aug.sdm.registry`).
         device: Target device.
         dtype: Parameter dtype (float32 unless told otherwise, whatever the file stores).
         use_ema: Training directory only: load ``ema.safetensors`` (else ``model.safetensors``).
@@ -222,7 +224,7 @@ def load_sdm(path: str | os.PathLike[str], device: torch.device | str = "cpu", d
     Returns:
         The model in eval mode, with ``model.checkpoint_info`` = :func:`read_sdm_metadata`'s dict.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     info = read_sdm_metadata(path)
     weights = (path / ("ema.safetensors" if use_ema else "model.safetensors")) if path.is_dir() else path
     state, _ = read_safetensors(weights)
