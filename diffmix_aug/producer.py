@@ -49,7 +49,6 @@ __all__ = ["PRODUCER_NICE", "Producer", "ProducerError", "derive_seed", "preload
 #: nice value of a CPU producer thread (weight 110 against 1024 for the training loop's nice-0 threads)
 PRODUCER_NICE = 10
 _LOADER_STREAMS = 1 << 40  # job lists of the label workers: streams apart from the in-thread batch keys
-_EXIT_JOIN_S = 15.0  # seconds a finaliser waits for a thread still inside a denoising step
 #: modules the producer thread may import lazily; imported by :func:`preload_imports` first
 _HEAVY_MODULES = ("cv2", "scipy.ndimage", "safetensors", "tqdm")
 
@@ -112,9 +111,8 @@ class Producer:
         device = getattr(generator.synthesizer, "device", None)
         if device is not None and torch.device(device).type == "cuda":
             self._stream = torch.cuda.Stream(device=torch.device(device))
-        self._box: list[Any] = []  # the thread and the label loader, for the finaliser (never the producer)
-        _LIVE[self._stop] = cache
-        self._finalizer = weakref.finalize(self, _shutdown, self._stop, cache, self._box)
+        self._box: list[Any] = []  # the label loader's iterator (its workers are shut down by close())
+        _LIVE.add(self)  # weakly: the thread's own reference keeps a running producer in the set
         if not _ATEXIT:  # before the interpreter joins the (non-daemon) producer threads
             register = getattr(threading, "_register_atexit", atexit.register)
             _ATEXIT.append(register(_stop_all))
@@ -207,7 +205,6 @@ class Producer:
             self._box.append(self._maps_iter)
         # not a daemon: the interpreter joins it at exit (after _stop_all), never tears down under it
         self._thread = threading.Thread(target=self._run, name="diffmix-producer", daemon=False)
-        self._box.append(self._thread)
         self._thread.start()
         return self
 
@@ -285,9 +282,6 @@ class Producer:
         _shutdown_loaders(self._box)
         if self._write_lock.acquire(timeout=max(0.05, deadline - time.monotonic())):
             self._write_lock.release()
-        if not self.alive:
-            self._finalizer.detach()
-        # else the finaliser stays: interpreter exit joins the thread once more
         return not self.alive
 
     def __enter__(self) -> Producer:
@@ -322,37 +316,23 @@ def lower_thread_priority(nice: int = PRODUCER_NICE) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, min(19, nice))
 
 
-#: stop event -> cache of every live producer: at interpreter exit all are set before any join
+#: every live producer (weakly): at interpreter exit all are told to stop before any is joined
 #: (producers sharing one synthesizer wait on each other's synthesis lock)
-_LIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_ATEXIT: list = []  # holds the atexit hook once registered (lazily: no import-time side effect)
-
-
-def _shutdown(stop: threading.Event, cache: ReplayCache, box: list) -> None:
-    """Finaliser (garbage collection or interpreter exit): stop and join the thread without
-    referencing the producer."""
-    stop.set()
-    with contextlib.suppress(Exception):  # best effort at interpreter exit
-        cache.release_credit(8)
-    for t in box:
-        if isinstance(t, threading.Thread) and t is not threading.current_thread():
-            t.join(_EXIT_JOIN_S)
-    _shutdown_loaders(box)
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+_ATEXIT: list = []  # holds the exit hook once registered (lazily: no import-time side effect)
 
 
 def _shutdown_loaders(box: list) -> None:
     """Stop the label-map worker processes (idempotent)."""
-    for it in [b for b in box if not isinstance(b, threading.Thread)]:
-        box.remove(it)
+    while box:
+        it = box.pop()
         with contextlib.suppress(Exception):
             it._shutdown_workers()
 
 
 def _stop_all() -> None:
-    """Exit hook (runs before the interpreter joins its threads): ask every live producer to stop and
-    wake a thread waiting for credits."""
-    for stop, cache in list(_LIVE.items()):
-        stop.set()
-        with contextlib.suppress(Exception):
-            cache.release_credit(8)
+    """Exit hook (runs before the interpreter joins its threads): ask every live producer to stop
+    (which also wakes a thread waiting for credits)."""
+    for producer in list(_LIVE):
+        producer.stop()
 
