@@ -115,8 +115,8 @@ def test_spawn_50_fresh_runs_never_hang(tmp_path):
 
 
 def test_two_datasets_share_one_synthesizer():
-    """Two thread producers call one Synthesizer (its lock serialises the calls): both make patches and
-    both close within the bound while the other one synthesises."""
+    """Two thread producers call one Synthesizer (its lock serialises the calls): both make patches,
+    both close within the bound while the other one synthesises, and both threads end."""
     from diffmix_aug import DiffMixDataset, Synthesizer, make_toy_dataset
 
     synth = Synthesizer.from_checkpoint(CKPT, steps=4, t_start=150)  # 4 steps: a fast call
@@ -128,7 +128,8 @@ def test_two_datasets_share_one_synthesizer():
         for ds in (a, b):
             t = time.monotonic()
             ds.close()
-            assert time.monotonic() - t < 2.0 and not ds.producer.alive
+            assert time.monotonic() - t < 2.0  # the bound; the thread ends at its next step boundary
+            assert ds.producer.join(120) and not ds.producer.alive
     finally:
         a.close()
         b.close()
