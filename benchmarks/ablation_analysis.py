@@ -101,8 +101,12 @@ def _nuc_weights(fn, draws_tiles: np.ndarray) -> np.ndarray:
     return np.asarray(fn(np.concatenate([full, draws_tiles.astype(np.float64)])), np.float64)
 
 
+#: head-to-head comparisons reported besides the differences with the baseline (when both arms ran)
+PAIRS = (("diffmix-union", "diffmix-composed"), ("diffmix-b", "gradmix"), ("diffmix-b", "rare-crop"))
+
+
 def analyse(runs: dict[str, dict[int, dict[str, Any]]], *, type_ids: Sequence[int], rare: int, n_boot: int,
-            seed: int = 0, baseline: str = "baseline") -> dict[str, Any]:
+            seed: int = 0, baseline: str = "baseline", pairs: Sequence[tuple[str, str]] = PAIRS) -> dict[str, Any]:
     """Per arm: every endpoint with its hierarchical interval; paired differences with the baseline.
 
     Args:
@@ -112,10 +116,12 @@ def analyse(runs: dict[str, dict[int, dict[str, Any]]], *, type_ids: Sequence[in
         n_boot: Bootstrap resamples.
         seed: Seed of the resamples (the same for every arm).
         baseline: The reference arm of the paired differences.
+        pairs: Head-to-head comparisons ``(a, b)`` (``a - b``, paired per seed), where both arms ran.
 
     Returns:
         ``{"n_boot", "seeds", "arms": {arm: {"metrics": {name: summary}, "vs_baseline": {name: summary +
-        seeds_better}}}, "resolvable": {name: smallest resolvable difference}, "z_resolve"}``.
+        seeds_better}}}, "pairs": {"a vs b": {name: summary}}, "resolvable": {name: smallest resolvable
+        difference}, "z_resolve"}``.
     """
     arms = list(runs)
     seeds = sorted(runs[arms[0]])
@@ -143,5 +149,15 @@ def analyse(runs: dict[str, dict[int, dict[str, Any]]], *, type_ids: Sequence[in
                 row["vs_baseline"][name] = summ
                 ses.setdefault(name, []).append(summ["se"])
         out["arms"][arm] = row
+    out["pairs"] = {}
+    for a, b in pairs:
+        if a in values and b in values:
+            row = {}
+            for name in (PRIMARY, "rare_f1", "accuracy", "pq"):
+                d = values[a][name] - values[b][name]
+                row[name] = summarise_draws(d[:, 1:], d[:, 0], draws)
+                row[name]["seeds_better"] = int(np.sum(d[:, 0] > 0))
+                row[name]["seeds_worse"] = int(np.sum(d[:, 0] < 0))
+            out["pairs"][f"{a} vs {b}"] = row
     out["resolvable"] = {name: resolvable_difference(v) for name, v in ses.items()}
     return out

@@ -16,6 +16,13 @@ and seeds), with what a GPU allows:
    sharing the GPU.
 3. The folds' evaluations are pooled per (arm, seed) (27 tiles) and analysed as one design.
 
+Sizing (an estimate to check on the first lent H100, not a measurement): the downstream runs are
+bound by their CPU-side augmentation (about 3 ms per item), so 14 runs share the GPU at a time, one
+per core: 35 runs per fold of 800 steps x 16 items, about 45 s each, 3 waves, ~2.5 min per fold;
+the fold's SDM (1,500 steps of the CPU SDM's model at batch 64, 64 px) ~1 min; the pool (576 renders
+of 55 guided steps at batch 64, and GradMix on 18 whole tiles x 2 draws) ~0.5 min: ~4 min per fold,
+~11-12 min for three. ``--budget-s`` (690 s) skips a fold that no longer fits, and says so.
+
 Results are written as they come: after every fold, ``gpu_evidence.json`` holds the folds so far
 (``status``), and the per-run cache in ``--work-dir`` lets an interrupted run resume. When the
 remaining ``--budget-s`` cannot hold the next fold (estimated from the last one), it is skipped and
@@ -45,8 +52,8 @@ SDM_CONFIG = ROOT / "diffmix_aug" / "configs" / "sdm_consep_cpu.yaml"
 
 #: GPU scale (one H100) and the dry run's tiny sizes
 SCALES = {
-    "gpu": dict(tiles=tuple(range(1, 28)), sdm_steps=1500, sdm_batch=64, seeds=5, iterations=1000, batch_size=16,
-                crop=64, width=32, depth=3, pool_size=96, render_steps=55, render_batch=64, workers=12,
+    "gpu": dict(tiles=tuple(range(1, 28)), sdm_steps=1500, sdm_batch=64, seeds=5, iterations=800, batch_size=16,
+                crop=64, width=32, depth=3, pool_size=96, render_steps=55, render_batch=64, workers=14,
                 bootstrap=2000, arms=None, device="cuda", eval_crop=0),
     "dry": dict(tiles=(1, 6, 19), sdm_steps=2, sdm_batch=2, seeds=2, iterations=3, batch_size=2, crop=32,
                 width=4, depth=2, pool_size=2, render_steps=1, render_batch=4, workers=1, bootstrap=20,

@@ -118,6 +118,11 @@ def ablation_markdown(r: dict[str, Any]) -> str:
                      "—" if vb is None else f"{vb['seeds_better']}/{vb['seeds_worse']} of {len(vb['per_seed'])}",
                      "—" if vb is None else _verdict(vb), _ci(m["rare_auroc"])])
     L += _table(["Arm", f"{rare} AP", "Δ vs baseline", "seeds better / worse", "verdict", f"{rare} AUROC"], rows)
+    if a.get("pairs"):
+        L += ["", "Head to head (paired per seed, a − b):", ""]
+        rows = [[k, _ci(v["rare_ap"], sign=True), f"{v['rare_ap']['seeds_better']}/{v['rare_ap']['seeds_worse']}",
+                 _verdict(v["rare_ap"]), _ci(v["accuracy"], sign=True)] for k, v in a["pairs"].items()]
+        L += _table(["Comparison", f"Δ {rare} AP", "seeds a better / worse", "verdict", "Δ type accuracy"], rows)
     L += ["", "## Secondary endpoints", "",
           f"{rare} F1 is HoVer-Net's per-type F1 after detection (pairing radius {_n(h['pair_radius'], 1)} px); "
           "TP / FP / FN are means per seed over the evaluation tiles (FP and FN include unpaired detections).", ""]
@@ -276,7 +281,8 @@ def results_page(r: dict[str, Any], fid: dict[str, Any] | None, ablation_dir: st
     """The real-tissue results page: what holds, what does not, and the smallest resolvable difference."""
     a, rare, arms = r["analysis"], r["rare_class"]["name"], r["arms"]
     res = a["resolvable"].get("rare_ap")
-    L = ["# Results on real tissue (CoNSeP)", "",
+    title = "Results on real tissue (CoNSeP)" if r["dataset"] == "consep" else f"Results on the {r['dataset']} set"
+    L = [f"# {title}", "",
          "Rendered by `python -m benchmarks.render_results` from "
          f"[`ablation.json`]({ablation_dir}/ablation.json)" + (f" and [`fidelity.json`]({fidelity_dir}/fidelity.json)"
                                                               if fid else "") + "; do not edit by hand.", "",
@@ -305,6 +311,17 @@ def results_page(r: dict[str, Any], fid: dict[str, Any] | None, ablation_dir: st
     L += holds or [f"- No arm's {rare} AP differs from the baseline's by more than the intervals allow."]
     L += ["", "## What does not hold (not resolved by this design)", ""]
     L += not_holds or ["- Every arm's difference is resolved."]
+    comp = a.get("pairs", {}).get("diffmix-union vs diffmix-composed")
+    if comp:
+        d = comp["rare_ap"]
+        v = _verdict(d)
+        pick = {"higher": "the paper's union", "lower": "the composed maps"}.get(v)
+        L += ["", "## The library's default composition", "",
+              f"diffmix-union − diffmix-composed: Δ {rare} AP {_ci(d, sign=True)} "
+              f"({d['seeds_better']} of {len(d['per_seed'])} seeds favour the union). "
+              + (f"The evidence favours {pick} as the default." if pick else
+                 "Not resolved: this design cannot choose between the two; the default stays the paper's union "
+                 "(the interim one) until a design that resolves it (e.g. benchmarks/gpu_evidence.py).")]
     L += ["", f"## {rare} AP per arm", ""]
     rows = []
     for arm in arms:

@@ -36,6 +36,8 @@ def test_identical_arm_has_zero_difference_and_a_better_one_is_resolved():
     assert out["arms"]["baseline"]["metrics"]["rare_ap"]["mean"] == pytest.approx(
         np.mean([average_precision(r["nuc_prob"][:, 1], r["nuc_type"] == 1) for r in runs["baseline"].values()]))
     assert out["resolvable"]["rare_ap"] > 0 and out["n_tiles"] == 5 and out["seeds"] == list(seeds)
+    out = analyse(runs, type_ids=TYPES, rare=1, n_boot=100, pairs=(("better", "same"), ("same", "missing")))
+    assert list(out["pairs"]) == ["better vs same"] and out["pairs"]["better vs same"]["rare_ap"]["ci95"][0] > 0
     with pytest.raises(ValueError, match="same seeds"):
         analyse({"baseline": {0: _run(0, 0)}, "x": {1: _run(1, 0)}}, type_ids=TYPES, rare=1, n_boot=10)
 
