@@ -412,11 +412,13 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         from benchmarks.consep_pool import KINDS
 
         t0 = time.perf_counter()
+        torch.set_num_threads(max(1, args.threads) if args.quick else (os.cpu_count() or 1))  # renders: every core
         pool = get_pool(train, args.pool_size, args.pool_dir, draws=args.pool_draws, seed=args.seed_base,
                         steps=args.render_steps, t_start=args.t_start, guidance=args.guidance,
                         weights=Path(args.sdm), kinds=[k for k in KINDS if k in kinds], rare=rare,
                         device=args.render_device, batch=args.render_batch)
         args.pool, ctx["pool_meta"] = pool, pool["meta"]
+        torch.set_num_threads(max(1, args.threads))
         ctx["timing"]["pool"] = round(time.perf_counter() - t0, 1)
     if "rare-crop" in args.arm_list:
         if args.rare_crop_ratio == "auto":
