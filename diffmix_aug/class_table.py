@@ -14,7 +14,7 @@ from typing import Any
 
 from ._checks import describe
 
-__all__ = ["ClassTable", "resolve_classes"]
+__all__ = ["ClassTable", "check_same_data", "resolve_classes"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ def resolve_classes(num_classes: int | None, rare_classes: Sequence[int] | None,
         ValueError: no source for ``num_classes``; the synthesizer's differs; a balancing mode
             without rare classes; a rare class outside ``1..num_classes-1``.
     """
+    check_same_data(info, synthesizer)
     synth_k = getattr(synthesizer, "num_classes", None)
     info_k = getattr(info, "num_classes", None)
     fb_k = None if fallback is None else fallback.num_classes
@@ -103,3 +104,32 @@ def resolve_classes(num_classes: int | None, rare_classes: Sequence[int] | None,
     if names is not None and len(names) != k:
         names = None  # a class table of another size than the one in use (refused above when the synthesizer knows)
     return ClassTable(k, tuple(rare or ()), None if names is None else tuple(names))
+
+
+def check_same_data(info: Any, synthesizer: Any) -> None:
+    """Refuse a base whose resolution or class names differ from what the synthesizer was trained on.
+
+    The checkpoint's facts (``mpp``, ``class_names``; see
+    :func:`~diffmix_aug.sdm.checkpoint.read_sdm_metadata`) are compared with the base's class table
+    (``DatasetInfo.mpp``, ``class_names``) where both sides know them: an SDM trained at 20x renders
+    20x nuclei, and wrapping 40x patches with it would silently train on nuclei of the wrong size.
+
+    Raises:
+        ValueError: the resolutions differ by more than 10 %, or the class names differ; naming both
+            sides and the fix.
+    """
+    facts = getattr(getattr(synthesizer, "model", None), "checkpoint_info", None) or {}
+    where = getattr(synthesizer, "checkpoint", None) or "the synthesizer's checkpoint"
+    base_mpp, sdm_mpp = getattr(info, "mpp", None), facts.get("mpp")
+    if base_mpp is not None and sdm_mpp is not None and abs(base_mpp / sdm_mpp - 1) > 0.1:
+        ratio = sdm_mpp / base_mpp
+        fix = (f"Wrap the base at the SDM's resolution (NucleiDataset: base.downsampled({round(ratio)})) or use "
+               if ratio > 1 and abs(ratio - round(ratio)) < 0.05 else "Use ")
+        raise ValueError(f"the base dataset is at {base_mpp:g} um/px but {where} was trained at {sdm_mpp:g} um/px: "
+                         f"its nuclei would be rendered {ratio:.2g}x the size of the base's. {fix}an SDM trained at "
+                         f"{base_mpp:g} um/px (diffmix-aug train-sdm with data.downsample set to match)")
+    base_names, sdm_names = getattr(info, "class_names", None), facts.get("class_names")
+    if base_names is not None and sdm_names is not None and tuple(base_names) != tuple(sdm_names):
+        raise ValueError(f"the base dataset's classes {list(base_names)} differ from those {where} was trained on "
+                         f"{list(sdm_names)}: the SDM would render class ids under other meanings; use the SDM "
+                         "trained on this dataset's class table, or map the base's types to the SDM's first")

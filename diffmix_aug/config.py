@@ -312,7 +312,8 @@ class DiffMixConfig:
 
 def load_diffmix_config(source: str | os.PathLike[str] | Mapping[str, Any] | DiffMixConfig | None
                         ) -> DiffMixConfig:
-    """A :class:`DiffMixConfig` from itself, a mapping or a YAML file (``yaml.safe_load``); None: the defaults.
+    """A :class:`DiffMixConfig` from itself, a mapping or a YAML file (:func:`~diffmix_aug._yaml.load_yaml`:
+    safe, no aliases); None: the defaults.
 
     A file or mapping with a ``diffmix:`` key is read from that section, else whole. Errors name the file.
     """
@@ -328,10 +329,9 @@ def load_diffmix_config(source: str | os.PathLike[str] | Mapping[str, Any] | Dif
         if where in MODES or where == "both":
             raise TypeError(f"`config` is a DiffMixConfig, a mapping or a YAML path, got the mode {where!r}; "
                             f"pass it by name: mode={where!r}")
-        import yaml
+        from ._yaml import load_yaml
 
-        with open(source, encoding="utf-8") as fh:
-            cfg = yaml.safe_load(fh) or {}
+        cfg = load_yaml(source) or {}
         if not isinstance(cfg, dict):
             raise ValueError(f"{where}: must hold a mapping, got {type(cfg).__name__}")
     else:

@@ -17,10 +17,10 @@ The YAML config (``diffmix_aug/configs/synthesize_toy.yaml`` runs from the shipp
       kind: hovernet_npy        # hovernet_npy | consep | toy
       path: dataset/training_data/consep/consep/train/540x540_164x164
       dataset: consep           # class table (rare classes, number of classes)
-      # consep only: merge: true, downsample: 1
+      # consep only: merge: auto, downsample: 1
       # toy only: toy: {n: 64, size: 64, seed: 0}
     model:
-      checkpoint: sdm_consep.safetensors
+      checkpoint: consep-20x    # a path, or a shipped name (consep-20x, toy)
       device: cuda              # default: cuda when available, else cpu
       precision: fp16           # fp32 | fp16 | bf16
       sampler: {preset: reference}   # a preset (reference: 55 DDIM steps from t = 540) and/or DDIMSampler
@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(enlarge(balance(map))) (overrides diffmix.mode)")
     parser.add_argument("--seed", type=int, default=None, help="seed (overrides diffmix.seed)")
     parser.add_argument("--device", default=None, help="synthesizer device (overrides model.device)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="the labelled patches label maps start from (overrides data.path; the shipped "
+                             "synthesize_consep.yaml needs it: a CoNSeP-layout folder)")
     parser.add_argument("--allow-untrained", action="store_true",
                         help="allow model.preset without a checkpoint (random weights: noise images, smoke tests only)")
     group = parser.add_mutually_exclusive_group()
@@ -122,14 +125,18 @@ def build_source(data: dict[str, Any]):
                                 check_positive_int("data.toy.size", toy.get("size", 64)),
                                 check_positive_int("data.toy.seed", toy.get("seed", 0), allow_zero=True))
     if not data.get("path"):
-        raise ValueError(f"`data.path` is required for data.kind={kind!r}: the folder of the labelled patches")
+        raise ValueError(f"`data.path` is required for data.kind={kind!r}: the folder of the labelled patches; set "
+                         "it in the config or pass --data-root")
     info = get_dataset_info(data.get("dataset", "consep"))
     if kind == "hovernet_npy":
         ds = NucleiDataset.from_hovernet_npy_dir(data["path"], info)
     else:
-        merge = data.get("merge", True)
-        if not isinstance(merge, bool):
-            raise TypeError(f"`data.merge` must be true or false, got {merge!r}")
+        from ..data.class_scan import check_merge_arg
+
+        try:
+            merge = check_merge_arg(data.get("merge", "auto"))
+        except ValueError:
+            raise ValueError(f"`data.merge` must be auto, true or false, got {data.get('merge')!r}") from None
         ds = NucleiDataset.from_consep_dir(data["path"], info.name, merge=merge)
     return ds.downsampled(check_positive_int("data.downsample", data.get("downsample", 1)))
 
@@ -160,11 +167,14 @@ def build_synthesizer(model: dict[str, Any], device: str | None, *, allow_untrai
     sampler_kw = _sampler_kwargs(model.get("sampler") or {})
     precision = model.get("precision", "fp32")
     if model.get("checkpoint"):
-        path = Path(model["checkpoint"])
-        if not path.exists():
-            raise FileNotFoundError(f"model.checkpoint {str(path)!r} does not exist; train one with "
-                                    "`diffmix-aug train-sdm --export` or use the shipped "
-                                    "diffmix_aug/weights/sdm_tiny_toy.safetensors")
+        from ..sdm.registry import SHIPPED_CHECKPOINTS, resolve_checkpoint
+
+        try:
+            path = resolve_checkpoint(model["checkpoint"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"model.checkpoint {str(model['checkpoint'])!r} does not exist; train one with "
+                                    "`diffmix-aug train-sdm --export`, or name a shipped checkpoint: "
+                                    f"{sorted(SHIPPED_CHECKPOINTS)}") from None
         return Synthesizer.from_checkpoint(path, device=device, precision=precision,
                                            cuda_graph=bool(model.get("cuda_graph", True)),
                                            sampler=sampler_kw.pop("preset", None), **sampler_kw)
@@ -180,8 +190,8 @@ def build_synthesizer(model: dict[str, Any], device: str | None, *, allow_untrai
                         image_size=int(model.get("image_size", 64)))
         return Synthesizer(net, make_sampler(sampler_kw.pop("preset", None), **sampler_kw), device=device,
                            precision=precision)
-    raise ValueError("config section `model` needs `checkpoint: <path>` of a trained SDM export "
-                     "(e.g. diffmix_aug/weights/sdm_tiny_toy.safetensors)")
+    raise ValueError("config section `model` needs `checkpoint:` a trained SDM export, or a shipped name "
+                     "(toy, consep-20x)")
 
 
 def _dist() -> tuple[int, int]:
@@ -277,15 +287,16 @@ def synthesize(cfg: dict[str, Any], out: Path, num: int | None = None, *, progre
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
+    from .._yaml import load_yaml
 
     require_config(args.config, "diffmix_aug/configs/synthesize_toy.yaml")
-    with open(args.config, encoding="utf-8") as fh:
-        cfg = yaml.safe_load(fh) or {}
+    cfg = load_yaml(args.config) or {}
     try:
         check_config(cfg)
     except ValueError as exc:
         raise ValueError(f"{args.config}: {exc}") from exc
+    if args.data_root is not None:
+        cfg["data"] = {**(cfg.get("data") or {}), "path": str(args.data_root)}
     dm = dict(cfg.get("diffmix") or {})
     if args.mode is not None:
         dm["mode"] = args.mode

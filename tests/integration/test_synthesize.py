@@ -193,3 +193,43 @@ def test_export_consep_layout_and_toy_to_hovernet(tmp_path, capsys):
     s = read_hovernet_npy(out2 / "patch1_000.npy")
     assert s.shape == (128, 128)
     assert main(["export", "--dataset", "pannuke", "--input", str(src), "--out", str(tmp_path / "p")]) == 2
+
+
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[2] / "diffmix_aug" / "configs"
+CONSEP_TRAIN = Path(__file__).resolve().parents[3] / "shared" / "data" / "consep_256" / "train"
+
+
+def _synthesize_outside(tmp_path, config, *extra):
+    """``diffmix-aug synthesize`` run from a folder outside the repository (a fresh process)."""
+    import subprocess
+    import sys
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    res = subprocess.run([sys.executable, "-m", "diffmix_aug.cli", "synthesize", "--config", str(config),
+                          "--out", str(outside / "X"), "--num", "2", "--no-progress", *extra],
+                         cwd=outside, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr
+    assert len(list((outside / "X").glob("*.npy"))) == 2, res.stdout
+    return outside / "X"
+
+
+def test_shipped_toy_config_runs_from_any_folder(tmp_path):
+    out = _synthesize_outside(tmp_path, SHIPPED_CONFIGS / "synthesize_toy.yaml")
+    assert json.loads((out / "manifest.json").read_text())["mode"] == "union"
+
+
+@pytest.mark.slow  # 55-step renders of 128 px CoNSeP patches: minutes on 2 busy cores
+@pytest.mark.skipif(not CONSEP_TRAIN.is_dir(), reason=f"real CoNSeP patches not found at {CONSEP_TRAIN}")
+def test_shipped_consep_config_runs_from_any_folder(tmp_path):
+    out = _synthesize_outside(tmp_path, SHIPPED_CONFIGS / "synthesize_consep.yaml", "--data-root", str(CONSEP_TRAIN))
+    from diffmix_aug.data.readers import read_hovernet_npy
+
+    assert read_hovernet_npy(next(out.glob("*.npy"))).shape == (128, 128)
+
+
+def test_shipped_consep_config_without_data_says_what_to_pass(tmp_path, capsys):
+    assert main(["synthesize", "--config", str(SHIPPED_CONFIGS / "synthesize_consep.yaml"), "--out",
+                 str(tmp_path / "X"), "--num", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "`data.path` is required" in err and "--data-root" in err
