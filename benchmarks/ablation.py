@@ -202,7 +202,7 @@ def run_one(job: tuple[str, int]) -> dict[str, Any]:
 def _config_key(args: argparse.Namespace) -> str:
     keep = ("dataset", "val_tiles", "test_root", "train_tiles", "eval_crop", "iterations", "batch_size", "crop", "width", "depth",
             "lr", "net", "ratio", "pool_size", "pool_draws", "render_steps", "t_start", "guidance", "sdm", "n_train",
-            "n_test", "rare_crop_ratio")
+            "n_test", "rare_crop_spec")
     blob = json.dumps({k: str(getattr(args, k, None)) for k in keep}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -374,6 +374,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0.0 <= args.ratio <= 1.0:
         ap.error(f"--ratio must be in [0, 1], got {args.ratio}")
+    args.rare_crop_spec = str(args.rare_crop_ratio)
     if args.rare_crop_ratio != "auto":
         try:
             args.rare_crop_ratio = float(args.rare_crop_ratio)
@@ -397,17 +398,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
-    """Load the tiles, build (or load) the pool, settle the rare-crop share; returns the run's context."""
+    """Load the tiles; returns the run's context (the pool comes after the baseline's gate)."""
     t_begin = time.perf_counter()
     print(f"ablation: loading {args.dataset} tiles ...", flush=True)
     _setup(args)
-    ctx: dict[str, Any] = {"t_begin": t_begin, "timing": {"load": round(time.perf_counter() - t_begin, 1)},
-                           "pool_meta": None, "rare_crop": None}
+    args.pool = None
+    _STATE["args"] = args
+    return {"t_begin": t_begin, "timing": {"load": round(time.perf_counter() - t_begin, 1)}, "pool_meta": None,
+            "rare_crop": None}
+
+
+def build_pools(args: argparse.Namespace, ctx: dict[str, Any]) -> None:
+    """Build (or load) the pool the arms need and settle the rare-crop share."""
     train, rare = _STATE["train"], _STATE["rare"]
     kinds = {k for a in args.arm_list for k in STORES.get(a, ())}
     if "rare-crop" in args.arm_list:
         kinds.add("gradmix_balance")  # the balancing maps the rare-crop share is matched to (no render needed)
-    args.pool = None
     if kinds:
         from benchmarks.consep_pool import KINDS
 
@@ -428,11 +434,10 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
             ctx["rare_crop"] = {"ratio": args.rare_crop_ratio, "matched": None}
         print(f"rare-crop share {args.rare_crop_ratio:.3f}", flush=True)
     _STATE["args"] = args
-    return ctx
 
 
 def run_design(args: argparse.Namespace, ctx: dict[str, Any]) -> list[dict[str, Any]]:
-    """The baseline for every seed, its gate, then every other arm; returns every run's result."""
+    """The baseline for every seed and its gate, then the pool, then every other arm; returns every run."""
     seeds = list(range(args.seeds))
     t0 = time.perf_counter()
     base_runs = _run_jobs(args, [("baseline", s) for s in seeds], "baseline")
@@ -445,6 +450,7 @@ def run_design(args: argparse.Namespace, ctx: dict[str, Any]) -> list[dict[str, 
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out / "gate_failed.json", json.dumps(gate, indent=2, default=json_default) + "\n")
         raise SystemExit(gate["message"])
+    build_pools(args, ctx)
     t0 = time.perf_counter()
     others = _run_jobs(args, [(a, s) for s in seeds for a in args.arm_list if a != "baseline"], "arms")
     ctx["timing"]["arm_runs"] = round(time.perf_counter() - t0, 1)
