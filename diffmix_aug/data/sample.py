@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +120,15 @@ def as_int_map(name: str, value: Any) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=np.int32)
 
 
-class NucleiSample:
+class NucleiSample(Mapping):
     """An RGB H&E patch with its nuclei instance and type maps.
+
+    A read-only mapping of its arrays (:attr:`KEYS`): ``sample["image"]``, ``"inst_map"``,
+    ``"type_map"`` and ``"is_synthetic"`` (``meta["is_synthetic"]``, False when absent), so
+    ``torch.utils.data.default_collate`` batches samples as a dict ``{"image": uint8 [B,H,W,3],
+    "inst_map": int32 [B,H,W], "type_map": int32 [B,H,W], "is_synthetic": bool [B]}`` and a plain
+    ``DataLoader`` needs no ``collate_fn``. ``meta`` stays an attribute (free-form, not collated).
+    Equality and hashing are by identity, as before.
 
     Args:
         image: ``uint8 [H, W, 3]`` RGB. An RGBA image must be reduced first (``image[..., :3]``).
@@ -150,6 +158,9 @@ class NucleiSample:
     """
 
     __slots__ = ("image", "inst_map", "type_map", "meta", "_info")
+
+    #: the mapping's keys, in the order a collated batch lists them
+    KEYS = ("image", "inst_map", "type_map", "is_synthetic")
 
     def __init__(
         self,
@@ -252,6 +263,25 @@ class NucleiSample:
 
     def __repr__(self) -> str:
         return f"NucleiSample(shape={self.shape}, nuclei={len(self.info)}, meta={self.meta})"
+
+    # the read-only mapping (what default_collate batches); equality and hash stay by identity
+    def __getitem__(self, key: str) -> Any:
+        if key == "is_synthetic":
+            return bool(self.meta.get("is_synthetic", False))
+        if key in ("image", "inst_map", "type_map"):
+            return getattr(self, key)
+        raise KeyError(f"NucleiSample has no entry {key!r}; its entries are {list(self.KEYS)} "
+                       "(provenance is in sample.meta)")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.KEYS)
+
+    def __len__(self) -> int:
+        return len(self.KEYS)
+
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
 
     def __getstate__(self) -> dict[str, Any]:
         return {"image": self.image, "inst_map": self.inst_map, "type_map": self.type_map, "meta": self.meta}
