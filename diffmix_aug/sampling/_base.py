@@ -18,11 +18,11 @@ import torch
 
 from .._checks import check_choice, check_in_range, check_positive_int, describe
 from ..diffusion.schedule import BETA_SCHEDULES, SPACINGS, get_beta_schedule, timestep_grid
+from .solvers import SOLVERS
 
-__all__ = ["GUIDANCE_FORMS", "REMOVED_SETTINGS", "SOLVERS", "DDIMSettings", "reject_removed"]
+__all__ = ["GUIDANCE_FORMS", "REMOVED_SETTINGS", "DDIMSettings", "reject_removed"]
 
 GUIDANCE_FORMS = ("reference", "paper")
-SOLVERS = ("ddim",)
 
 #: settings that no longer exist, with what replaces them (a clear error instead of a silent change)
 REMOVED_SETTINGS = {
@@ -54,7 +54,9 @@ class DDIMSettings:
         t_start: Entry timestep (original index, ``0 <= t_start < T``): the start is the original
             patch noised to ``t_start``. 540 (sqrt(abar) = 0.226) is the reference's; ``T - 1`` is
             (nearly) pure noise.
-        solver: ``"ddim"`` (first order; the reference's).
+        solver: ``"ddim"`` (first order; the reference's), ``"dpmpp_2m"``, ``"dpmpp_3m"`` (DPM-Solver++
+            multistep) or ``"unipc"`` (UniPC-bh2, order 2): :mod:`~diffmix_aug.sampling.solvers`. All
+            take x0-clipped data predictions; the multistep ones need ``eta=0``.
         spacing: How the grid is spaced between ``t_start`` and 0: ``"linear"`` (uniform in t, the
             reference's), ``"quadratic"`` or ``"logsnr"``; see
             :func:`~diffmix_aug.diffusion.schedule.timestep_grid`.
@@ -93,12 +95,15 @@ class DDIMSettings:
             raise ValueError(f"`t_start` must be an original timestep in 0..{self.num_train_timesteps - 1}, "
                              f"got {t_start}")
         self.steps = check_positive_int("steps", steps)
-        self.solver = check_choice("solver", solver, SOLVERS)
+        self.solver = check_choice("solver", solver, tuple(SOLVERS))
         self.spacing = check_choice("spacing", spacing, SPACINGS)
         self.guidance_form = check_choice("guidance_form", guidance_form, GUIDANCE_FORMS)
         low = 1.0 if guidance_form == "reference" else 0.0
         self.guidance_scale = check_in_range("guidance_scale", guidance_scale, low, float("inf"))
         self.eta = check_in_range("eta", eta, 0.0, float("inf"))
+        if self.eta > 0 and self.solver != "ddim":
+            raise ValueError(f"`eta`={eta} needs solver='ddim': the multistep solvers integrate the deterministic "
+                             f"ODE; pass eta=0 with solver={solver!r}")
         self.beta_schedule = check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
         if not isinstance(clip_denoised, bool):
             raise TypeError(f"`clip_denoised` must be a bool, got {describe(clip_denoised)}")

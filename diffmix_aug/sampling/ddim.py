@@ -1,14 +1,18 @@
-"""The fast guided DDIM sampler (same math as :class:`~diffmix_aug.sampling.reference.ReferenceDDIMSampler`).
+"""The fast guided sampler: DDIM and the multistep solvers (same math as the plain references).
 
-Speed-ups, all exact (``design/performance.md`` §3-4):
+The solver is a setting (``solver="ddim"`` is the reference's first-order DDIM; ``"dpmpp_2m"``,
+``"dpmpp_3m"``, ``"unipc"``: :mod:`~diffmix_aug.sampling.solvers`). Every solver takes the same step:
+one guided network pass, the clipped x0 prediction D, then x <- a_k x + sum_j w_{k,j} D_{k-j} from
+per-step tables; earlier D live in a history buffer. Speed-ups, all exact (``design/performance.md`` §3-4):
 
 * conditional and unconditional passes batched as 2B; for an SDM, the encoder runs once on B and the
   SPADE modulations are computed once per batch (null-label ones once per resolution), see
   :mod:`~diffmix_aug.sampling.denoisers`;
 * every per-step coefficient is a device tensor indexed by a device step-index tensor, so a step makes
   no host sync and no host-to-device copy; eta noise is pre-drawn into one buffer;
-* optional fp16 / bf16 autocast of the model (guidance combine and DDIM update in float32), NHWC;
-* optional CUDA-graph capture of one step (:mod:`~diffmix_aug.sampling.graph`), or ``torch.compile``.
+* optional fp16 / bf16 autocast of the model (guidance combine and the update in float32), NHWC;
+* optional CUDA-graph capture of one step (:mod:`~diffmix_aug.sampling.graph`): x, the step index, the
+  history of earlier predictions and the eta noise are static buffers; or ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .._checks import check_choice, check_positive_int, describe
 from ._base import DDIMSettings, SamplingInterrupted, draw_normal, draw_step_noise
 from .denoisers import PRECISIONS, make_denoiser
+from .solvers import solver_table
 
-__all__ = ["DDIMSampler", "DDIMStepOutput", "DDIMTables", "ModelCaches"]
+__all__ = ["DDIMSampler", "DDIMStepOutput", "LoopBuffers", "ModelCaches", "SolverTables"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +73,48 @@ class DDIMStepOutput:
 
 
 @dataclass(frozen=True)
-class DDIMTables:
-    """Per-step float32 coefficients on one device, each ``[steps]``.
+class SolverTables:
+    """Per-step float32 coefficients on one device (from the float64 :func:`~.solvers.solver_table`).
 
     Index k is the step index (k = 0 is the last step, to the clean image).
     """
 
-    timesteps: torch.Tensor        # int64 original timestep of index k
-    sqrt_recip_abar: torch.Tensor  # sqrt(1 / abar_k)
-    sqrt_recipm1_abar: torch.Tensor  # sqrt(1 / abar_k - 1)
-    sqrt_abar_prev: torch.Tensor   # sqrt(abar_{k-1}), 1 at k = 0
-    dir_coef: torch.Tensor         # sqrt(1 - abar_{k-1} - sigma_k^2)
-    sigma: torch.Tensor            # eta * sqrt((1 - abar_{k-1}) / (1 - abar_k)) * sqrt(1 - abar_k / abar_{k-1})
+    timesteps: torch.Tensor        # int64 [steps] original timestep of index k
+    sqrt_recip_abar: torch.Tensor  # [steps] sqrt(1 / abar_k): x0 = sqrt(1/abar) x - sqrt(1/abar - 1) eps
+    sqrt_recipm1_abar: torch.Tensor  # [steps] sqrt(1 / abar_k - 1)
+    a: torch.Tensor                # [steps] factor of x
+    w: torch.Tensor                # [steps, depth] factors of the last ``depth`` x0 predictions (newest first)
+    noise: torch.Tensor            # [steps] factor of the eta noise (DDIM only), 0 at k = 0
+
+    @property
+    def depth(self) -> int:
+        return self.w.shape[1]
+
+
+@dataclass
+class LoopBuffers:
+    """The state one step reads and writes in place (the static buffers of a CUDA graph).
+
+    Attributes:
+        x: ``float32 [B, 3, H, W]`` the current sample.
+        k: ``int64 [1]`` the step index (decremented by each step).
+        history: ``float32 [depth, B, 3, H, W]`` the last x0 predictions, newest first (None for DDIM).
+        step_noise: ``float32 [steps, B, 3, H, W]`` pre-drawn eta noise, or None.
+    """
+
+    x: torch.Tensor
+    k: torch.Tensor
+    history: torch.Tensor | None
+    step_noise: torch.Tensor | None
+
+    def reset(self, x: torch.Tensor, start_index: int, step_noise: torch.Tensor | None) -> None:
+        """Load a new start: x copied in, k at the first step, history cleared, eta noise copied in."""
+        self.x.copy_(x)
+        self.k.fill_(start_index)
+        if self.history is not None:
+            self.history.zero_()
+        if self.step_noise is not None:
+            self.step_noise.copy_(step_noise)
 
 
 def _pick(table: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -87,12 +123,14 @@ def _pick(table: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 class DDIMSampler(DDIMSettings):
-    """Guided partial-noise DDIM for DiffMix synthesis (fast path).
+    """Guided partial-noise sampling for DiffMix synthesis (fast path), DDIM or a multistep solver.
 
     Per step at step index k (original timestep t = ``grid_timesteps[k]``):
     eps = eps_u + s (eps_c - eps_u) on the eps channels, only when s > 1 (null label = zeros);
-    x0 = clip(sqrt(1/abar) x - sqrt(1/abar - 1) eps); eps re-derived from the clipped x0;
-    x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z.
+    D = clip(sqrt(1/abar) x - sqrt(1/abar - 1) eps); then x <- a_k x + sum_j w_{k,j} D_{k-j} (+ n_k z).
+    For DDIM that is x_prev = sqrt(abar_prev) D + sqrt(1 - abar_prev - sigma^2) eps' + sigma z with eps'
+    re-derived from the clipped D (the reference code's update, rearranged); for the multistep solvers
+    see :mod:`~diffmix_aug.sampling.solvers`.
 
     Guidance: the paper's Eq. 7 writes eps = eps_c + w (eps_c - eps_u); the public code uses
     eps = eps_u + s (eps_c - eps_u), so s = 1 + w. With ``guidance_form="reference"`` (default)
@@ -156,7 +194,7 @@ class DDIMSampler(DDIMSettings):
         self.max_batch = None if max_batch is None else check_positive_int("max_batch", max_batch)
         self.cache_budget_bytes = (None if cache_budget_bytes is None
                                    else check_positive_int("cache_budget_bytes", cache_budget_bytes, allow_zero=True))
-        self._tables: dict[torch.device, DDIMTables] = {}
+        self._tables: dict[torch.device, SolverTables] = {}
         self._compiled = None
         #: what the last ``sample`` call ran: {"path": "eager"|"graph"|"compiled", "denoiser": ..., "kind": ...}
         self.last_run: dict = {}
@@ -173,29 +211,37 @@ class DDIMSampler(DDIMSettings):
         return DDIMSampler(**{**self.settings(), **changes})
 
     # ------------------------------------------------------------------ coefficient tables
-    def tables(self, device: torch.device | str) -> DDIMTables:
+    def tables(self, device: torch.device | str) -> SolverTables:
         """The coefficient tables on ``device`` (built once per device, float64 math then float32)."""
         device = torch.device(device)
         tab = self._tables.get(device)
         if tab is None:
-            n = self.num_inference_steps
-            abar = self.alphas_cumprod[:n]
-            rows = {name: [] for name in ("sqrt_recip_abar", "sqrt_recipm1_abar", "sqrt_abar_prev", "dir_coef",
-                                          "sigma")}
-            for k in range(n):
-                a, a_prev = float(abar[k]), (float(abar[k - 1]) if k > 0 else 1.0)
-                sigma = self.eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)
-                rows["sqrt_recip_abar"].append(math.sqrt(1 / a))
-                rows["sqrt_recipm1_abar"].append(math.sqrt(1 / a - 1))
-                rows["sqrt_abar_prev"].append(math.sqrt(a_prev))
-                rows["dir_coef"].append(math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)))
-                rows["sigma"].append(sigma)
-            tab = DDIMTables(
+            abar = self.alphas_cumprod  # index k (k = 0: the last grid point)
+            steps = solver_table(self.solver, abar[::-1], self.eta)  # step order: first step first
+
+            def dev(values) -> torch.Tensor:
+                return torch.as_tensor(values.copy(), dtype=torch.float32, device=device)
+
+            tab = SolverTables(
                 timesteps=torch.as_tensor(self.grid_timesteps, dtype=torch.long, device=device),
-                **{k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in rows.items()},
+                sqrt_recip_abar=dev(np.sqrt(1.0 / abar)), sqrt_recipm1_abar=dev(np.sqrt(1.0 / abar - 1.0)),
+                a=dev(steps.a[::-1]), w=dev(steps.w[::-1]), noise=dev(steps.noise[::-1]),
             )
             self._tables[device] = tab
         return tab
+
+    @property
+    def history_depth(self) -> int:
+        """How many earlier x0 predictions a step reads (0 for DDIM: it needs only its own)."""
+        depth = self.tables("cpu").depth
+        return 0 if depth == 1 else depth
+
+    def buffers(self, x: torch.Tensor, step_noise: torch.Tensor | None) -> LoopBuffers:
+        """Fresh loop buffers for a start ``x`` (history zeroed, k at the first step)."""
+        depth = self.history_depth
+        history = x.new_zeros((depth, *x.shape)) if depth else None
+        k = torch.full((1,), self.start_index, dtype=torch.long, device=x.device)
+        return LoopBuffers(x=x, k=k, history=history, step_noise=step_noise)
 
     # ------------------------------------------------------------------ one step
     def step(
@@ -205,7 +251,8 @@ class DDIMSampler(DDIMSettings):
         x_t: torch.Tensor,
         noise: torch.Tensor | None = None,
     ) -> DDIMStepOutput:
-        """One DDIM update from the (already guided) epsilon.
+        """One DDIM update from the (already guided) epsilon (``solver="ddim"`` only: a multistep
+        solver's step also reads earlier predictions, see :meth:`sample`).
 
         Args:
             eps: ``float [N, 3, H, W]`` guided noise prediction at ``x_t``.
@@ -216,6 +263,9 @@ class DDIMSampler(DDIMSettings):
         Returns:
             :class:`DDIMStepOutput` (float32).
         """
+        if self.solver != "ddim":
+            raise ValueError(f"step() is the single DDIM update; solver={self.solver!r} keeps a history of "
+                             "earlier predictions: use sample()")
         tab = self.tables(x_t.device)
         if isinstance(step_index, torch.Tensor):
             k = step_index.reshape(1).to(device=x_t.device, dtype=torch.long)
@@ -227,25 +277,33 @@ class DDIMSampler(DDIMSettings):
                 raise ValueError("`noise` is required when eta > 0 (draw it with an explicit generator)")
         return self._update(eps.float(), k, x_t.float(), noise, tab)
 
-    def _update(self, eps, k, x, noise, tab: DDIMTables) -> DDIMStepOutput:
-        c_x, c_eps = _pick(tab.sqrt_recip_abar, k), _pick(tab.sqrt_recipm1_abar, k)
-        pred_x0 = c_x * x - c_eps * eps
-        if self.clip_denoised:
-            pred_x0 = pred_x0.clamp(-1.0, 1.0)
-        eps = (c_x * x - pred_x0) / c_eps
-        prev = _pick(tab.sqrt_abar_prev, k) * pred_x0 + _pick(tab.dir_coef, k) * eps
+    def _predict_x0(self, eps: torch.Tensor, k: torch.Tensor, x: torch.Tensor, tab: SolverTables) -> torch.Tensor:
+        pred_x0 = _pick(tab.sqrt_recip_abar, k) * x - _pick(tab.sqrt_recipm1_abar, k) * eps
+        return pred_x0.clamp(-1.0, 1.0) if self.clip_denoised else pred_x0
+
+    def _update(self, eps, k, x, noise, tab: SolverTables) -> DDIMStepOutput:
+        pred_x0 = self._predict_x0(eps, k, x, tab)
+        prev = _pick(tab.a, k) * x + _pick(tab.w[:, 0], k) * pred_x0
         if self.eta > 0 and noise is not None:
-            prev = prev + _pick(tab.sigma, k) * noise  # sigma is 0 at k = 0
+            prev = prev + _pick(tab.noise, k) * noise  # 0 at k = 0
         return DDIMStepOutput(prev_sample=prev, pred_x0=pred_x0)
 
-    def _loop_step(self, denoiser, conditioning, x: torch.Tensor, k: torch.Tensor,
-                   step_noise: torch.Tensor | None) -> None:
-        """One in-place step on static buffers: x <- x_prev, k <- k - 1 (what a CUDA graph captures)."""
+    def _loop_step(self, denoiser, conditioning, buf: LoopBuffers) -> None:
+        """One in-place step on the loop buffers: x <- next x, history <- (D, history[:-1]), k <- k - 1
+        (what a CUDA graph captures: no host value is read or baked in)."""
+        x, k = buf.x, buf.k
         tab = self.tables(x.device)
         t = _pick(tab.timesteps, k).expand(x.shape[0])
         eps = denoiser(x, t, conditioning)
-        noise = torch.index_select(step_noise, 0, k)[0] if step_noise is not None else None
-        x.copy_(self._update(eps, k, x, noise, tab).prev_sample)
+        if buf.history is None:  # DDIM: the step reads its own prediction only
+            noise = torch.index_select(buf.step_noise, 0, k)[0] if buf.step_noise is not None else None
+            x.copy_(self._update(eps, k, x, noise, tab).prev_sample)
+        else:
+            hist = buf.history
+            hist.copy_(torch.roll(hist, 1, 0))
+            hist[0].copy_(self._predict_x0(eps, k, x, tab))
+            w = torch.index_select(tab.w, 0, k).view(-1, *([1] * x.ndim))  # [depth, 1, 1, 1, 1]
+            x.copy_(_pick(tab.a, k) * x + (w * hist).sum(0))
         k.sub_(1)
 
     # ------------------------------------------------------------------ sampling
@@ -350,7 +408,7 @@ class DDIMSampler(DDIMSettings):
         else:
             x = (math.sqrt(abar) * x0.float() + math.sqrt(1.0 - abar) * noise.float()).contiguous()
         self.last_run = {"denoiser": type(denoiser).__name__, "kind": getattr(denoiser, "kind", None),
-                         "precision": self.precision}
+                         "precision": self.precision, "solver": self.solver}
         if self.cuda_graph and not self.compile:
             from .graph import StepGraphs
 
@@ -361,7 +419,7 @@ class DDIMSampler(DDIMSettings):
                 self.last_run["path"] = "graph"
                 return out
         conditioning = denoiser.prepare(cond)
-        k = torch.full((1,), self.start_index, dtype=torch.long, device=x.device)
+        buf = self.buffers(x, step_noise)
         step = self._loop_step
         if self.compile:
             if self._compiled is None:
@@ -370,7 +428,7 @@ class DDIMSampler(DDIMSettings):
         for _ in range(self.num_inference_steps):
             if should_stop is not None and should_stop():
                 raise SamplingInterrupted("sampling stopped at a step boundary (should_stop() returned True)")
-            step(denoiser, conditioning, x, k, step_noise)
+            step(denoiser, conditioning, buf)
         self.last_run["path"] = "compiled" if self.compile else "eager"
         return x
 

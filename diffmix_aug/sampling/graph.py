@@ -1,10 +1,10 @@
-"""CUDA-graph capture and replay of one guided DDIM step (``design/performance.md`` §4).
+"""CUDA-graph capture and replay of one guided solver step (``design/performance.md`` §4).
 
-One step (encoder on B, decoder on 2B, guidance combine, DDIM update, step index decrement) is
-captured once per batch shape and replayed ``num_inference_steps`` times. Its static buffers are
-x_t, the conditioning (cond / null labels or the SPADE modulations), the step-index tensor and the
-pre-drawn eta noise; coefficient tables are device tensors indexed by the step index, so the graph
-holds no baked-in host values. Warm-up (cuDNN autotuning, lazy allocations) runs on a side stream.
+One step (encoder on B, decoder on 2B, guidance combine, the solver update, step index decrement) is
+captured once per batch shape and replayed ``steps`` times. Its static buffers are x_t, the
+conditioning (cond / null labels or the SPADE modulations), the step-index tensor, the history of
+earlier x0 predictions (multistep solvers) and the pre-drawn eta noise; coefficient tables are device
+tensors indexed by the step index, so the graph holds no baked-in host values. Warm-up (cuDNN autotuning, lazy allocations) runs on a side stream.
 A partial batch is padded (by repeating its last image) to the captured size.
 
 On CPU, or when capture fails, :meth:`StepGraphs.run` returns None and the sampler runs eagerly; the
@@ -61,15 +61,21 @@ def _pad(x: torch.Tensor | None, size: int, dim: int = 0) -> torch.Tensor | None
 @dataclass
 class _Entry:
     graph: torch.cuda.CUDAGraph
-    x: torch.Tensor
-    k: torch.Tensor
-    noise: torch.Tensor | None
+    buffers: object  # ddim.LoopBuffers: x, k, history, step_noise
     cond_tensors: list[torch.Tensor]
     conditioning: object
 
+    @property
+    def x(self) -> torch.Tensor:
+        return self.buffers.x
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self.buffers.k
+
 
 class StepGraphs:
-    """The captured steps of one :class:`~diffmix_aug.sampling.ddim.DDIMSampler`, one per batch shape.
+    """The captured steps of one :class:`~diffmix_aug.sampling.ddim.DDIMSampler` (any solver), one per batch shape.
 
     Args:
         sampler: The owning sampler (its ``_loop_step`` and coefficient tables are captured).
@@ -135,10 +141,7 @@ class StepGraphs:
         return entry.x[:b].clone()
 
     def _load(self, entry: _Entry, x, conditioning, step_noise) -> None:
-        entry.x.copy_(x)
-        entry.k.fill_(self.sampler.start_index)
-        if entry.noise is not None:
-            entry.noise.copy_(step_noise)
+        entry.buffers.reset(x, self.sampler.start_index, step_noise)
         if conditioning is not entry.conditioning:
             for dst, src in zip(entry.cond_tensors, flatten_tensors(conditioning), strict=True):
                 dst.copy_(src)
@@ -146,18 +149,16 @@ class StepGraphs:
     def _capture(self, denoiser, x, conditioning, step_noise) -> _Entry:
         sampler = self.sampler
         sampler.tables(x.device)  # build the tables outside the capture
-        static_x = x.clone()
-        static_k = torch.full((1,), sampler.start_index, dtype=torch.long, device=x.device)
-        static_noise = None if step_noise is None else step_noise.clone()
+        buffers = sampler.buffers(x.clone(), None if step_noise is None else step_noise.clone())
 
         def fn() -> None:
-            sampler._loop_step(denoiser, conditioning, static_x, static_k, static_noise)
+            sampler._loop_step(denoiser, conditioning, buffers)
 
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
-                static_k.fill_(sampler.start_index)
+                buffers.k.fill_(sampler.start_index)
                 fn()
         torch.cuda.current_stream(x.device).wait_stream(side)
         if self._pool is None:
@@ -166,4 +167,4 @@ class StepGraphs:
         # thread_local: a capture on the producer thread must not break the training thread's CUDA calls
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             fn()
-        return _Entry(graph, static_x, static_k, static_noise, flatten_tensors(conditioning), conditioning)
+        return _Entry(graph, buffers, flatten_tensors(conditioning), conditioning)

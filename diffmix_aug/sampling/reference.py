@@ -30,6 +30,13 @@ class ReferenceDDIMSampler(DDIMSettings):
         ([540, 530, 520], 55)
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.solver != "ddim":
+            raise ValueError(f"ReferenceDDIMSampler is the plain DDIM oracle: solver={self.solver!r} runs in "
+                             "DDIMSampler (checked against plain references of each solver in the tests); "
+                             "use solver='ddim'")
+
     @torch.no_grad()
     def sample(
         self,

@@ -76,7 +76,7 @@ def test_schedule_properties(steps, t_start, spacing):
     if spacing == "linear" and steps > 1 and t_start % (steps - 1) == 0:  # exactly uniform where it can be
         assert ts == list(range(t_start, -1, -(t_start // (steps - 1))))
     tab = s.tables("cpu")
-    assert tab.sqrt_abar_prev[0] == 1.0 and float(tab.sigma.abs().max()) == 0.0
+    assert tab.a[0] == 0.0 and tab.w[0, 0] == 1.0 and float(tab.noise.abs().max()) == 0.0  # last step: x = x0
 
 
 # ----------------------------------------------------------------------------- one full loop, independently
