@@ -9,8 +9,10 @@ Parts, in order, each skipped (with the reason written) when the remaining budge
 1. ``peak``: measured bf16 / fp16 dense matmul rate (TFLOP/s) and device-to-device copy bandwidth.
 2. ``sampler``: the paper preset (256 px, batch 8, 55 guided DDIM steps from t = 540) as the fp32
    eager reference (:class:`ReferenceDDIMSampler`), the fast fp16 eager sampler and the fast fp16
-   CUDA-graph sampler: patches/s, achieved TFLOP/s (FLOPs counted with ``FlopCounterMode``),
-   fraction of the measured peak, and the largest output difference against the reference.
+   CUDA-graph sampler, then the fast fp16 CUDA-graph sampler with each multistep solver setting of
+   ``SOLVER_ROWS`` (issue 29): patches/s, achieved TFLOP/s (FLOPs counted with ``FlopCounterMode``),
+   fraction of the measured peak, and the largest output difference against the reference (for a
+   solver row that is its ODE discretisation error plus rounding, not rounding alone).
 3. ``loader``: ``DiffMixDataset`` with a CUDA producer under ``DataLoader(num_workers=4)``: items/s
    against the bare dataset and the consumer's extra wait per step.
 4. ``tests``: the ``cuda``-marked tests (``pytest -m cuda tests/gpu``).
@@ -40,6 +42,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gpu"
+#: the multistep solver rows of the sampler part (fast, CUDA graph): solver, spacing, steps from t = 540
+SOLVER_ROWS = ({"solver": "unipc", "spacing": "logsnr", "steps": 10}, {"solver": "dpmpp_2m", "spacing": "logsnr", "steps": 10})
 
 
 class Budget:
@@ -134,9 +138,12 @@ def bench_sampler(device: torch.device, preset: str, size: int, batch: int, step
     arms = [("reference-fp32-eager", ReferenceDDIMSampler(**kw), None),
             (f"fast-{half}-eager", DDIMSampler(**kw, precision=half, channels_last=cuda), None),
             (f"fast-{half}-graph", DDIMSampler(**kw, precision=half, channels_last=cuda, cuda_graph=True), "graph")]
+    for row in SOLVER_ROWS:
+        solver_kw = {**kw, **row, "steps": min(row["steps"], steps)}
+        path = "graph" if cuda else "eager"  # the dry run proves the rows run (eager on the CPU)
+        arms.append((f"fast-{half}-{path}-{row['solver']}-{row['spacing']}{solver_kw['steps']}",
+                     DDIMSampler(**solver_kw, precision=half, channels_last=cuda, cuda_graph=cuda), path if cuda else None))
     flops = step_flops(model, batch, size, device, half)
-    steps = arms[0][1].num_inference_steps
-    total_flops = flops["setup"] + steps * flops["step"]
     rows, ref_out, skipped = [], None, {}
     with torch.no_grad():
         for name, sampler, kind in arms:
@@ -164,8 +171,9 @@ def bench_sampler(device: torch.device, preset: str, size: int, batch: int, step
                 times = _timed(call, device, reps)
                 out = call()
             st = _stats(times)
+            total_flops = flops["setup"] + sampler.num_inference_steps * flops["step"]
             tflops = total_flops / st["median_s"] / 1e12
-            rows.append({"arm": name, **st, "patches_per_s": batch / st["median_s"], "s_per_patch": st["median_s"] / batch,
+            rows.append({"arm": name, "solver": sampler.solver, "steps": sampler.num_inference_steps, **st, "patches_per_s": batch / st["median_s"], "s_per_patch": st["median_s"] / batch,
                          "achieved_tflops": tflops,
                          "fraction_of_peak": None if not peak_tflops else tflops / peak_tflops,
                          "max_abs_diff_vs_reference": None if ref_out is None else float((out - ref_out).abs().max()),
@@ -256,13 +264,13 @@ def _markdown(res: dict[str, Any]) -> str:
     if "sampler" in res:
         s = res["sampler"]
         lines += [f"## Sampler: {s['preset']} preset, {s['size']} px, batch {s['batch']}, {s['guided_steps']} guided "
-                  f"steps ({s['params'] / 1e6:.1f} M parameters)", "",
-                  "| arm | s/batch (median) | patches/s | TFLOP/s | of peak | max diff vs ref | speed-up |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  f"steps for the DDIM rows ({s['params'] / 1e6:.1f} M parameters)", "",
+                  "| arm | steps | s/batch (median) | patches/s | TFLOP/s | of peak | max diff vs ref | speed-up |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in s["rows"]:
             frac = "n/a" if r["fraction_of_peak"] is None else f"{r['fraction_of_peak']:.1%}"
             diff = "-" if r["max_abs_diff_vs_reference"] is None else f"{r['max_abs_diff_vs_reference']:.2e}"
-            lines.append(f"| {r['arm']} | {r['median_s']:.3f} | {r['patches_per_s']:.2f} | {r['achieved_tflops']:.2f} "
+            lines.append(f"| {r['arm']} | {r['steps']} | {r['median_s']:.3f} | {r['patches_per_s']:.2f} | {r['achieved_tflops']:.2f} "
                          f"| {frac} | {diff} | {r['speedup_vs_reference']:.2f}x |")
         lines += [*(f"- skipped {k}: {v}" for k, v in s["skipped"].items()), ""]
     if "loader" in res:

@@ -23,8 +23,19 @@ repeats, the setup keeps the full convolutions).
     python benchmarks/sampler.py                       # CPU defaults: tiny@64 (batches 1,4), w32@64 and small@128 (batch 4)
     python benchmarks/sampler.py --threads 1           # one intra-op thread (a shared, busy machine)
     python benchmarks/sampler.py --device cuda         # GPU defaults: paper@256, fp32/fp16/bf16, eager and graph
+    python benchmarks/sampler.py --race --public-src ~/src/DiffMix   # whole-patch runs, see below
 
 Writes ``benchmarks/results/sampler_<device>.json`` (machine, torch version, config, median and spread).
+
+``--race`` (issue 29): whole sampling runs at the equal network (w32, 64 px, batch 4, real label maps,
+fp32, eager), interleaved and paired per repeat: the public DiffMix sampler from its own source (a
+checkout of hvcl/DiffMix given by ``--public-src``: its ``create_model_and_diffusion`` with the w32
+configuration, random weights, its ``ddim_sample_loop`` over ``ddim100`` entered at 55 %, s = 1.5, as
+its ``image_sample.py`` calls it; that code is not part of this project and is never copied into
+it), the project's plain reference (55 DDIM steps, two passes per step), the current fast 55-step
+DDIM and each ``--race-solvers`` setting (default ``unipc/logsnr:10``). Writes
+``benchmarks/results/solver_speed_<device>.{json,md}``. Without ``--public-src`` the public arm is
+left out (and said so).
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from diffmix_aug._io import atomic_write_text
 from diffmix_aug.sampling import DDIMSampler, ReferenceDDIMSampler
+from diffmix_aug.sampling.ddim import ModelCaches
 from diffmix_aug.sdm import build_sdm
 
 STEPS_PER_PATCH = 55
@@ -290,6 +302,139 @@ def parse_cases(text: str, batches: list[int] | None) -> list[tuple[str, int, li
     return out
 
 
+# ----------------------------------------------------------------------------------- --race (issue 29)
+
+W32_PUBLIC = dict(image_size=64, num_classes=5, num_channels=32, num_res_blocks=2, channel_mult="", learn_sigma=True,
+                  class_cond=True, attention_resolutions="32,16,8", num_heads=4, num_head_channels=-1,
+                  use_scale_shift_norm=True, resblock_updown=True, no_instance=False, use_fp16=False,
+                  diffusion_steps=1000, noise_schedule="linear", timestep_respacing="ddim100")
+
+
+def public_sampler(src: Path, device: torch.device):
+    """``(model, run(x0, cond) -> samples)``: the public DiffMix sampler from its own source at the equal network.
+
+    ``src`` is a checkout of hvcl/DiffMix; its ``semantic-diffusion-model/guided_diffusion_sample`` package is
+    imported from there (nothing of it is copied here). Random weights: the time does not depend on them.
+    """
+    pkg = Path(src).expanduser() / "semantic-diffusion-model"
+    if not (pkg / "guided_diffusion_sample" / "script_util.py").is_file():
+        raise SystemExit(f"--public-src {src}: no semantic-diffusion-model/guided_diffusion_sample/script_util.py "
+                         "there; pass a checkout of https://github.com/hvcl/DiffMix")
+    sys.path.insert(0, str(pkg))
+    from guided_diffusion_sample.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+
+    kw = model_and_diffusion_defaults()
+    kw.update(W32_PUBLIC)
+    torch.manual_seed(0)
+    model, diffusion = create_model_and_diffusion(**kw)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+    model = model.eval().to(device)
+
+    @torch.no_grad()
+    def run(x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return diffusion.ddim_sample_loop(model, tuple(x0.shape), clip_denoised=True,
+                                          model_kwargs={"y": cond, "gt": x0, "s": 1.5}, ddim_percent=0.55)
+
+    return model, run
+
+
+def parse_race_solvers(text: str) -> list[dict]:
+    out = []
+    for item in filter(None, (p.strip() for p in text.split(";"))):
+        head, steps = item.split(":")
+        solver, spacing = head.split("/")
+        out += [{"solver": solver, "spacing": spacing, "steps": int(n)} for n in steps.split(",")]
+    return out
+
+
+def race(args, device: torch.device) -> int:
+    """Whole runs per arm, interleaved, each repeat's ratios paired; JSON + markdown."""
+    from tqdm import tqdm
+
+    preset, size, batch = "w32", 64, 4
+    model = random_sdm(preset, size, device)
+    x0, cond, noise = inputs(batch, size, device)
+    arms: dict[str, tuple] = {}
+    notes = []
+    if args.public_src:
+        pub_model, pub_run = public_sampler(args.public_src, device)
+        arms["public-ddim55"] = (lambda: pub_run(x0, cond), sum(p.numel() for p in pub_model.parameters()), 55)
+    else:
+        notes.append("public arm not run: pass --public-src <checkout of hvcl/DiffMix>")
+    ref = ReferenceDDIMSampler(steps=55, t_start=540)
+    arms["reference-ddim55"] = (lambda: ref.sample(model, x0, cond, noise=noise), None, 55)
+    caches = ModelCaches(model)
+    fast = DDIMSampler(steps=55, t_start=540)
+    arms["fast-ddim55"] = (lambda: fast.sample(model, x0, cond, noise=noise, caches=caches), None, 55)
+    for setting in parse_race_solvers(args.race_solvers):
+        s = DDIMSampler(t_start=540, **setting)
+        name = f"fast-{setting['solver']}-{setting['spacing']}{setting['steps']}"
+        arms[name] = (lambda s=s: s.sample(model, x0, cond, noise=noise, caches=caches), None, setting["steps"])
+    params = sum(p.numel() for p in model.parameters())
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    with torch.no_grad(), tqdm(total=len(arms) * (args.repeats + 1), desc="race", unit="run") as bar:
+        for rep in range(args.repeats + 1):  # repeat 0 is the warm-up
+            for name, (fn, _, _) in arms.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                if rep:
+                    times[name].append(time.perf_counter() - t0)
+                bar.update(1)
+    rows = []
+    for name, (_, pub_params, evals) in arms.items():
+        row = {"arm": name, "network_evaluations": evals, "s_per_patch": statistics.median(times[name]) / batch,
+               "s_per_patch_min": min(times[name]) / batch, "s_per_patch_max": max(times[name]) / batch,
+               "params": pub_params or params}
+        for base in ("fast-ddim55", "public-ddim55", "reference-ddim55"):
+            if base in times:  # paired per repeat: each run against the base run of the same repeat
+                ratios = [t / b for t, b in zip(times[name], times[base], strict=True)]
+                row[f"cost_vs_{base}"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+        rows.append(row)
+    goals = {}
+    for r in rows:
+        if r["arm"].startswith("fast-") and r["arm"] != "fast-ddim55":
+            goals[r["arm"]] = {"cost_vs_fast_ddim55": r["cost_vs_fast-ddim55"]["median"], "goal_vs_fast_ddim55": 0.25,
+                               "cost_vs_public": r.get("cost_vs_public-ddim55", {}).get("median"),
+                               "goal_vs_public": 1 / 15}
+    machine = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor(),
+               "load_average_at_start": list(os.getloadavg())}
+    report = {"benchmark": "solver_speed", "machine": machine,
+              "config": {"preset": preset, "size": size, "batch": batch, "labels": "real", "precision": "fp32",
+                         "path": "eager", "repeats": args.repeats, "t_start": 540, "guidance_scale": 1.5,
+                         "public_config": W32_PUBLIC if args.public_src else None,
+                         "method": "whole runs, arms interleaved per repeat after one warm-up round; ratios paired per "
+                                   "repeat (median, min, max)"},
+              "rows": rows, "goals": goals, "notes": notes}
+    lines = [f"# Sampler speed, whole patches: the solvers against the 55-step protocol ({device.type})", "",
+             f"Equal network: {preset} ({params:,} parameters"
+             + (f"; public model {arms['public-ddim55'][1]:,}" if "public-ddim55" in arms else "")
+             + f"), {size} px, batch {batch}, real label maps, fp32 eager, {torch.get_num_threads()} threads, "
+             f"{args.repeats} repeats (load average at start {machine['load_average_at_start'][0]:.1f}).", "",
+             "| arm | network evaluations | s / patch (median) | min-max | cost vs fast DDIM-55 | cost vs public |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        vs_fast = r.get("cost_vs_fast-ddim55", {}).get("median")
+        vs_pub = r.get("cost_vs_public-ddim55", {}).get("median")
+        lines.append(f"| {r['arm']} | {r['network_evaluations']} | {r['s_per_patch']:.3f} | {r['s_per_patch_min']:.3f}-"
+                     f"{r['s_per_patch_max']:.3f} | {vs_fast:.3f} | " + ("n/a" if vs_pub is None else f"{vs_pub:.4f}")
+                     + " |")
+    lines += ["", *(f"- {n}" for n in notes), "Goals (issue 29): at most 0.25 of the fast 55-step DDIM and 1/15 of "
+              "the public sampler, same run, same network.", ""]
+    out = Path(args.out or Path(__file__).parent / "results" / f"solver_speed_{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines))
+    print("\n".join(lines))
+    print(f"wrote {out} and {out.with_suffix('.md').name}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
@@ -310,11 +455,19 @@ def main(argv: list[str] | None = None) -> int:
                              "sampler sees) or 'random' (a random class per pixel: no label window repeats, "
                              "so the per-window SPADE setup falls back to full convolutions)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--race", action="store_true", help="whole-patch runs: solvers vs the 55-step protocol and "
+                        "the public sampler (see the module docstring)")
+    parser.add_argument("--race-solvers", default="unipc/logsnr:10",
+                        help="--race: fast solver settings, 'solver/spacing:steps[,steps];...'")
+    parser.add_argument("--public-src", type=Path, default=None, help="--race: a checkout of hvcl/DiffMix")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     _labels["kind"] = args.labels
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.race:
+        args.repeats = args.repeats or 3
+        return race(args, device)
     args.direct_presets = tuple(p for p in args.direct_presets.split(",") if p)
     args.steps = [int(s) for s in args.steps.split(",")]
     if len(args.steps) != 2 or not 0 < args.steps[0] < args.steps[1]:

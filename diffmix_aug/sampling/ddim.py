@@ -38,8 +38,12 @@ MODULATION_KINDS = ("auto", "full", "hidden")
 
 
 class ModelCaches:
-    """What fast sampling keeps for one model: its guided denoisers (one per modulation kind) and the
-    captured CUDA-graph steps (:class:`~diffmix_aug.sampling.graph.StepGraphs`).
+    """What fast sampling keeps for one model: its guided denoisers and the captured CUDA-graph steps
+    (:class:`~diffmix_aug.sampling.graph.StepGraphs`).
+
+    Denoisers are keyed by every setting that changes what they compute (:meth:`DDIMSampler.denoiser_key`:
+    modulation kind, guidance scale, precision, memory format, the SDM split), so samplers with other
+    settings can share one ``ModelCaches`` and never get each other's denoiser.
 
     The sampler holds no model state: these caches belong with the object that owns the model (a
     :class:`~diffmix_aug.sampling.synthesizer.Synthesizer` keeps one and passes it to every
@@ -51,7 +55,7 @@ class ModelCaches:
 
     def __init__(self, model) -> None:
         self.model = model
-        self.denoisers: dict[str, object] = {}
+        self.denoisers: dict[tuple, object] = {}
         self.graphs = None  # graph.StepGraphs, created on first CUDA-graph use
 
     def check(self, model) -> None:
@@ -310,13 +314,18 @@ class DDIMSampler(DDIMSettings):
     def denoiser_for(self, model, x0: torch.Tensor, caches: ModelCaches | None = None):
         """The guided denoiser for ``model`` on batches like ``x0`` (kept in ``caches`` when given)."""
         kind = self._pick_kind(model, x0)
-        den = caches.denoisers.get(kind) if caches is not None else None
+        key = self.denoiser_key(kind)
+        den = caches.denoisers.get(key) if caches is not None else None
         if den is None:
             den = make_denoiser(model, self.scale, precision=self.precision, channels_last=self.channels_last,
                                 kind=kind, use_split=self.use_sdm_split)
             if caches is not None:
-                caches.denoisers[kind] = den
+                caches.denoisers[key] = den
         return den
+
+    def denoiser_key(self, kind: str) -> tuple:
+        """Every setting a denoiser depends on: (modulation kind, guidance s, precision, NHWC, SDM split)."""
+        return (kind, self.scale, self.precision, self.channels_last, self.use_sdm_split)
 
     def _pick_kind(self, model, x0: torch.Tensor) -> str:
         if self.modulation_kind != "auto":

@@ -116,3 +116,63 @@ def test_synthesizer_cuda_fp16_channels_last():
     assert a.dtype == np.uint8 and a.shape == images.shape
     assert np.array_equal(a, b)
     assert synth.sampler.last_run["path"] == "graph"
+
+
+# ----------------------------------------------------------------------------- multistep solvers on CUDA
+MULTISTEP = ("dpmpp_2m", "dpmpp_3m", "unipc")
+
+
+@pytest.mark.parametrize("solver", MULTISTEP)
+def test_multistep_fast_equals_plain_reference_cuda(solver):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+    from sampling_helpers import plain_solver_sample
+
+    model, (x0, cond) = _model(), _inputs()
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).cuda()
+    fast = DDIMSampler(solver=solver, steps=8, spacing="logsnr")
+    out = fast.sample(model, x0, cond, noise=z)
+    ref = plain_solver_sample(model, x0, cond, z, fast.timesteps, solver)
+    assert (out - ref).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("solver", MULTISTEP)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_multistep_graph_replay_equals_eager(solver, precision):
+    """The history of earlier predictions is a static buffer of the graph: replay == eager, and a second batch
+    through the same graph starts from a cleared history."""
+    model, (x0, cond) = _model(), _inputs()
+    kw = dict(solver=solver, steps=8, precision=precision)
+    eager = DDIMSampler(**kw).sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
+    graphed = DDIMSampler(**kw, cuda_graph=True)
+    caches = ModelCaches(model)
+    out = graphed.sample(model, x0, cond, generator=torch.Generator().manual_seed(0), caches=caches)
+    assert graphed.last_run["path"] == "graph"
+    tol = 1e-4 if precision == "fp32" else 1e-2
+    torch.testing.assert_close(out, eager, atol=tol, rtol=0)
+    x1, c1 = _inputs(seed=1)
+    out1 = graphed.sample(model, x1, c1, generator=torch.Generator().manual_seed(1), caches=caches)
+    eager1 = DDIMSampler(**kw).sample(model, x1, c1, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out1, eager1, atol=tol, rtol=0)
+    assert len(caches.graphs) == 1
+    entry = next(iter(caches.graphs._entries.values()))
+    assert entry.buffers.history is not None and entry.buffers.history.shape[0] == graphed.history_depth
+
+
+def test_multistep_replay_allocates_no_memory():
+    model, (x0, cond) = _model(), _inputs()
+    s = DDIMSampler(solver="unipc", steps=6, precision="fp16", cuda_graph=True)
+    caches = ModelCaches(model)
+    s.sample(model, x0, cond, generator=torch.Generator().manual_seed(0), caches=caches)
+    entry = next(iter(caches.graphs._entries.values()))
+    entry.graph.replay()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    entry.k.fill_(s.start_index)
+    entry.graph.replay()
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before
+    assert torch.cuda.max_memory_allocated() == before

@@ -21,6 +21,8 @@ def test_gpu_suite_dry_run(tmp_path):
     assert "reference-fp32-eager" in arms and "fast-bf16-eager" in arms
     assert "CUDA" in res["sampler"]["skipped"]["fast-bf16-graph"]
     assert arms["fast-bf16-eager"]["max_abs_diff_vs_reference"] < 0.2  # bf16 on CPU, a few steps
+    solver_rows = [r for r in res["sampler"]["rows"] if r["solver"] != "ddim"]
+    assert {r["solver"] for r in solver_rows} == {"unipc", "dpmpp_2m"} and all(r["patches_per_s"] > 0 for r in solver_rows)
     assert res["loader"]["diffmix_items_per_s"] > 0 and res["loader"]["stats"]["items"] >= 0
     assert (tmp_path / "gpu_suite.md").read_text().startswith("# GPU suite (dry run")
 

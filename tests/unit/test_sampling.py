@@ -312,3 +312,21 @@ def test_torch_compile_option_matches_eager():
     out = s.sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
     assert s.last_run["path"] == "compiled"
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=0)
+
+
+def test_shared_caches_never_hand_over_another_settings_denoiser():
+    """ModelCaches key denoisers by every setting that changes them (issue 30): samplers with another guidance
+    scale or precision sharing one caches object each get their own result."""
+    from diffmix_aug.sampling.ddim import ModelCaches
+
+    model = randomize_sdm(build_sdm("tiny", 6, image_size=64))
+    x0, cond = make_inputs(2, 16)
+    caches = ModelCaches(model)
+    settings = [dict(guidance_scale=1.5), dict(guidance_scale=3.0), dict(guidance_scale=1.5, precision="bf16"),
+                dict(guidance_scale=1.0)]
+    for kw in settings:
+        alone = DDIMSampler(steps=2, t_start=100, **kw).sample(model, x0, cond, generator=torch.Generator().manual_seed(0))
+        shared = DDIMSampler(steps=2, t_start=100, **kw).sample(model, x0, cond, generator=torch.Generator().manual_seed(0),
+                                                                caches=caches)
+        assert torch.equal(shared, alone), kw
+    assert len(caches.denoisers) == len(settings)
