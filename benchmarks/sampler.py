@@ -354,7 +354,7 @@ def race(args, device: torch.device) -> int:
     """Whole runs per arm, interleaved, each repeat's ratios paired; JSON + markdown."""
     from tqdm import tqdm
 
-    preset, size, batch = "w32", 64, 4
+    preset, size, batch = "w32", 64, args.race_batch
     model = random_sdm(preset, size, device)
     x0, cond, noise = inputs(batch, size, device)
     arms: dict[str, tuple] = {}
@@ -460,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--race-solvers", default="unipc/logsnr:10",
                         help="--race: fast solver settings, 'solver/spacing:steps[,steps];...'")
     parser.add_argument("--public-src", type=Path, default=None, help="--race: a checkout of hvcl/DiffMix")
+    parser.add_argument("--race-batch", type=int, default=4, help="--race: batch size (the goal case: 4)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     _labels["kind"] = args.labels

@@ -115,7 +115,12 @@ def test_sampler_presets_and_reported_settings(model):
     # a preset value can be overridden by name; the result reproduces from its settings
     s = make_sampler("reference", steps=20)
     assert s.timesteps[0] == 540 and len(s.timesteps) == 20
-    assert set(PRESETS) >= {"reference"}
+    assert set(PRESETS) >= {"reference", "fast"}
+    fast = Synthesizer(model, "fast")
+    assert fast.sampler_settings["preset"] == "fast" and fast.sampler_settings["solver"] == "unipc"
+    assert fast.sampler_settings["timesteps"][0] == 540 and len(fast.sampler_settings["timesteps"]) == 10
+    images, inst, types = _maps(1)
+    assert fast(images, inst, types, generator=torch.Generator().manual_seed(0)).shape == images.shape
     with pytest.raises(ValueError, match="preset"):
         make_sampler("fastest")
     with pytest.raises(ValueError, match="`strength` was removed: .*t_start"):
