@@ -220,6 +220,7 @@ def figure(res: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -234,6 +235,9 @@ def figure(res: dict[str, Any], path: Path) -> None:
         ax.axvline(11, color="grey", ls=":", lw=1, label="11 evaluations (5x fewer)")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ticks = sorted({r["network_evaluations"] for r in res["rows"]} & {5, 6, 8, 10, 12, 15, 20, 55})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("network evaluations per patch (guided batches)")
         ax.set_title(f"ODE error, {title}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
