@@ -3,10 +3,11 @@
 With eta = 0 every solver integrates the same probability-flow ODE (guidance 1.5 on eps, x0 clipped)
 from the same start x_t: the original patch noised to t = 540 with one fixed draw per map. So each
 setting's error is measured without noise against a **converged reference**: the same ODE solved by
-UniPC with ``--ref-steps`` steps (default 100, log-SNR spacing), cross-checked against DPM-Solver++(2M)
-with as many steps (a different second-order method: the distance between the two is reported), and,
-with ``--ddim-unit-steps``, against DDIM with all 541 unit steps (first order: its own error stays
-near 1e-3 of the [-1, 1] range on a smooth model, see ``tests/unit/test_sampling_solvers.py``).
+UniPC with ``--ref-steps`` steps (default 200, log-SNR spacing), cross-checked against DPM-Solver++(2M)
+with as many steps (a different second-order method: the distance between the two is reported), and
+on the first ``--ddim-unit-maps`` maps (default 3) against DDIM with all 541 unit steps (first order:
+its own error stays near 1e-3 of the [-1, 1] range on a smooth model, see
+``tests/unit/test_sampling_solvers.py``).
 
 Error of a setting: RMSE and max |difference| on the 0-255 scale (float, before uint8 rounding)
 between its final patch and the reference's, per map; mean and worst case over the maps. The bar is
@@ -14,14 +15,15 @@ the **reference protocol's own error** (55 DDIM steps from t = 540, ``sampler="r
 setting whose worst-case error is at or below it is at least as accurate as the paper's sampler.
 
 Maps: CoNSeP validation tiles 1-5 (never seen by the SDM), at the SDM's field of view and training
-size (20x, 64 px crops; ``--size 128`` renders whole 20x patches at 4x the cost): per tile
-``--per-tile`` patches (the crop holding the most nuclei), each as its real map, a balancing map
-and an enlarging map (the project's samplers, donors from the training tiles). Network: the shipped
+size (20x, 64 px crops; ``--size 128`` renders whole 20x windows at 4x the cost): per tile
+``--per-tile`` windows, each as its real map, a balancing map and an enlarging map, drawn as
+``benchmarks/fidelity.py`` draws them (balancing on the whole validation tile, validation donors). Network: the shipped
 CoNSeP SDM ``benchmarks/weights/sdm_consep_cpu.safetensors``. Wall time per patch is measured in
 the same run (batches of ``--batch``, fp32, eager), so every setting runs on equal terms.
 
-    python benchmarks/solver.py                       # full run: 15 maps x 514 guided evaluations, about
-                                                      # 15-25 min on 2 quiet cores (it prints its estimate)
+    python benchmarks/solver.py                       # full run: 30 maps, 31,683 patch-evaluations: about
+                                                      # 17 min on 2 quiet cores (29 ms per 64 px patch-evaluation
+                                                      # at batch 8 here); it prints its own estimate
     python benchmarks/solver.py --quick --out /tmp/s  # smoke run: 3 maps at 32 px, a few settings
 
 Writes ``solver.json``, ``solver.md`` and ``solver.png`` to ``--out`` (default
@@ -48,10 +50,11 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.consep_pool import ATTRIBUTION, DATA_ROOT, MAX_SHIFT, RARE, SDM_VAL_TILES, WEIGHTS
+from benchmarks.consep_pool import ATTRIBUTION, SDM_VAL_TILES, WEIGHTS
 from diffmix_aug._io import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "solver"
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "consep_256"  # ../shared beside the checkout
 BAR = {"solver": "ddim", "steps": 55, "spacing": "linear"}  # the reference protocol (sampler="reference")
 REFERENCE = {"solver": "unipc", "spacing": "logsnr"}
 CROSS_CHECK = {"solver": "dpmpp_2m", "spacing": "logsnr"}
@@ -59,12 +62,15 @@ CROSS_CHECK = {"solver": "dpmpp_2m", "spacing": "logsnr"}
 # (a 3-map pilot showed linear spacing far worse for every multistep solver than log-SNR: the last
 # step into t = 0 is one large log-SNR step; so linear and quadratic are kept as a few control points)
 FULL_PLAN = {
-    ("ddim", "linear"): [5, 10, 20],  # + 55: the bar
+    ("ddim", "linear"): [5, 8, 10, 15, 20, 30, 40],  # + 55: the bar
     ("unipc", "logsnr"): [5, 6, 7, 8, 9, 10, 11, 12, 15, 20],
-    ("dpmpp_2m", "logsnr"): [6, 8, 10, 12, 15],
-    ("dpmpp_3m", "logsnr"): [8, 10, 12],
+    ("dpmpp_2m", "logsnr"): [5, 6, 7, 8, 9, 10, 11, 12, 15, 20],
+    ("dpmpp_3m", "logsnr"): [5, 6, 7, 8, 9, 10, 11, 12, 15, 20],
     ("unipc", "linear"): [10, 20],
+    ("dpmpp_2m", "linear"): [10, 20],
+    ("dpmpp_3m", "linear"): [10, 20],
     ("unipc", "quadratic"): [10],
+    ("dpmpp_2m", "quadratic"): [10],
 }
 QUICK_PLAN = {("ddim", "linear"): [5], ("dpmpp_2m", "logsnr"): [5, 10], ("unipc", "logsnr"): [5, 10]}
 T_START = 540
@@ -81,35 +87,42 @@ def _best_crop(inst_map: np.ndarray, size: int) -> tuple[int, int]:
 
 
 def load_maps(data_root: Path, size: int, per_tile: int, seed: int) -> list[dict[str, Any]]:
-    """Real, balancing and enlarging maps of validation patches, cropped to ``size`` px at 20x.
+    """Real, balancing and enlarging maps of validation windows, cropped to ``size`` px at 20x.
+
+    The maps are drawn as ``benchmarks/fidelity.py`` draws them (:func:`benchmarks.fidelity.validation_maps`:
+    GradMix label mixing on the whole validation tiles with validation donors, enlarging per window);
+    per tile the ``per_tile`` fullest of the drawn 128 px windows whose ``size`` px crop (the one holding the
+    most nuclei) overlaps no other chosen crop of the tile.
 
     Returns:
         ``[{"name", "kind", "image" uint8 [S, S, 3], "inst_map" int32 [S, S], "type_map" int32 [S, S]}]``:
-        per tile ``per_tile`` patches, each as kinds ``real``, ``balance``, ``enlarge`` (the image is
-        always the real patch: the partial-noise start).
+        kinds ``real``, ``balance``, ``enlarge`` per window (the image is always the real patch: the start).
     """
-    from benchmarks.consep_pool import load_split, make_samplers
-    from diffmix_aug.data.sample import NucleiSample
+    from benchmarks.fidelity import validation_maps
+    from benchmarks.tilesets import consep_tilesets
 
-    train, val = load_split(data_root, SDM_VAL_TILES)
-    enl, bal, _, _ = make_samplers(train, size, MAX_SHIFT, RARE)
-    names = val.item_names()
-    rng = np.random.default_rng([seed, 29])
+    _, val = consep_tilesets(data_root, SDM_VAL_TILES, only_tiles=())
+    vm = validation_maps(val, 8 * len(val.tiles) * per_tile, seed)
+    by_tile: dict[str, list[int]] = {}
+    for j, (name, _, _) in enumerate(vm["where"]):
+        by_tile.setdefault(name, []).append(j)
     maps = []
-    for tile in SDM_VAL_TILES:
-        idx = [i for i, n in enumerate(names) if int(n.split("_")[1]) == tile]
-        for k, i in enumerate(sorted(rng.choice(idx, min(per_tile, len(idx)), replace=False))):
-            s = val[int(i)]
-            y, x = _best_crop(s.inst_map, size)
-            crop = s.crop(y, x, size, size)
-            trusted = NucleiSample.trusted(crop.image, crop.inst_map, crop.type_map)
-            m_bal = bal(trusted, np.random.default_rng([seed, tile, k, 2]))
-            m_enl = enl(crop, np.random.default_rng([seed, tile, k, 1]))
-            for kind, (inst, typ) in (("real", (crop.inst_map, crop.type_map)),
-                                      ("balance", (m_bal.inst_map, m_bal.type_map)),
-                                      ("enlarge", (m_enl.inst_map, m_enl.type_map))):
-                maps.append({"name": f"{names[int(i)]}@{y},{x}", "kind": kind, "image": crop.image,
-                             "inst_map": np.asarray(inst, np.int32), "type_map": np.asarray(typ, np.int32)})
+    for name in sorted(by_tile, key=lambda n: int(n.split("_")[-1])):
+        boxes: list[tuple[int, int]] = []
+        for j in sorted(by_tile[name], key=lambda j: -len(vm["real"][j].info)):  # the fullest first
+            real = vm["real"][j]
+            y, x = _best_crop(real.inst_map, size)
+            _, wy, wx = vm["where"][j]
+            if len(boxes) == per_tile or any(abs(wy + y - by) < size and abs(wx + x - bx) < size for by, bx in boxes):
+                continue  # crops of one tile never overlap
+            boxes.append((wy + y, wx + x))
+            sl = (slice(y, y + size), slice(x, x + size))
+            for kind, (inst, typ) in (("real", (real.inst_map, real.type_map)), ("balance", vm["balance"][j]),
+                                      ("enlarge", vm["enlarge"][j])):
+                maps.append({"name": f"{name}@{wy + y},{wx + x}", "kind": kind,
+                             "image": np.ascontiguousarray(real.image[sl]),
+                             "inst_map": np.ascontiguousarray(inst[sl], np.int32),
+                             "type_map": np.ascontiguousarray(typ[sl], np.int32)})
     return maps
 
 
@@ -190,7 +203,8 @@ def markdown(res: dict[str, Any]) -> str:
              f"threads; {res['wall_s'] / 60:.1f} min.", "",
              f"Converged reference: {REFERENCE['solver']} with {cfg['ref_steps']} steps ({REFERENCE['spacing']} spacing). "
              "Cross-checks (RMSE on 0-255 against it, mean / worst over maps): "
-             + "; ".join(f"{k}: {v['rmse_mean']:.4f} / {v['rmse_worst']:.4f}" for k, v in res["cross_checks"].items())
+             + "; ".join(f"{k} ({v['maps']} maps): {v['rmse_mean']:.4f} / {v['rmse_worst']:.4f}"
+                         for k, v in res["cross_checks"].items())
              + ".", "",
              f"Bar: the reference protocol (55 DDIM steps from t = 540) is {bar['rmse_mean']:.3f} RMSE on average and "
              f"{bar['rmse_worst']:.3f} at worst (max |diff| {bar['max_abs_worst']:.2f}) from the converged ODE solution.",
@@ -257,12 +271,13 @@ def figure(res: dict[str, Any], path: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-root", type=Path, default=DATA_ROOT, help="CoNSeP-layout folder (../shared/data/consep_256/train)")
+    ap.add_argument("--data-root", type=Path, default=DATA_ROOT, help="consep_256 (or its train/ folder)")
     ap.add_argument("--weights", type=Path, default=WEIGHTS)
     ap.add_argument("--size", type=int, default=64, help="crop side at 20x (64: the SDM's training size; 128: whole patches)")
-    ap.add_argument("--per-tile", type=int, default=1, help="validation patches per tile (x3 maps: real, balance, enlarge)")
-    ap.add_argument("--ref-steps", type=int, default=100, help="steps of the converged reference and its cross-check")
-    ap.add_argument("--ddim-unit-steps", action="store_true", help="also cross-check against DDIM with all 541 unit steps")
+    ap.add_argument("--per-tile", type=int, default=2, help="validation windows per tile (x3 maps: real, balance, enlarge)")
+    ap.add_argument("--ref-steps", type=int, default=200, help="steps of the converged reference and its cross-check")
+    ap.add_argument("--ddim-unit-maps", type=int, default=3, help="maps also solved by DDIM with all 541 unit steps "
+                    "(a cross-check of the reference; 0: none)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -273,7 +288,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 maps at 32 px, a few settings, 20-step reference")
     args = ap.parse_args(argv)
     if args.quick:
-        args.ref_steps, args.per_tile, args.size = min(args.ref_steps, 20), 1, 32
+        args.ref_steps, args.per_tile, args.size, args.ddim_unit_maps = min(args.ref_steps, 20), 1, 32, 0
         args.max_maps = min(args.max_maps or 3, 3)
     args.plan = parse_plan(args.plan) if args.plan else (QUICK_PLAN if args.quick else FULL_PLAN)
     return args
@@ -306,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     root = Path(args.data_root)
-    if not (root / "Labels").is_dir():
-        raise SystemExit(f"no CoNSeP patches at {root} (../shared/data/consep_256/train; see its README): nothing measured")
+    if not any((r / "Labels").is_dir() for r in (root, root / "train", root / "Train")):
+        raise SystemExit(f"no CoNSeP patches at {root} (../shared/data/consep_256; see its README): nothing measured")
     torch.set_num_threads(args.threads)
     t_begin = time.perf_counter()
     print(f"[solver] loading CoNSeP validation maps from {root} ...", flush=True)
@@ -320,44 +335,43 @@ def main(argv: list[str] | None = None) -> int:
     z = start_noise(len(maps), args.size, args.seed)
     caches = ModelCaches(model)
     plan = args.plan
-    jobs = [("reference", {**REFERENCE, "steps": args.ref_steps}), ("bar", dict(BAR))]
-    jobs += [("cross_check", {**CROSS_CHECK, "steps": args.ref_steps})]
-    if args.ddim_unit_steps:
-        jobs.append(("cross_check", {"solver": "ddim", "spacing": "linear", "steps": T_START + 1}))
-    jobs += [("row", {"solver": s, "spacing": sp, "steps": n}) for (s, sp), counts in plan.items() for n in counts]
-    total_evals = sum(j[1]["steps"] for j in jobs) * len(maps)
-    print(f"[solver] {len(maps)} maps x {len(jobs)} settings = {total_evals} patch-evaluations", flush=True)
-    outputs: dict[str, torch.Tensor] = {}
+    n_all, n_unit = len(maps), min(args.ddim_unit_maps, len(maps))
+    jobs = [("reference", {**REFERENCE, "steps": args.ref_steps}, n_all), ("bar", dict(BAR), n_all),
+            ("cross_check", {**CROSS_CHECK, "steps": args.ref_steps}, n_all)]
+    if n_unit:  # first order, 541 evaluations: on the first maps only
+        jobs.append(("cross_check", {"solver": "ddim", "spacing": "linear", "steps": T_START + 1}, n_unit))
+    jobs += [("row", {"solver": s, "spacing": sp, "steps": n}, n_all) for (s, sp), counts in plan.items() for n in counts]
+    total_evals = sum(j[1]["steps"] * j[2] for j in jobs)
+    print(f"[solver] {n_all} maps x {len(jobs)} settings = {total_evals} patch-evaluations", flush=True)
     rows, cross, bar, ref = [], {}, None, None
     done = 0
     with torch.no_grad(), tqdm(total=total_evals, desc="solver bench", unit="patch-eval") as pbar:
-        for role, setting in jobs:
-            out, seconds = run_setting(model, caches, x0, cond, z, batch=args.batch, **setting)
-            pbar.update(setting["steps"] * len(maps))
-            done += setting["steps"] * len(maps)
+        for role, setting, n in jobs:
+            out, seconds = run_setting(model, caches, x0[:n], cond[:n], z[:n], batch=args.batch, **setting)
+            pbar.update(setting["steps"] * n)
+            done += setting["steps"] * n
             if role == "reference":
                 ref = out
                 rate = sum(t for t, _ in seconds) / done
                 pbar.write(f"[solver] reference done: {rate * 1e3:.0f} ms per patch-evaluation, about "
                            f"{(total_evals - done) * rate / 60:.0f} min left")
                 continue
-            row = {**setting, "network_evaluations": setting["steps"], "model_passes": 2 * setting["steps"],
-                   **summarise(errors_255(out, ref)), **per_patch_seconds(seconds),
-                   "per_map_rmse": errors_255(out, ref)["rmse"]}
-            name = f"{setting['solver']}/{setting['spacing']}/{setting['steps']}"
+            err = errors_255(out, ref[:n])
+            row = {**setting, "maps": n, "network_evaluations": setting["steps"], "model_passes": 2 * setting["steps"],
+                   **summarise(err), **per_patch_seconds(seconds), "per_map_rmse": err["rmse"]}
             if role == "bar":
                 bar = row
                 rows.append(row)
             elif role == "cross_check":
-                cross[name] = row
+                cross[f"{setting['solver']}/{setting['spacing']}/{setting['steps']}"] = row
             else:
                 rows.append(row)
-            outputs[name] = out
     smallest = smallest_meeting(rows, bar)
     kinds = [m["kind"] for m in maps]
     res = {"benchmark": "solver", "command": " ".join(["python", "benchmarks/solver.py", *(argv if argv is not None
                                                                                          else sys.argv[1:])]),
            "config": {"size": args.size, "per_tile": args.per_tile, "ref_steps": args.ref_steps, "batch": args.batch,
+                      "ddim_unit_maps": n_unit,
                       "seed": args.seed, "quick": args.quick, "t_start": T_START, "guidance_scale": 1.5,
                       "weights": Path(args.weights).name, "reference": REFERENCE, "cross_check": CROSS_CHECK,
                       "bar": BAR, "plan": {f"{s}/{sp}": v for (s, sp), v in plan.items()},
