@@ -7,9 +7,11 @@ which never reach its workers). One writer (the producer thread in the main proc
 number of readers (workers) synchronise per slot with a seqlock: the slot's version counter is
 odd while it is being written; a reader copies the slot and retries when the version changed or
 was odd. Readers never block: when the cache is empty they get ``None`` and the caller serves an
-original item. A serve is claimed under a cross-process lock against ``max_reuse``; the writer
-waits on credits (one per slot whose patch was already served) instead of overwriting unread
-patches.
+original item. A serve is claimed under a cross-process lock against ``max_reuse``
+(:class:`~diffmix_aug._proclock.ProcessLock`: released by the kernel when its holder dies, so a
+DataLoader worker SIGKILLed inside a claim blocks nobody; the wait for a live holder is bounded by
+``claim_timeout``); the writer waits on credits (one per slot whose patch was already served)
+instead of overwriting unread patches.
 
 The cache does no disk I/O (the on-disk format is :class:`~diffmix_aug.store.PatchStore`'s). Each
 patch's metadata is kept, whole, in the writer's process (:meth:`ReplayCache.meta`): the workers
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 
 from ._checks import check_choice, check_positive_int, describe
+from ._proclock import ProcessLock
 from ._seeds import key_indices
 
 __all__ = ["CachedPatch", "ReplayCache"]
@@ -74,6 +77,8 @@ class ReplayCache:
         num_classes: Classes counting the background (the pipeline's ``ClassTable.num_classes``), for
             the per-slot class histogram that lets the producer bias synthesis toward what the cache lacks.
         candidates: How many filled slots a reader samples before taking the least reused one.
+        claim_timeout: Seconds a serve waits for the claim held by another process (one stopped
+            while it held it: SIGSTOP, a debugger) before ``TimeoutError`` naming that process.
 
     Raises:
         ValueError / TypeError: bad arguments (the message names the field).
@@ -89,6 +94,7 @@ class ReplayCache:
         max_reuse: int = 8,
         num_classes: int,
         candidates: int = 3,
+        claim_timeout: float = 10.0,
     ) -> None:
         self.capacity = check_positive_int("capacity", capacity)
         if (not isinstance(patch_shape, (tuple, list)) or len(patch_shape) != 2
@@ -102,6 +108,9 @@ class ReplayCache:
         self.max_reuse = check_positive_int("max_reuse", max_reuse)
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.candidates = check_positive_int("candidates", candidates)
+        if isinstance(claim_timeout, bool) or not isinstance(claim_timeout, (int, float)) \
+                or not 0 < claim_timeout < float("inf"):
+            raise ValueError(f"`claim_timeout` must be a positive number of seconds, got {describe(claim_timeout)}")
         c, (h, w) = self.capacity, self.patch_shape
         t = {
             "image": torch.zeros((c, h, w, 3), dtype=torch.uint8),
@@ -120,8 +129,9 @@ class ReplayCache:
         # stays valid in forked and spawned workers alike.
         self._credits = multiprocessing.get_context("spawn").Semaphore(self.capacity)
         # serialises the serve accounting of read() across the workers: the claim against max_reuse
-        # and the reuse / reads counters (a read-modify-write from two workers at once lost updates)
-        self._serve_lock = multiprocessing.get_context("spawn").Lock()
+        # and the reuse / reads counters (a read-modify-write from two workers at once lost updates);
+        # a holder's death releases it (a semaphore stayed taken for ever after a SIGKILL)
+        self._serve_lock = ProcessLock("ReplayCache serve claim", timeout=claim_timeout)
         self._views()
         #: seq -> metadata, in the writer's process only (never pickled to workers): the patches held
         #: and at least the last ``4 * capacity`` written
@@ -306,7 +316,7 @@ class ReplayCache:
         other than at its start, the counts are approximate).
         """
         n = self._np
-        with self._serve_lock if self._serve_lock is not None else contextlib.nullcontext():
+        with self._serve_lock if self._serve_lock is not None else contextlib.nullcontext():  # bounded wait
             before = int(n["reuse"][slot])
             if before >= self.max_reuse:
                 return False
@@ -402,9 +412,12 @@ class ReplayCache:
         """Drop this process's handle on the shared memory (it is freed with the last handle)."""
         if self._credits is not None:
             self.release_credit(1)  # wake a producer blocked on credits
+        if self._serve_lock is not None:
+            self._serve_lock.close()
         self._np = {}
         self._tensors = {}
         self._credits = None
+        self._serve_lock = None
 
 
 def _class_hist(inst: np.ndarray, typ: np.ndarray, k: int) -> np.ndarray:
