@@ -277,6 +277,27 @@ class ReplayCache:
             cand = pool[rng.integers(0, pool.size, size=self.candidates)]
         return int(cand[np.argmin(n["reuse"][cand])])
 
+    def serve(self, keys: tuple[int, ...]) -> CachedPatch | None:
+        """One serve: :meth:`pick` a slot and :meth:`read` it, picking again when another reader took
+        the picked slot's last serve (or the writer replaced its patch) in between.
+
+        Returns None only when no filled slot is below ``max_reuse`` (or, after ``capacity + 8``
+        lost claims in a row, a bound no reader reaches in practice; or torn reads past
+        :meth:`read`'s bound): an ask is served whenever a patch under ``max_reuse`` remains.
+
+        Args:
+            keys: Integer keys the candidates are hashed from (the first pick uses them as given,
+                a repeat appends the attempt number).
+        """
+        for attempt in range(self.capacity + 8):
+            slot = self.pick(keys if attempt == 0 else (*keys, attempt))
+            if slot is None:
+                return None
+            patch = self.read(slot)
+            if patch is not None:
+                return patch
+        return None
+
     def read(self, slot: int, *, count: bool = True, max_retries: int = 1000) -> CachedPatch | None:
         """Copy slot ``slot`` out with the seqlock protocol (retries while it is being written).
 
@@ -303,13 +324,14 @@ class ReplayCache:
                 continue  # torn: the writer touched the slot while we copied
             if seq < 0:
                 return None
-            if count and not self._claim(slot):
-                return None  # another reader took its last serve meanwhile: the caller serves an original
+            if count and not self._claim(slot, seq):
+                return None  # another reader took its last serve meanwhile (serve() picks again)
             return CachedPatch(image, inst, typ, slot, seq)
         return None
 
-    def _claim(self, slot: int) -> bool:
-        """Count one serve of ``slot`` unless it already reached ``max_reuse``; False then.
+    def _claim(self, slot: int, seq: int) -> bool:
+        """Count one serve of patch ``seq`` in ``slot`` unless it reached ``max_reuse`` or was replaced
+        since it was copied; False then.
 
         Under the serve lock, so concurrent workers neither lose a count nor serve a patch past
         ``max_reuse`` between :meth:`pick` and here (without the lock: a process that got the cache
@@ -317,6 +339,8 @@ class ReplayCache:
         """
         n = self._np
         with self._serve_lock if self._serve_lock is not None else contextlib.nullcontext():  # bounded wait
+            if int(n["seq"][slot]) != seq:
+                return False  # the writer replaced the patch after it was copied: its count would go astray
             before = int(n["reuse"][slot])
             if before >= self.max_reuse:
                 return False

@@ -358,8 +358,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
         patch = None
         asked = self.wants_synthetic(index, epoch)
         if asked:
-            slot = self.cache.pick((self.seed, epoch, index, 0xCAC4E))
-            patch = self.cache.read(slot) if slot is not None else None
+            patch = self.cache.serve((self.seed, epoch, index, 0xCAC4E))
         served[index] = patch.seq if patch is not None else -1
         served_epoch[index] = epoch
         asked_rec[index] = asked

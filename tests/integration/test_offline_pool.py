@@ -92,6 +92,29 @@ def test_max_reuse_holds_across_workers_and_the_pool_needs_ceil_asked_over_size(
             assert int(ds.cache._np["reuse"].max()) <= max_reuse
 
 
+def test_an_ask_whose_picked_patch_is_taken_meanwhile_is_served_another(pool):
+    """The CI race, made deterministic: between this item's pick and its claim another worker takes
+    the picked patch's last serve (max_reuse=1). The ask is served another fresh pool patch, not an
+    original; once every patch reached max_reuse, originals."""
+    with DiffMixDataset(toy(16), None, cache_dir=pool, mode="balance", synthetic_ratio=1.0, seed=0,
+                        cache_capacity=N_POOL, max_reuse=1) as ds:
+        cache, pick, raced = ds.cache, ds.cache.pick, []
+
+        def racing_pick(rng):
+            slot = pick(rng)
+            if not raced and slot is not None:
+                raced.append(cache.read(slot))  # the other worker's serve: the slot's last
+            return slot
+
+        cache.pick = racing_pick
+        first = ds[0]
+        assert raced and first.meta["is_synthetic"], "served an original while fresh pool patches remained"
+        assert ds.item_info(0)["seq"] != raced[0].seq
+        rest = [ds[i].meta["is_synthetic"] for i in range(1, len(ds))]
+        assert sum(rest) == N_POOL - 2 and not any(rest[N_POOL - 2:])  # the pool, each patch once
+        assert cache.reads == N_POOL and int(cache._np["reuse"].max()) == 1
+
+
 def test_a_pool_larger_than_the_cache_is_cut_with_a_warning(pool):
     with pytest.warns(RuntimeWarning, match=f"holds {N_POOL} patches, more than cache_capacity=4: the first 4"):
         ds = DiffMixDataset(toy(16), None, cache_dir=pool, mode="balance", cache_capacity=4)

@@ -102,6 +102,54 @@ def test_pick_prefers_fresh_and_respects_max_reuse():
     assert ReplayCache(2, (H, W), num_classes=K).pick(rng) is None
 
 
+def _another_reader_between_pick_and_read(c: ReplayCache, action) -> list[int]:
+    """Wrap ``c.pick`` so that ``action(slot)`` runs once, right after the first pick returns ``slot``
+    (another DataLoader worker's serve, or the writer, landing in the window before the claim)."""
+    picked, pick = [], c.pick
+
+    def racing_pick(rng):
+        slot = pick(rng)
+        if not picked and slot is not None:
+            action(slot)
+        picked.append(slot)
+        return slot
+
+    c.pick = racing_pick
+    return picked
+
+
+def test_a_serve_lost_to_another_reader_picks_again():
+    """Two readers picked the same slot for its last serve: the loser of the claim is served another
+    fresh patch, not an original (CI: 25 of 26 asks served with a fresh pool patch left)."""
+    c = ReplayCache(2, (H, W), max_reuse=1, candidates=1, num_classes=K)
+    for v in range(2):
+        c.write(*patch(v))
+    picked = _another_reader_between_pick_and_read(c, lambda slot: c.read(slot))  # its last serve
+    got = c.serve((0, 1, 2))
+    assert got is not None, "an ask went unserved although a patch below max_reuse remained"
+    assert picked[1] != picked[0] and got.slot == picked[1] and got.seq == picked[1]
+    assert c._np["reuse"].tolist() == [1, 1] and c.reads == 2
+    assert c.serve((0, 1, 3)) is None  # nothing below max_reuse is left: now the caller serves an original
+
+
+def test_a_claim_for_a_patch_replaced_after_its_copy_is_refused():
+    """The writer replaced the copied patch before the claim: the count must not land on the new
+    patch (served 0 times, counted once); the serve picks again and gets the new one."""
+    c = ReplayCache(1, (H, W), max_reuse=2, num_classes=K)
+    c.write(*patch(1))
+    claim, writes = c._claim, []
+
+    def write_then_claim(slot, seq):
+        if not writes:
+            writes.append(c.write(*patch(7)))
+        return claim(slot, seq)
+
+    c._claim = write_then_claim
+    got = c.serve((4,))
+    assert got is not None and got.seq == writes[0] == 1 and int(got.image[0, 0, 0]) == 7
+    assert c._np["reuse"].tolist() == [1] and c.reads == 1
+
+
 def test_torn_read_is_detected_and_retried():
     c = ReplayCache(1, (H, W), num_classes=K)
     c.write(*patch(1))
