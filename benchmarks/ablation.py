@@ -203,7 +203,11 @@ def _config_key(args: argparse.Namespace) -> str:
     keep = ("dataset", "val_tiles", "test_root", "train_tiles", "eval_crop", "iterations", "batch_size", "crop", "width", "depth",
             "lr", "net", "ratio", "pool_size", "pool_draws", "render_steps", "t_start", "guidance", "sdm", "n_train",
             "n_test", "rare_crop_spec")
-    blob = json.dumps({k: str(getattr(args, k, None)) for k in keep}, sort_keys=True)
+    key = {k: str(getattr(args, k, None)) for k in keep}
+    for k, default in (("render_solver", "ddim"), ("render_spacing", "linear")):  # keys of earlier runs kept
+        if getattr(args, k, default) != default:
+            key[k] = str(getattr(args, k))
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -332,6 +336,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sdm", default=None, help="SDM export (default: the dataset's shipped one)")
     ap.add_argument("--render-steps", type=int, default=None, help="denoising steps of the pool's renders")
     ap.add_argument("--t-start", type=int, default=540, help="entry timestep of the renders (the reference's)")
+    ap.add_argument("--render-solver", default="ddim", choices=("ddim", "dpmpp_2m", "dpmpp_3m", "unipc"),
+                    help="solver of the pool's renders (ddim: the reference protocol's)")
+    ap.add_argument("--render-spacing", default="linear", choices=("linear", "logsnr", "quadratic"),
+                    help="step grid of the pool's renders ('logsnr' for the multistep solvers)")
     ap.add_argument("--guidance", type=float, default=1.5)
     ap.add_argument("--quick", action="store_true", help="smoke run: a few tiles, steps, pool entries, 2 seeds")
     ap.add_argument("--out", type=Path, default=None)
@@ -421,6 +429,7 @@ def build_pools(args: argparse.Namespace, ctx: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, args.threads) if args.quick else (os.cpu_count() or 1))  # renders: every core
         pool = get_pool(train, args.pool_size, args.pool_dir, draws=args.pool_draws, seed=args.seed_base,
                         steps=args.render_steps, t_start=args.t_start, guidance=args.guidance,
+                        solver=args.render_solver, spacing=args.render_spacing,
                         weights=Path(args.sdm), kinds=[k for k in KINDS if k in kinds], rare=rare,
                         device=args.render_device, batch=args.render_batch)
         args.pool, ctx["pool_meta"] = pool, pool["meta"]

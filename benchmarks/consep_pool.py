@@ -89,12 +89,15 @@ def field_of_view(patch: int, downsample: int, tile: int | None = None) -> dict[
             "max_shift": max(1, min(int(15 / downsample), int(15 * patch / 256)))}
 
 
-def make_synthesizer(weights: Path, steps: int, t_start: int, guidance: float, device: str = "cpu"):
+def make_synthesizer(weights: Path, steps: int, t_start: int, guidance: float, device: str = "cpu",
+                     solver: str = "ddim", spacing: str = "linear"):
     """A Synthesizer entering at ``t_start`` (an original timestep; the reference's is 540) with ``steps``
-    denoising steps from there to 0, guidance ``guidance``."""
+    denoising steps from there to 0, guidance ``guidance``, by ``solver`` on a ``spacing`` grid (the
+    reference protocol's DDIM on a linear grid unless named: independent of the library's default preset)."""
     from diffmix_aug.sampling.synthesizer import Synthesizer
 
-    return Synthesizer.from_checkpoint(weights, device=device, steps=steps, t_start=t_start, guidance_scale=guidance)
+    return Synthesizer.from_checkpoint(weights, device=device, sampler="reference", steps=steps, t_start=t_start,
+                                       guidance_scale=guidance, solver=solver, spacing=spacing)
 
 
 def sampler_settings(synth: Any) -> dict[str, Any]:
@@ -237,8 +240,8 @@ def _balance_tiles(train: Any, bank: Any, draw: int, seed: int, border: int, rar
 
 def build_pool(train: Any, size: int, *, draws: int = 2, seed: int = 0, steps: int = 11, t_start: int = 540,
                guidance: float = 1.5, weights: Path = WEIGHTS, batch: int = 8, rare: Sequence[int] = RARE,
-               kinds: Sequence[str] = KINDS, out_dir: Path, device: str = "cpu",
-               progress: bool = True) -> dict[str, Any]:
+               kinds: Sequence[str] = KINDS, out_dir: Path, device: str = "cpu", solver: str = "ddim",
+               spacing: str = "linear", progress: bool = True) -> dict[str, Any]:
     """Build and render ``draws`` pool draws of ``size`` crops per kind into ``out_dir``.
 
     Args:
@@ -246,7 +249,8 @@ def build_pool(train: Any, size: int, *, draws: int = 2, seed: int = 0, steps: i
         size: Crops per kind and draw.
         draws: Independent pool draws (balancing, positions, enlarging, SDM noise).
         seed: Seed of every draw.
-        steps, t_start, guidance: The SDM's sampler (denoising steps, entry timestep, guidance).
+        steps, t_start, guidance, solver, spacing: The SDM's sampler (denoising steps, entry timestep,
+            guidance, solver and step grid: DDIM on a linear grid is the reference protocol's).
         weights: The SDM export (trained on tiles the validation never uses).
         batch: Render batch size.
         rare: Rare classes.
@@ -276,7 +280,8 @@ def build_pool(train: Any, size: int, *, draws: int = 2, seed: int = 0, steps: i
 
     classes = ClassTable(info.num_classes, tuple(int(c) for c in rare), tuple(info.class_names))
     need_sdm = any(k in SDM_KINDS for k in kinds)
-    synth = make_synthesizer(Path(weights), steps, t_start, guidance, device) if need_sdm else None
+    synth = (make_synthesizer(Path(weights), steps, t_start, guidance, device, solver=solver, spacing=spacing)
+             if need_sdm else None)
     settings = sampler_settings(synth) if synth is not None else None
     real_share = [_rare_count(p.inst_map, p.type_map, rare) for p in train.patches]
     meta: dict[str, Any] = {
@@ -355,12 +360,16 @@ def _arm_of(kind: str) -> str:
 
 
 def pool_key(train: Any, size: int, draws: int, seed: int, steps: int, t_start: int, guidance: float,
-             weights: Path, kinds: Sequence[str], rare: Sequence[int]) -> str:
+             weights: Path, kinds: Sequence[str], rare: Sequence[int], solver: str = "ddim",
+             spacing: str = "linear") -> str:
     """A short hash of everything that defines a pool (a changed split or protocol never reuses one)."""
     h = hashlib.sha256()
     weights = Path(weights)
-    h.update(json.dumps([POOL_VERSION, list(train.names), train.window, train.downsample, size, draws, seed, steps,
-                         t_start, guidance, weights.name, weights.stat().st_size, sorted(kinds), list(rare)]).encode())
+    fields = [POOL_VERSION, list(train.names), train.window, train.downsample, size, draws, seed, steps, t_start,
+              guidance, weights.name, weights.stat().st_size, sorted(kinds), list(rare)]
+    if (solver, spacing) != ("ddim", "linear"):  # DDIM on a linear grid keeps the keys of earlier pools
+        fields += [solver, spacing]
+    h.update(json.dumps(fields).encode())
     return h.hexdigest()[:12]
 
 
@@ -368,7 +377,8 @@ def get_pool(train: Any, size: int, cache_dir: Path, **kwargs) -> dict[str, Any]
     """The cached pool for this split and protocol, built when absent (arguments of :func:`build_pool`)."""
     key = pool_key(train, size, kwargs.get("draws", 2), kwargs.get("seed", 0), kwargs.get("steps", 11),
                    kwargs.get("t_start", 540), kwargs.get("guidance", 1.5), kwargs.get("weights", WEIGHTS),
-                   kwargs.get("kinds", KINDS), kwargs.get("rare", RARE))
+                   kwargs.get("kinds", KINDS), kwargs.get("rare", RARE), kwargs.get("solver", "ddim"),
+                   kwargs.get("spacing", "linear"))
     out_dir = Path(cache_dir) / f"pool_{key}"
     done = out_dir / "pool.json"
     if done.is_file():

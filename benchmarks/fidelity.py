@@ -413,6 +413,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--c2st-steps", type=int, default=300)
     ap.add_argument("--render-steps", type=int, default=11)
     ap.add_argument("--t-start", type=int, default=540)
+    ap.add_argument("--solver", default="ddim", choices=("ddim", "dpmpp_2m", "dpmpp_3m", "unipc"),
+                    help="solver of the renders (ddim: the reference protocol's)")
+    ap.add_argument("--spacing", default="linear", choices=("linear", "logsnr", "quadratic"),
+                    help="step grid of the renders ('logsnr' for the multistep solvers)")
     ap.add_argument("--guidance", type=float, default=1.5)
     ap.add_argument("--val-tiles", default=",".join(map(str, SDM_VAL_TILES)))
     ap.add_argument("--train-tiles", default=None, help="read only these training tiles (smoke runs)")
@@ -449,7 +453,8 @@ def run(args: argparse.Namespace) -> dict:
     vm = validation_maps(val, args.n_val, seed=0, rare=rare)
     real = vm["real"]
     src = np.stack([s.image for s in real])
-    synth = make_synthesizer(Path(args.sdm), args.render_steps, args.t_start, args.guidance)
+    synth = make_synthesizer(Path(args.sdm), args.render_steps, args.t_start, args.guidance, solver=args.solver,
+                             spacing=args.spacing)
     settings = sampler_settings(synth)
     print(f"rendering {3 * len(real) + args.n_train_renders} patches "
           f"({settings['denoising_steps']} steps from t = {settings['entry_timestep']}) ...", flush=True)
