@@ -186,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         # 1. the one-line wrap of the training FileLoader, as in run_train.py's _get_datagen
         input_dataset = FileLoader(files, mode="train", with_type=True, setup_augmentor=False,
                                    target_gen=(gen_targets, {}), **shape)
-        synth = Synthesizer.from_checkpoint("toy", device="cpu", steps=3)
+        synth = Synthesizer.from_checkpoint("consep-20x", device="cpu", steps=3)  # 3 steps: plumbing, not quality
         input_dataset = DiffMixDataset(input_dataset, synth, mode="union", synthetic_ratio=0.5, seed=0,
-                                       rare_classes=(1,), num_classes=5, patch_size=256, warmup="block",
+                                       rare_classes=(1,), num_classes=5, warmup="block",
                                        warmup_items=4)
         loader = torch.utils.data.DataLoader(input_dataset, num_workers=2, batch_size=2, shuffle=True,
                                              drop_last=True, worker_init_fn=worker_init_fn)
@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{int(batch['is_synthetic'].sum())} synthetic, loss {loss:.4f}")
             if not np.isfinite(loss):
                 failed.append(f"train_step {step}: loss {loss}")
+        assert input_dataset.config.patch_size == (256, 256), input_dataset.config.patch_size  # the .npy side
         print(f"synthetic items served: {synthetic}; stats: {input_dataset.stats()}")
         input_dataset.close()
 
