@@ -58,6 +58,8 @@ def figure2(out: Path, dataset: Any, synth: Any, donors_img: Any, columns: int, 
             progress: bool = False) -> dict[str, Any]:
     """Write the paper's Figure 2: original / enlarging map / balancing map / GradMix, image over labels.
 
+    The column titles say which images are SDM renders (the two map columns) and which are real pixels.
+
     Args:
         out: Output folder; writes ``figure2.png``.
         dataset: The toy ``NucleiDataset``.
@@ -117,8 +119,11 @@ def figure2(out: Path, dataset: Any, synth: Any, donors_img: Any, columns: int, 
         titles += [f"#{chosen[j]} image", "labels"]
     scale = max(1, 160 // samples[0].image.shape[0])
     save_image_grid(out / "figure2.png", rows, row_titles=titles,
-                    col_titles=["original", "enlarging map", "balancing map", "GradMix"], scale=scale,
-                    legend=class_legend(dataset.info))
+                    col_titles=["original\n(real)", "enlarging map\n(SDM render)", "balancing map\n(SDM render)",
+                                "GradMix\n(real, pasted)"], scale=scale,
+                    legend=class_legend(dataset.info),
+                    title="Figure 2 on the toy data: columns 2 and 3 are SDM renders of custom label maps\n"
+                          "(not real images); each image is shown above its labels")
     converted = sum(sum(m.report.get("balance", {}).get("converted", {}).values()) for m in maps_b)
     return {"indices": chosen, "patches": 2 * n, "synthesis_s": wall, "s_per_patch": wall / (2 * n),
             "rare_converted": int(converted)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,11 +94,14 @@ def save_image_grid(
     col_titles: Sequence[str] | None = None,
     scale: int = 1,
     legend: Sequence[tuple[str, Sequence[int]]] | None = None,
+    title: str | None = None,
 ) -> Path:
     """Write a grid of ``uint8 [H, W, 3]`` tiles as one PNG (Pillow), atomically.
 
     Tiles may differ in size: each cell is as large as the largest tile; smaller ones are
-    centred on white. Titles are drawn with Pillow's default font in a margin.
+    centred on white. Titles are drawn with Pillow's default font in margins sized to the text
+    (a title may hold several lines, split by ``"\\n"``); the canvas widens when the title is
+    wider than the grid, so no text is cut.
 
     Args:
         path: Output ``.png``.
@@ -107,6 +111,7 @@ def save_image_grid(
         scale: Integer nearest-neighbour magnification of every tile.
         legend: ``[(class name, (r, g, b)), ...]`` drawn as colour swatches under the grid (use
             :func:`class_legend` for a dataset's classes), or None.
+        title: A title above the grid, or None.
 
     Returns:
         The written path.
@@ -128,9 +133,17 @@ def save_image_grid(
     cell_h = max(t.shape[0] for row in rows for t in row) * scale
     cell_w = max(t.shape[1] for row in rows for t in row) * scale
     gap = 2
-    left = 8 + 7 * max((len(t) for t in row_titles), default=0) if row_titles else 0
-    top = 16 if col_titles else 0
-    width = left + n_cols * (cell_w + gap) + gap
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def size(text: str) -> tuple[int, int]:
+        x0, y0, x1, y1 = measure.multiline_textbbox((0, 0), str(text))
+        return x1 - min(x0, 0), y1 - min(y0, 0)
+
+    left = 8 + max(size(t)[0] for t in row_titles) if row_titles else 0
+    title_h = size(title)[1] + 8 if title else 0
+    col_h = max(size(t)[1] for t in col_titles) + 6 if col_titles else 0
+    top = title_h + col_h
+    width = max(left + n_cols * (cell_w + gap) + gap, size(title)[0] + 8 if title else 0)
     grid_h = top + len(rows) * (cell_h + gap) + gap
     legend = list(legend or [])
     height = grid_h + (18 if legend else 0)
@@ -151,9 +164,11 @@ def save_image_grid(
             if scale > 1:
                 img = img.resize((tile.shape[1] * scale, tile.shape[0] * scale), Image.NEAREST)
             canvas.paste(img, (x + (cell_w - img.width) // 2, y + (cell_h - img.height) // 2))
+    if title:
+        draw.multiline_text((4, 4), str(title), fill=(0, 0, 0))
     if col_titles:
-        for c, title in enumerate(col_titles):
-            draw.text((left + gap + c * (cell_w + gap) + 2, 2), str(title), fill=(0, 0, 0))
+        for c, col_title in enumerate(col_titles):
+            draw.multiline_text((left + gap + c * (cell_w + gap) + 2, title_h + 2), str(col_title), fill=(0, 0, 0))
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     path = Path(path)
@@ -205,8 +220,10 @@ def save_class_histogram(
         ax.bar_label(bars, labels=[f"{v:g}" for v in arr], fontsize=7)
     ax.set_xticks(x, [str(n) for n in class_names], fontsize=8)
     ax.set_ylabel("nuclei")
-    if title:
-        ax.set_title(title)
+    if title:  # wrapped to the figure's width: a long title is never cut at the edges
+        fontsize = 10
+        chars = max(20, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))
+        ax.set_title("\n".join(textwrap.wrap(title, chars)), fontsize=fontsize)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)

@@ -105,6 +105,35 @@ def test_save_class_histogram(tmp_path):
         save_class_histogram(tmp_path / "h.png", {"before": np.array([1, 2])}, names, "t")
 
 
+def test_grid_titles_are_never_cut(tmp_path):
+    """A title wider than the grid widens the canvas; two-line column titles get a taller margin."""
+    from PIL import Image
+
+    a = np.zeros((8, 8, 3), np.uint8)
+    one = save_image_grid(tmp_path / "one.png", [[a, a]], col_titles=["c1", "c2"])
+    two = save_image_grid(tmp_path / "two.png", [[a, a]], col_titles=["c1\n(SDM render)", "c2"])
+    titled = save_image_grid(tmp_path / "t.png", [[a, a]], col_titles=["c1", "c2"],
+                             title="a title far wider than a grid of two 8 px tiles")
+    with Image.open(one) as i1, Image.open(two) as i2, Image.open(titled) as it:
+        assert i2.height > i1.height and i2.width == i1.width
+        assert it.width > i1.width and it.height > i1.height
+        px = np.asarray(it)
+        assert (px[:, -1] == 255).all(), "the title reaches the right edge: cut"
+
+
+def test_long_histogram_title_is_wrapped_not_cut(tmp_path):
+    from PIL import Image
+
+    names = ["misc", "infl", "epi", "spindle"]
+    title = "nuclei per class in all 96 patches: original maps vs one balancing map each, " * 3
+    path = save_class_histogram(tmp_path / "h.png", {"a": np.array([3, 30, 40, 28])}, names, title)
+    with Image.open(path) as im:
+        px = np.asarray(im.convert("L"))
+    band = px[: px.shape[0] // 5]  # the title band, above the axes
+    assert band.min() < 128, "no title drawn"
+    assert (band[:, :3] > 200).all() and (band[:, -3:] > 200).all(), "the title runs off the figure's edge"
+
+
 def test_demo_data_part(tmp_path, capsys):
     from diffmix_aug.cli import main
 
