@@ -85,3 +85,18 @@ def test_readme_keeps_the_ci_test_command():
     command = 'pip install -e ".[test]" && python -m pytest'
     assert 'pip install -e ".[test]"' in ci and "python -m pytest" in ci
     assert command in (ROOT / "README.md").read_text(), "the README's test command must stay what .ci/run runs"
+
+
+def _table_keys(section: str) -> set[str]:
+    return set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
+
+
+def test_synthesize_page_names_exactly_the_accepted_keys():
+    from diffmix_aug.commands.synthesize import DATA_KEYS, MODEL_KEYS, SYNTH_KEYS, TOY_KEYS
+
+    text = (ROOT / "docs" / "synthesize.md").read_text()
+    sections = {m.group(1): m.group(2) for m in re.finditer(r"^## `(\w+)`[^\n]*\n(.*?)(?=^## |\Z)", text, re.M | re.S)}
+    assert _table_keys(sections["data"]) == DATA_KEYS
+    assert _table_keys(sections["model"]) == MODEL_KEYS
+    assert _table_keys(sections["diffmix"]) == SYNTH_KEYS
+    assert "{" + ", ".join(sorted(TOY_KEYS, key=["n", "size", "seed"].index)) + "}" in sections["data"]
