@@ -229,7 +229,8 @@ class DiffMixConfig:
         patches to the folder; with ``synthesizer=None`` the folder must exist and exactly its patches are
         served (see 'The offline pool').""", _path)
     patch_size: tuple[int, int] | None = _option(None, """``H`` or ``(H, W)`` of the synthetic patches. None:
-        the synthesizer's ``image_size``, else a patch store's, else the base's raw patch size.""", _patch_size)
+        a patch store's (``cache_dir``), else the base's raw patch size (a HoVer-Net loader: its ``.npy`` side),
+        unless the synthesizer object has an ``image_size`` (a ``Synthesizer`` has none).""", _patch_size)
     warmup: Warmup | int = _option("none", """``"none"``: serve originals until patches arrive;
         ``"block"``: the constructor waits for ``warmup_items`` patches; an int ``k``: waits for ``k``
         patches.""", _warmup)
