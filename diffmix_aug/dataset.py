@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -181,7 +182,7 @@ class DiffMixDataset(torch.utils.data.Dataset):
             if self.cooperative:
                 while len(self.cache) < k:
                     self._cooperative_step()
-            elif not self._producer.wait_for(k, timeout=self.warmup_timeout):
+            elif not self._wait_warmup(k):
                 self._producer.check()
                 rate = self._producer.patches_per_second()
                 raise TimeoutError(
@@ -191,6 +192,22 @@ class DiffMixDataset(torch.utils.data.Dataset):
                     "use warmup='none', a GPU synthesizer, or render the patches beforehand (`diffmix-aug "
                     "synthesize`, then cache_dir=)")
         return self
+
+    def _wait_warmup(self, k: int) -> bool:
+        """Wait up to ``warmup_timeout`` for ``k`` cached patches, showing a progress bar (stderr) with
+        the producer's rate from the first second; True when they are there."""
+        from tqdm import tqdm
+
+        deadline = time.monotonic() + self.warmup_timeout
+        with tqdm(total=k, desc="DiffMix warm-up", unit="patch", mininterval=1.0, leave=False) as bar:
+            while True:
+                left = deadline - time.monotonic()
+                done = self._producer.wait_for(k, timeout=max(0.0, min(1.0, left)))
+                bar.update(min(len(self.cache), k) - bar.n)
+                rate = self._producer.patches_per_second()
+                bar.set_postfix_str("rate " + ("measuring" if rate is None else f"{rate:.3g} patches/s"), refresh=False)
+                if done or left <= 0 or self._producer.stopped:
+                    return done
 
     def close(self) -> None:
         """Stop the producer and release the cache (idempotent; also run at interpreter exit).

@@ -247,6 +247,11 @@ class Producer:
         return bool(ok) and len(self.cache) >= count
 
     @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` or :meth:`close` was called."""
+        return self._stop.is_set()
+
+    @property
     def alive(self) -> bool:
         """Whether the background thread is running."""
         return self._thread is not None and self._thread.is_alive()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -133,3 +135,18 @@ def test_build_pipeline_is_shared_by_the_dataset_and_synthesize():
     pipe.cache.close()
     sampler = build_label_sampler(base, "enlarge", 5, ())
     assert sampler.donors is None and not sampler.balances
+
+
+def test_warmup_shows_progress_and_the_producers_rate(capsys):
+    """warmup='block' shows a bar on stderr from its first second, with the producer's rate."""
+    class SlowSynth(NoiseSynth):
+        def __call__(self, *args, **kwargs):
+            time.sleep(0.6)
+            return super().__call__(*args, **kwargs)
+
+    with DiffMixDataset(toy(8), SlowSynth(), synthetic_ratio=1.0, cache_capacity=4, batch_size=1, warmup="block",
+                        warmup_items=4, label_workers=0, warmup_timeout=120) as ds:
+        assert len(ds.cache) >= 4
+    err = capsys.readouterr().err
+    assert "DiffMix warm-up" in err and "/4" in err
+    assert "patches/s" in err or "measuring" in err
