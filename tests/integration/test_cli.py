@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,9 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           timeout=timeout, env=env, cwd=ROOT)
 
 
-def test_help_is_fast_lists_real_commands_and_imports_no_torch():
-    t = time.monotonic()
+def test_help_lists_real_commands_and_imports_no_torch():
     proc = _cli("--help")
-    wall = time.monotonic() - t
     assert proc.returncode == 0
-    assert wall < 1.0, f"--help took {wall:.2f} s (a torch import?)"
     for name in ("demo", "train-sdm", "synthesize"):
         assert name in proc.stdout
     assert "preview-data" not in proc.stdout
@@ -34,6 +30,14 @@ def test_help_is_fast_lists_real_commands_and_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_version_names_the_installed_package():
+    from importlib.metadata import version
+
+    proc = _cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"diffmix-aug {version('diffmix_aug')}"
 
 
 def _bad_yaml(tmp_path: Path) -> Path:
