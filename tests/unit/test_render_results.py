@@ -8,10 +8,14 @@ import pytest
 
 from benchmarks.render_results import (
     COMMITTED,
+    GLANCE,
     PAGE,
+    README,
     ROOT,
     ablation_markdown,
     fidelity_markdown,
+    readme_glance,
+    replace_glance,
     results_page,
 )
 
@@ -36,3 +40,19 @@ def test_results_page_is_the_rendering():
     text = results_page(r, fid, _rel(COMMITTED["ablation"].parent, PAGE.parent), _rel(COMMITTED["fidelity"].parent,
                                                                                          PAGE.parent))
     assert PAGE.read_text() == text, "stale: run python -m benchmarks.render_results"
+
+
+def test_readme_results_table_is_the_rendering():
+    text = README.read_text()
+    assert all(marker in text for marker in GLANCE), "README.md lost its results block markers"
+    if not COMMITTED["ablation"].is_file():
+        pytest.skip("benchmarks/results/consep/ablation/ablation.json is not committed yet")
+    r = json.loads(COMMITTED["ablation"].read_text())
+    assert replace_glance(text, readme_glance(r)) == text, "stale: run python -m benchmarks.render_results"
+
+
+def test_replace_glance_names_missing_markers():
+    with pytest.raises(ValueError, match="no results block"):
+        replace_glance("# a README without markers", "table")
+    text = "a\n" + GLANCE[0] + "\nold\n" + GLANCE[1] + "\nb"
+    assert replace_glance(text, "new") == "a\n" + GLANCE[0] + "\n\nnew\n\n" + GLANCE[1] + "\nb"
