@@ -30,7 +30,23 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ProcessLock"]
+__all__ = ["ProcessLock", "acquire_or_undo"]
+
+
+def acquire_or_undo(lock: Any, timeout: float) -> bool:
+    """``lock.acquire(timeout=timeout)`` that never leaves ``lock`` held when it raises.
+
+    A ``KeyboardInterrupt`` (Ctrl-C) is raised at the end of the call that took the lock, after the
+    lock was taken: a plain ``acquire`` (or ``with lock:``) then leaves it held for ever. ``lock``
+    must be a ``threading.RLock`` not already held by the calling thread; its owner check tells an
+    interrupted acquire from a failed one.
+    """
+    try:
+        return bool(lock.acquire(timeout=timeout))
+    except BaseException:
+        if lock._is_owned():  # taken, then interrupted: give it back
+            lock.release()
+        raise
 
 
 class ProcessLock:
@@ -41,7 +57,8 @@ class ProcessLock:
         what: What the lock guards, for the timeout message.
         timeout: Seconds to wait for another process before ``TimeoutError``.
 
-    Use ``with lock:``. Not re-entrant.
+    Use ``with lock:``. Not re-entrant. A ``KeyboardInterrupt`` inside ``with lock:`` (or while it is
+    being taken) leaves the lock free.
     """
 
     def __init__(self, what: str, timeout: float = 10.0) -> None:
@@ -58,10 +75,11 @@ class ProcessLock:
         self._local()
 
     # ------------------------------------------------------------------ per process
-    def _local(self) -> threading.Lock:
-        """This process's thread lock (a forked child gets a fresh one: the parent's may be held)."""
+    def _local(self) -> threading.RLock:
+        """This process's thread lock (a forked child gets a fresh one: the parent's may be held). An
+        RLock for its owner check (:func:`acquire_or_undo`), never taken twice."""
         if self.__dict__.get("_pid") != os.getpid():
-            self._tlock = threading.Lock()
+            self._tlock = threading.RLock()
             self._pid = os.getpid()
         return self._tlock
 
@@ -85,11 +103,15 @@ class ProcessLock:
     # ------------------------------------------------------------------ locking
     def __enter__(self) -> ProcessLock:
         tlock = self._local()
-        if not tlock.acquire(timeout=self.timeout):
+        if tlock._is_owned():
+            raise RuntimeError(f"{self.what}: this thread already holds it (the lock is not re-entrant)")
+        if not acquire_or_undo(tlock, self.timeout):
             raise TimeoutError(f"{self.what}: another thread of this process held it for {self.timeout:.0f} s")
         try:
             self._acquire_process()
-        except BaseException:
+        except BaseException:  # a timeout, or Ctrl-C after the record lock was taken: leave both free
+            if self._fd is not None:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN)  # harmless when this process does not hold it
             tlock.release()
             raise
         return self

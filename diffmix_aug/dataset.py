@@ -171,7 +171,6 @@ class DiffMixDataset(torch.utils.data.Dataset):
         """Start the producer thread (not in cooperative mode) and honour ``warmup`` (no-op without a producer)."""
         if self._started or self._producer is None:
             return self
-        self._started = True
         warmup = self.config.warmup
         k = warmup if isinstance(warmup, int) else (
             (self.config.warmup_items or min(self.cache.capacity, 8)) if warmup == "block" else 0)
@@ -185,12 +184,14 @@ class DiffMixDataset(torch.utils.data.Dataset):
             elif not self._wait_warmup(k):
                 self._producer.check()
                 rate = self._producer.patches_per_second()
+                self._started = True  # the thread runs; later items do not wait again
                 raise TimeoutError(
                     f"warmup: waited {self.warmup_timeout:.0f} s for {k} synthetic patches, the producer made "
                     f"{len(self.cache)} (rate {'unknown' if rate is None else f'{rate:.3f}/s'}); the host is "
                     "too busy or the SDM too large for this device: raise warmup_timeout, lower warmup_items, "
                     "use warmup='none', a GPU synthesizer, or render the patches beforehand (`diffmix-aug "
                     "synthesize`, then cache_dir=)")
+        self._started = True  # only now: a Ctrl-C above leaves it unset, so the next item starts again
         return self
 
     def _wait_warmup(self, k: int) -> bool:
@@ -289,7 +290,8 @@ class DiffMixDataset(torch.utils.data.Dataset):
         asked = int(self._asked.numpy()[mask].sum())
         syn = seqs[seqs >= 0]
         counts = np.unique(syn, return_counts=True)[1] if syn.size else np.zeros(0, np.int64)
-        rate = self._producer.patches_per_second() if self._producer is not None else None
+        running = self._producer is not None and (self._producer.alive or self.cooperative)
+        rate = self._producer.patches_per_second() if running else None  # none for a stopped or dead producer
         out = {"epoch": e, "items": int(mask.sum()), "synthetic_asked": asked, "synthetic_served": int(syn.size),
                "served_share": float(syn.size / asked) if asked else None,
                "distinct_patches": int(counts.size), "mean_reuse": float(counts.mean()) if counts.size else 0.0,

@@ -28,6 +28,7 @@ import atexit
 import contextlib
 import importlib
 import os
+import signal
 import threading
 import time
 import traceback
@@ -38,6 +39,7 @@ from typing import Any
 import torch
 
 from ._checks import check_positive_int
+from ._proclock import acquire_or_undo
 from ._seeds import derive_seed
 from .cache import ReplayCache
 from .generator import GenerationStopped, PatchGenerator
@@ -48,6 +50,7 @@ __all__ = ["PRODUCER_NICE", "Producer", "ProducerError", "derive_seed", "preload
 
 #: nice value of a CPU producer thread (weight 110 against 1024 for the training loop's nice-0 threads)
 PRODUCER_NICE = 10
+_LABEL_POLL = 1.0  # seconds between the producer's checks on its label workers (alive? closed?)
 _LOADER_STREAMS = 1 << 40  # job lists of the label workers: streams apart from the in-thread batch keys
 #: modules the producer thread may import lazily; imported by :func:`preload_imports` first
 _HEAVY_MODULES = ("cv2", "scipy.ndimage", "safetensors", "tqdm")
@@ -83,11 +86,13 @@ class Producer:
         store: A :class:`PatchStore` each new patch is also written to (None: memory only).
         store_prefix: File-name prefix of this producer's patches in ``store``.
         idle_timeout: Seconds the thread waits for a serve before overwriting a served-or-not patch anyway.
+        pause_timeout: Seconds :meth:`paused` waits for the cache writes of the batch in flight (the
+            render itself is never waited for) before ``TimeoutError``.
     """
 
     def __init__(self, cache: ReplayCache, generator: PatchGenerator, *, batch_size: int = 4,
                  label_workers: int = 0, store: PatchStore | None = None, store_prefix: str = "online",
-                 idle_timeout: float = 5.0) -> None:
+                 idle_timeout: float = 5.0, pause_timeout: float = 60.0) -> None:
         if not isinstance(generator, PatchGenerator):
             raise TypeError(f"`generator` must be a PatchGenerator, got {type(generator).__name__}")
         self.cache, self.generator, self.store = cache, generator, store
@@ -95,6 +100,7 @@ class Producer:
         self.label_workers = check_positive_int("label_workers", label_workers, allow_zero=True)
         self.store_prefix = str(store_prefix)
         self.idle_timeout = float(idle_timeout)
+        self.pause_timeout = float(pause_timeout)
         #: batches made so far (the per-batch keys of the generator)
         self.batches = 0
         self._times: deque[float] = deque(maxlen=64)  # monotonic end times of the last batches
@@ -102,8 +108,11 @@ class Producer:
         self._maps_iter: Any = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._lock = threading.Lock()  # one batch at a time (thread or cooperative step); paused() holds it
-        self._write_lock = threading.Lock()  # close() takes it: no cache write after close()
+        self._lock = threading.Lock()  # one batch at a time (thread or cooperative step)
+        # held while a batch's patches go into the cache (and the batch counter moves): paused() and
+        # close() take it, never the render's lock, so neither waits for a render in flight
+        self._write_lock = threading.RLock()  # an RLock for acquire_or_undo's owner check
+        self._generation = 0  # moved by load_state_dict(): a batch rendered before it is dropped
         self._exc: BaseException | None = None
         self._warmup = 0  # patches start() was told the caller blocks for
         self._thread: threading.Thread | None = None
@@ -133,7 +142,7 @@ class Producer:
         """Build and render batch ``batch_index`` (from the label loader when it runs, else here)."""
         gen = self.generator
         if self._maps_iter is not None and not self._stop.is_set():
-            maps = list(next(self._maps_iter))[: self.batch_size]
+            maps = list(self._next_maps())[: self.batch_size]
         else:
             maps = []
         if len(maps) < self.batch_size:  # no loader, or batch_size raised since the list was issued
@@ -146,6 +155,29 @@ class Producer:
         self._stream.synchronize()
         return out
 
+    def _next_maps(self) -> Any:
+        """The label loader's next job list; bounded: a dead label worker or :meth:`close` ends the wait.
+
+        The loader waits ``_LABEL_POLL`` seconds at a time (its ``timeout``; a timed-out ``next`` leaves
+        it as it was) and checks its workers after each wait; its workers are not in PyTorch's
+        SIGCHLD handler (:meth:`start`), so their death reaches the training loop as this thread's
+        failure (a :class:`ProducerError` on the next item), not as an error raised anywhere in it.
+        """
+        while True:
+            if self._stop.is_set():
+                raise GenerationStopped("closed while waiting for label maps")
+            try:
+                return next(self._maps_iter)
+            except RuntimeError as exc:
+                if self._stop.is_set():
+                    raise GenerationStopped("closed while waiting for label maps") from exc
+                if "timed out" in str(exc):
+                    continue
+                raise RuntimeError(
+                    f"a label-map worker of the DiffMix producer died ({exc}): the OOM killer or a signal? The "
+                    f"producer stopped; build the dataset again (fewer label_workers, or label_workers=0 to "
+                    "build the label maps in the producer thread)") from exc
+
     def step(self, n_batches: int = 1) -> int:
         """Synchronously produce ``n_batches`` batches into the cache; returns patches written.
 
@@ -157,6 +189,7 @@ class Producer:
             if self._stop.is_set():
                 break
             with self._lock:
+                generation = self._generation
                 try:
                     patches = self.make_batch(self.batches)
                 except GenerationStopped:
@@ -164,12 +197,14 @@ class Producer:
                 with self._write_lock:
                     if self._stop.is_set():
                         break
+                    if self._generation != generation:
+                        continue  # load_state_dict() replaced the state while it rendered: its key is stale
                     for p in patches:
                         seq = self.cache.write(p.image, p.inst_map, p.type_map, p.meta)
                         if self.store is not None:
                             self.store.keep(f"{self.store_prefix}_{seq:09d}", p)
-                self.batches += 1
-                self._times.append(time.monotonic())
+                    self.batches += 1
+                    self._times.append(time.monotonic())
                 written += len(patches)
             with self._cond:
                 self._cond.notify_all()
@@ -196,16 +231,19 @@ class Producer:
         if self._stop.is_set():
             raise RuntimeError("this Producer was closed; build a new one")
         self._warmup = check_positive_int("warmup", warmup, allow_zero=True)
-        preload_imports()
-        if self.label_workers > 0:  # workers start here, from the calling thread, before the producer runs
-            loader = torch.utils.data.DataLoader(self.generator.jobs, batch_sampler=self._job_lists(),
-                                                 num_workers=self.label_workers, collate_fn=collate_jobs,
-                                                 prefetch_factor=2)
-            self._maps_iter = iter(loader)
-            self._box.append(self._maps_iter)
-        # not a daemon: the interpreter joins it at exit (after _stop_all), never tears down under it
-        self._thread = threading.Thread(target=self._run, name="diffmix-producer", daemon=False)
-        self._thread.start()
+        with _interrupts_deferred():  # a Ctrl-C in here must not leave a producer that never runs
+            preload_imports()
+            if self.label_workers > 0:  # workers start here, from the calling thread, before the producer runs
+                loader = torch.utils.data.DataLoader(self.generator.jobs, batch_sampler=self._job_lists(),
+                                                     num_workers=self.label_workers, collate_fn=collate_jobs,
+                                                     prefetch_factor=2, timeout=_LABEL_POLL)
+                it = iter(loader)
+                self._box.append(it)
+                _unwatch_workers(it)
+                self._maps_iter = it
+            # not a daemon: the interpreter joins it at exit (after _stop_all), never tears down under it
+            self._thread = threading.Thread(target=self._run, name="diffmix-producer", daemon=False)
+            self._thread.start()
         return self
 
     def _run(self) -> None:
@@ -285,7 +323,7 @@ class Producer:
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         _shutdown_loaders(self._box)
-        if self._write_lock.acquire(timeout=max(0.05, deadline - time.monotonic())):
+        if acquire_or_undo(self._write_lock, max(0.05, deadline - time.monotonic())):
             self._write_lock.release()
         return not self.alive
 
@@ -295,18 +333,75 @@ class Producer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def paused(self):
-        """Hold off the next batch while the block runs (a consistent ``state_dict`` of the dataset)."""
-        with self._lock:
-            yield self
+    def paused(self) -> _Paused:
+        """Hold off the cache writes while the block runs (a consistent ``state_dict`` of the dataset).
+
+        Waits only for the writes of a batch already rendered (milliseconds), never for the render in
+        flight: that batch's patches go into the cache after the block, as batch ``batches`` (the
+        number the state holds, so a resumed run renders it again with the same keys).
+
+        Raises:
+            TimeoutError: the writes took more than ``pause_timeout`` seconds (a producer thread
+                stopped by a debugger inside them, or a patch store on a disk that does not answer).
+        """
+        return _Paused(self)
+
+    def _pause(self) -> None:
+        if not acquire_or_undo(self._write_lock, self.pause_timeout):
+            store = "" if self.store is None else f", and to the patch store {self.store.path}"
+            raise TimeoutError(
+                f"the DiffMix producer has been writing a batch into the cache{store} for more than "
+                f"{self.pause_timeout:g} s (pause_timeout; thread alive: {self.alive}): its thread is stopped "
+                "(a debugger) or the disk does not answer; resume it, or close() the dataset and build a new one")
 
     def state_dict(self) -> dict[str, Any]:
         """The batch counter (the generator's per-batch keys derive from it)."""
         return {"batches": self.batches}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the batch counter (inside :meth:`paused`: a batch rendered before it is then dropped)."""
         self.batches = int(state["batches"])
+        self._generation += 1
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Run the block with Ctrl-C held back: a SIGINT that arrives inside it reaches the handler that
+    was installed (Python's ``KeyboardInterrupt`` by default) once the block has ended.
+
+    For the few steps that must not stop half-done (starting the producer). Only the main thread
+    receives signals; elsewhere, or when SIGINT has no Python handler, the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # SIG_IGN / SIG_DFL / a handler set outside Python: nothing to defer
+        yield
+        return
+    caught: list[tuple[int, Any]] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            previous(*caught[0])
+
+
+class _Paused:
+    """:meth:`Producer.paused`'s context (a class, not a generator: a Ctrl-C as it is entered leaves
+    the lock free without waiting for a garbage collection)."""
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+
+    def __enter__(self) -> Producer:
+        self.producer._pause()
+        return self.producer
+
+    def __exit__(self, *exc: object) -> None:
+        self.producer._write_lock.release()
 
 
 def lower_thread_priority(nice: int = PRODUCER_NICE) -> None:
@@ -338,6 +433,17 @@ def _shutdown_loaders(box: list) -> None:
                 w.terminate()
         with contextlib.suppress(Exception):
             it._shutdown_workers()
+
+
+def _unwatch_workers(it: Any) -> None:
+    """Take a loader's workers out of PyTorch's SIGCHLD handler, which raises in the main thread, at
+    whatever it is doing, when one dies: the producer's thread checks them itself (:meth:`Producer._next_maps`)."""
+    if getattr(it, "_worker_pids_set", False):
+        from torch.utils.data._utils import signal_handling
+
+        with contextlib.suppress(Exception):
+            signal_handling._remove_worker_pids(id(it))
+            it._worker_pids_set = False
 
 
 def _stop_all() -> None:

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+from diffmix_aug._proclock import ProcessLock
 from diffmix_aug.cache import ReplayCache
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals and fork")
@@ -149,3 +150,33 @@ def test_claims_from_threads_of_one_process_are_exclusive():
     for t in threads:
         t.join(120)
     assert sum(got) == 500 and cache.reads == 500 and int(cache._np["reuse"][0]) == 500
+
+
+def test_ctrl_c_as_the_claim_is_taken_leaves_the_lock_free():
+    """A KeyboardInterrupt raised as the thread lock's acquire returns (where Python delivers Ctrl-C)
+    left it held: every later serve of the process waited claim_timeout and failed."""
+    lock = ProcessLock("test claim", timeout=1.0)
+    lock._local()
+    inner = lock._tlock
+
+    class Interrupted:
+        def acquire(self, blocking=True, timeout=-1):
+            inner.acquire(blocking, timeout)
+            raise KeyboardInterrupt
+
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+    lock._tlock = Interrupted()
+    with pytest.raises(KeyboardInterrupt):
+        with lock:
+            pass
+    lock._tlock = inner
+
+    def claim():
+        with lock:
+            return True
+
+    assert bounded(claim, 10, "the claim after the interrupted one")  # another thread: the thread lock is free
+    assert claim()  # this thread, and the record lock is free too
+    lock.close()
