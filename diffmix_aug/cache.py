@@ -215,6 +215,17 @@ class ReplayCache:
         if image.shape != (h, w, 3) or inst_map.shape != (h, w) or type_map.shape != (h, w):
             raise ValueError(f"patch must be image [{h},{w},3], inst/type [{h},{w}], got image {describe(image)}, "
                              f"inst_map {describe(inst_map)}, type_map {describe(type_map)}")
+        if image.dtype != np.uint8:
+            raise TypeError(f"`image` must be uint8 RGB in 0..255, got {image.dtype} (stored as uint8, a float image in "
+                            "[0, 1] would become 0 and 1); convert it with np.clip(np.rint(image * 255), 0, 255)"
+                            ".astype(np.uint8) (for [0, 1] floats) or render uint8 patches")
+        for name, arr in (("inst_map", inst_map), ("type_map", type_map)):
+            if arr.dtype.kind not in "iu":
+                raise TypeError(f"`{name}` must hold integer ids, got {arr.dtype}; a float map would be truncated "
+                                f"(1.5 -> 1): round it deliberately (np.rint) and cast to int32 first")
+        if inst_map.size and int(inst_map.min()) < 0:
+            raise ValueError(f"`inst_map` ids must be >= 0 (0 = background), got minimum {int(inst_map.min())}; "
+                             "relabel with remap_label")
         if type_map.size and (int(type_map.min()) < 0 or int(type_map.max()) > 255):
             raise ValueError(f"`type_map` classes must be in 0..255 (stored as uint8), got range "
                              f"{int(type_map.min())}..{int(type_map.max())}; merge the classes first")

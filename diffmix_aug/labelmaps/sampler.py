@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_positive_int
+from .._checks import check_positive_int, describe
 from ..modes import DEFAULT_MODE, MODES, UNION_P_BALANCE, Mode, check_mode, mode_balances, mode_enlarges
 from .balance import BalanceParams, apply_balance, draw_balance_params
 from .donors import DonorBank
@@ -158,6 +158,10 @@ class LabelMapSampler:
                             "build one with DonorBank.from_dataset(dataset)")
         self.donors = donors
         self.num_classes = check_positive_int("num_classes", num_classes)
+        if isinstance(rare_classes, (str, bytes)) or not isinstance(rare_classes, Iterable) or not all(
+                isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in rare_classes):
+            raise TypeError(f"`rare_classes` must be a sequence of class ids (ints in 1..{self.num_classes - 1}), "
+                            f"e.g. (1,), got {describe(rare_classes)}")
         self.rare_classes = tuple(int(c) for c in rare_classes)
         bad = [c for c in self.rare_classes if not 0 < c < num_classes]
         if bad or (self.balances and not self.rare_classes):
@@ -190,15 +194,40 @@ class LabelMapSampler:
                 f"num_classes={self.num_classes}, rare_classes={self.rare_classes})")
 
     def _maps(self, sample: Any) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(sample, tuple):
-            return sample[0], sample[1]
-        return sample.inst_map, sample.type_map
+        """The sample's ``(inst_map, type_map)``, checked against this sampler's classes: a class id
+        beyond ``num_classes`` would be rendered as another class (the SDM's one-hot has
+        ``num_classes`` channels), so it is refused, not served."""
+        if isinstance(sample, tuple) and len(sample) == 2:
+            inst, typ = sample
+        elif hasattr(sample, "inst_map") and hasattr(sample, "type_map"):
+            inst, typ = sample.inst_map, sample.type_map
+        else:
+            raise TypeError(f"`sample` must be a NucleiSample or an (inst_map, type_map) tuple, got {describe(sample)}")
+        inst, typ = np.asarray(inst), np.asarray(typ)
+        where = "" if self._source(sample) is None else f" of item {self._source(sample)}"
+        for name, arr in (("inst_map", inst), ("type_map", typ)):
+            if arr.dtype.kind not in "iu":
+                raise TypeError(f"`{name}`{where} must hold integer ids, got {arr.dtype}; cast it to int32")
+        if inst.size and int(inst.min()) < 0:
+            raise ValueError(f"`inst_map`{where} ids must be >= 0 (0 = background), got minimum {int(inst.min())}; "
+                             "relabel with remap_label")
+        if typ.size:
+            lo, hi = int(typ.min()), int(typ.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise ValueError(
+                    f"`type_map`{where} classes must be in 0..{self.num_classes - 1} (num_classes={self.num_classes}, "
+                    f"background included), got {lo}..{hi}; merge the dataset's classes to the model's (data.merge "
+                    "or remap the types), or use a model and num_classes that cover them")
+        return inst, typ
 
     def _source(self, sample: Any) -> int | None:
         meta = getattr(sample, "meta", None)
         if self.source_key is None or not isinstance(meta, dict) or self.source_key not in meta:
             return None
-        return int(meta[self.source_key])
+        try:
+            return int(meta[self.source_key])
+        except (TypeError, ValueError):
+            return None
 
     def _kind(self, rng: np.random.Generator | None, params: LabelMapParams | None) -> tuple[bool, bool]:
         """``(balance, enlarge)``: the steps this map runs (a ``"union"`` map draws its kind first)."""

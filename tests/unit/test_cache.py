@@ -276,3 +276,24 @@ def test_concurrent_readers_never_serve_past_max_reuse_and_lose_no_count():
         assert p.exitcode == 0
     assert int(got.sum()) == 300
     assert cache.reads == 300 and int(cache._np["reuse"][0]) == 300
+
+
+@pytest.mark.parametrize(("image", "inst", "typ", "error", "words"), [
+    (np.full((H, W, 3), 0.7), None, None, TypeError, ["`image` must be uint8", "got float64", "np.clip(np.rint("]),
+    (None, np.full((H, W), 1.5), None, TypeError, ["`inst_map` must hold integer ids", "got float64", "np.rint"]),
+    (None, None, np.full((H, W), 2.0), TypeError, ["`type_map` must hold integer ids", "got float64"]),
+    (None, np.full((H, W), -1, np.int32), None, ValueError, ["`inst_map` ids must be >= 0", "minimum -1",
+                                                             "remap_label"]),
+    (None, np.full((H, W), -40000, np.int32), None, ValueError, ["`inst_map` ids must be >= 0", "minimum -40000"]),
+    (None, np.full((H, W), 40000, np.int32), None, ValueError, ["do not fit inst_dtype", "inst_dtype='int32'"]),
+])
+def test_write_refuses_what_it_would_store_wrong(image, inst, typ, error, words):
+    """Issue 32, case 9: negative ids, int16 overflow and float images or maps were stored as garbage
+    (-40000 wrapped, 0.7 stored as 0); each is refused naming the field, what was got and the fix."""
+    c = ReplayCache(2, (H, W), inst_dtype="int16", num_classes=K)
+    img0, inst0, typ0 = patch(1)
+    with pytest.raises(error) as err:
+        c.write(img0 if image is None else image, inst0 if inst is None else inst, typ0 if typ is None else typ)
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+    assert c.writes == 0 and len(c) == 0  # nothing stored

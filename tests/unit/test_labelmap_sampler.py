@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffmix_aug.data.sample import NucleiSample
 from diffmix_aug.data.toy import make_toy_dataset
 from diffmix_aug.labelmaps.balance import apply_balance, draw_balance_params
 from diffmix_aug.labelmaps.donors import DonorBank
@@ -181,3 +182,47 @@ def test_borders_scale_below_the_reference_patch_and_the_default_sampler_uses_th
     reference = LabelMapSampler("balance", donors=DonorBank.from_dataset(ds, (1,)), num_classes=5)
     unchanged = sum(sum(reference(ds[i], rng).report["balance"]["converted"].values()) for i in range(len(ds)))
     assert converted > 0 and unchanged == 0
+
+
+def _maps_with(types_value=None, inst_value=None):
+    inst = np.zeros((40, 40), np.int32)
+    inst[5:12, 5:12], inst[20:30, 20:30] = 1, 2
+    typ = np.where(inst == 1, 1, np.where(inst == 2, 2, 0)).astype(np.int32)
+    if types_value is not None:
+        typ[inst == 2] = types_value
+    if inst_value is not None:
+        inst[inst == 2] = inst_value
+    return NucleiSample.trusted(np.zeros((40, 40, 3), np.uint8), inst, typ, meta={"index": 7})
+
+
+@pytest.mark.parametrize("mode", ["enlarge", "balance", "union", "composed"])
+def test_class_ids_beyond_num_classes_are_refused_not_rendered(mode):
+    """Issue 32, case 6: types up to 28 in a 5-class set-up were drawn and rendered (as another class)."""
+    lms = LabelMapSampler(mode, num_classes=5, rare_classes=(1,))
+    for value, got in ((28, "got 0..28"), (-1, "got -1..1")):
+        sample = _maps_with(types_value=value)
+        for call in (lambda: lms.get_params(np.random.default_rng(0), sample),
+                     lambda: lms(sample, np.random.default_rng(0)),
+                     lambda: lms.get_params(np.random.default_rng(0), (sample.inst_map, sample.type_map))):
+            with pytest.raises(ValueError) as err:
+                call()
+            msg = str(err.value)
+            assert "`type_map`" in msg and "must be in 0..4 (num_classes=5" in msg and got in msg
+            assert "merge the dataset's classes" in msg
+    with pytest.raises(ValueError, match=r"`type_map` of item 7 classes"):
+        lms.get_params(np.random.default_rng(0), _maps_with(types_value=28))
+    assert lms.get_params(np.random.default_rng(0), _maps_with(types_value=4)) is not None  # the last class is fine
+
+
+def test_bad_ids_and_samples_get_a_clear_error():
+    lms = LabelMapSampler("enlarge", num_classes=5, rare_classes=(1,))
+    with pytest.raises(ValueError, match=r"`inst_map` of item 7 ids must be >= 0 .*minimum -3.*remap_label"):
+        lms.get_params(np.random.default_rng(0), _maps_with(inst_value=-3))
+    s = _maps_with()
+    with pytest.raises(TypeError, match=r"`type_map` must hold integer ids, got float64"):
+        lms.get_params(np.random.default_rng(0), (s.inst_map, s.type_map.astype(float)))
+    with pytest.raises(TypeError, match=r"`sample` must be a NucleiSample or an \(inst_map, type_map\) tuple, got"):
+        lms.get_params(np.random.default_rng(0), {"inst_map": s.inst_map, "type_map": s.type_map})
+    for bad in ("abc", 1, [1.5], [True]):
+        with pytest.raises(TypeError, match=r"`rare_classes` must be a sequence of class ids \(ints in 1..4\)"):
+            LabelMapSampler("balance", num_classes=5, rare_classes=bad)
