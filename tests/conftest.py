@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +33,30 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA_DIR
+
+
+def _bounded(fn, timeout: float, what: str):
+    """``fn()`` in a daemon thread; fails the test when it has not returned within ``timeout`` seconds
+    (a hang), else returns its value or raises its exception."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        pytest.fail(f"{what} did not return within {timeout:.0f} s (a hang)")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+@pytest.fixture
+def bounded():
+    """``bounded(fn, timeout, what)``: every wait of a fault test bounded (see :func:`_bounded`)."""
+    return _bounded

@@ -3,6 +3,13 @@ datasets over the toy data, and a few deliberately simple synthesizers for fault
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -82,3 +89,31 @@ def patch_key(x) -> bytes:
     """Hashable identity of an image (numpy or tensor)."""
     a = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     return a.tobytes()
+
+
+def run_child_session(script: Path, args: list[str], tmp: Path, timeout: float) -> str:
+    """Run ``python script *args`` in its own session with the package and these helpers importable;
+    return its stdout once it exits 0 (an assertion otherwise, with its output).
+
+    Output goes to files, not pipes: a process the child left behind would hold a pipe open and make
+    the wait unbounded. The whole session is SIGKILLed afterwards, so nothing outlives the test.
+    """
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests" / "integration")])}
+    out, err = tmp / "stdout.txt", tmp / "stderr.txt"
+    with out.open("w") as fo, err.open("w") as fe:
+        proc = subprocess.Popen([sys.executable, str(script), *args], stdout=fo, stderr=fe, env=env, cwd=root,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    stdout, stderr = out.read_text(), err.read_text()
+    assert rc is not None, f"{script.name} {args}: no exit within {timeout:.0f} s (a hang): {stderr[-3000:]}"
+    assert rc == 0, f"{script.name} {args}: rc {rc}\n{stdout[-2000:]}\n{stderr[-6000:]}"
+    return stdout

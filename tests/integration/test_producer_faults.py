@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import threading
@@ -22,32 +21,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffmix_helpers import DictDataset, NoiseSynth
+from diffmix_helpers import DictDataset, NoiseSynth, run_child_session
 
 from diffmix_aug import DiffMixDataset
 from diffmix_aug.producer import ProducerError
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def bounded(fn, timeout: float, what: str):
-    """``fn()`` in a thread; fails the test when it has not returned within ``timeout`` seconds."""
-    box: dict = {}
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        pytest.fail(f"{what} did not return within {timeout:.0f} s (a hang)")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 class StallingSynth(NoiseSynth):
@@ -71,7 +50,7 @@ def _dataset(synth, **kw):
     return DiffMixDataset(DictDataset(16), synth, **{**opts, **kw})
 
 
-def test_state_dict_answers_while_the_producer_is_stopped_inside_a_batch():
+def test_state_dict_answers_while_the_producer_is_stopped_inside_a_batch(bounded):
     synth = StallingSynth(stall_at=3)
     with _dataset(synth) as ds:
         assert synth.inside.wait(60), "the producer never reached its third batch"
@@ -93,7 +72,7 @@ def test_state_dict_answers_while_the_producer_is_stopped_inside_a_batch():
         assert again.producer.batches == 2 and again.cache.writes == 4
 
 
-def test_a_producer_stopped_inside_its_cache_writes_gives_a_timeout_naming_it():
+def test_a_producer_stopped_inside_its_cache_writes_gives_a_timeout_naming_it(bounded):
     with _dataset(NoiseSynth(), start=False) as ds:
         inside, go, write = threading.Event(), threading.Event(), ds.cache.write
 
@@ -121,7 +100,7 @@ def test_a_producer_stopped_inside_its_cache_writes_gives_a_timeout_naming_it():
         assert bounded(ds.state_dict, 30, "state_dict() once the producer goes on")["cache"]["writes"] >= 2
 
 
-def test_a_state_loaded_while_a_batch_renders_drops_that_batch():
+def test_a_state_loaded_while_a_batch_renders_drops_that_batch(bounded):
     """load_state_dict() while a batch renders: that batch's key belongs to the replaced state, so it
     is dropped; the producer goes on from the loaded counter."""
     synth = StallingSynth(stall_at=4)
@@ -148,7 +127,7 @@ def test_a_state_loaded_while_a_batch_renders_drops_that_batch():
 _INTERRUPT_CHILD = textwrap.dedent("""
     import faulthandler, os, random, signal, sys, threading, time
     import torch
-    from diffmix_helpers import DictDataset, NoiseSynth
+    from diffmix_helpers import DictDataset, NoiseSynth, run_child_session
     from diffmix_aug import DiffMixDataset
 
     STEP = 60
@@ -222,26 +201,7 @@ _INTERRUPT_CHILD = textwrap.dedent("""
 def _run_child(script: str, args: list[str], tmp: Path, timeout: float) -> str:
     path = tmp / "child.py"
     path.write_text(script)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "integration")])}
-    out, err = tmp / "stdout.txt", tmp / "stderr.txt"
-    with out.open("w") as fo, err.open("w") as fe:
-        proc = subprocess.Popen([sys.executable, str(path), *args], stdout=fo, stderr=fe, env=env, cwd=ROOT,
-                                start_new_session=True)
-        try:
-            rc = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            rc = None
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-    stdout, stderr = out.read_text(), err.read_text()
-    assert rc is not None, f"no exit within {timeout:.0f} s (a hang): {stderr[-3000:]}"
-    assert rc == 0, f"rc {rc}\n{stdout[-2000:]}\n{stderr[-6000:]}"
-    return stdout
+    return run_child_session(path, args, tmp, timeout)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
@@ -253,7 +213,7 @@ def test_ctrl_c_at_random_moments_of_a_0_worker_load_leaves_the_dataset_usable(t
     assert fields["close_s"] < 2.0, line
 
 
-def test_a_killed_label_worker_is_reported_in_the_main_process_and_in_dataloader_workers():
+def test_a_killed_label_worker_is_reported_in_the_main_process_and_in_dataloader_workers(bounded):
     """The producer's only processes are its label workers: SIGKILLed (the OOM killer), the next
     item raises ProducerError naming the dead worker, in the main process and in loader workers."""
     ds = _dataset(NoiseSynth(), label_workers=1, warmup="block", warmup_items=2)
@@ -267,7 +227,8 @@ def test_a_killed_label_worker_is_reported_in_the_main_process_and_in_dataloader
                     ds[i]
                 time.sleep(0.01)
         assert f"pid(s) {worker.pid}" in str(err.value) and "label_workers=0" in str(err.value)
-        assert not ds.producer.alive and ds.stats()["producer_patches_per_s"] is None  # no rate of a dead producer
+        assert ds.producer.join(10)  # the thread ends right after publishing its failure
+        assert ds.stats()["producer_patches_per_s"] is None  # no rate of a dead producer
         loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, collate_fn=list, timeout=60)
         with pytest.raises(Exception, match="label-map worker of the DiffMix producer died"):
             bounded(lambda: list(loader), 120, "a loader over a dataset whose producer died")
@@ -310,7 +271,7 @@ def sigint_raises():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
-def test_ctrl_c_while_the_first_item_starts_the_producer_leaves_it_running(monkeypatch, sigint_raises):
+def test_ctrl_c_while_the_first_item_starts_the_producer_leaves_it_running(monkeypatch, sigint_raises, bounded):
     """Ctrl-C before the producer's thread was launched (its imports, its label workers) left a
     dataset that believed it had started: no patch was ever made again, silently."""
     import diffmix_aug.producer as producer_module
@@ -331,7 +292,7 @@ def test_ctrl_c_while_the_first_item_starts_the_producer_leaves_it_running(monke
         assert bounded(ds.state_dict, 20, "state_dict() after the interrupted start")["cache"]["writes"] >= 4
 
 
-def test_ctrl_c_as_state_dict_takes_the_producer_lock_leaves_it_free():
+def test_ctrl_c_as_state_dict_takes_the_producer_lock_leaves_it_free(bounded):
     with _dataset(NoiseSynth()) as ds:
         ds.producer._write_lock = InterruptedRLock()
         with pytest.raises(KeyboardInterrupt):

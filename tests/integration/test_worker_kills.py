@@ -22,19 +22,15 @@ session and the test kills that session at the end, so no orphaned worker outliv
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from diffmix_helpers import run_child_session
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
 
-ROOT = Path(__file__).resolve().parents[2]
 
 _SCRIPT = textwrap.dedent("""
     import faulthandler, os, random, signal, sys, threading, time
@@ -141,27 +137,9 @@ _SCRIPT = textwrap.dedent("""
 def _run(ctx: str, kills: int, seed: int, timeout: float, tmp: Path) -> dict[str, float]:
     script = tmp / "worker_kills_child.py"  # a file, so spawn workers can re-import the main module
     script.write_text(_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "integration")])}
-    # output to files, not pipes: a worker the child could not end would hold a pipe open and make
-    # the wait for its end unbounded; the whole session is SIGKILLed afterwards in any case
-    out, err = tmp / "stdout.txt", tmp / "stderr.txt"
-    with out.open("w") as fo, err.open("w") as fe:
-        proc = subprocess.Popen([sys.executable, str(script), ctx, str(kills), str(seed)], stdout=fo, stderr=fe,
-                                env=env, cwd=ROOT, start_new_session=True)
-        try:
-            rc = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            rc = None
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    stdout, stderr = out.read_text(), err.read_text()
-    assert rc is not None, f"{ctx}: {kills} kills did not finish within {timeout:.0f} s (a hang); {stderr[-3000:]}"
-    assert rc == 0, f"rc {rc}\n{stdout[-2000:]}\n{stderr[-6000:]}"
+    stdout = run_child_session(script, [ctx, str(kills), str(seed)], tmp, timeout)
     line = [ln for ln in stdout.splitlines() if ln.startswith("kills=")]
-    assert line, stdout + stderr
+    assert line, stdout
     fields = {k: float(v) for k, v in (kv.split("=") for kv in line[-1].split())}
     assert fields["close_s"] < 2.0, line  # close()'s bound
     assert fields["kills"] > 0, line  # the loop did kill workers

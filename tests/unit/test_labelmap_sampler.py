@@ -201,9 +201,9 @@ def test_class_ids_beyond_num_classes_are_refused_not_rendered(mode):
     lms = LabelMapSampler(mode, num_classes=5, rare_classes=(1,))
     for value, got in ((28, "got 0..28"), (-1, "got -1..1")):
         sample = _maps_with(types_value=value)
-        for call in (lambda: lms.get_params(np.random.default_rng(0), sample),
-                     lambda: lms(sample, np.random.default_rng(0)),
-                     lambda: lms.get_params(np.random.default_rng(0), (sample.inst_map, sample.type_map))):
+        for call in (lambda s=sample: lms.get_params(np.random.default_rng(0), s),
+                     lambda s=sample: lms(s, np.random.default_rng(0)),
+                     lambda s=sample: lms.get_params(np.random.default_rng(0), (s.inst_map, s.type_map))):
             with pytest.raises(ValueError) as err:
                 call()
             msg = str(err.value)

@@ -51,28 +51,8 @@ def _killed_inside_claim(cache: ReplayCache, slot: int) -> None:
     cache.read(slot)
 
 
-def bounded(fn, timeout: float, what: str):
-    """Run ``fn`` in a daemon thread; fail the test (instead of hanging it) past ``timeout`` seconds."""
-    box: dict = {}
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        pytest.fail(f"{what} did not return within {timeout:.0f} s (a hang)")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
 @pytest.mark.parametrize("ctx", ["fork", "spawn"])
-def test_a_reader_killed_inside_the_claim_blocks_nobody(ctx):
+def test_a_reader_killed_inside_the_claim_blocks_nobody(ctx, bounded):
     cache = ReplayCache(2, (H, W), max_reuse=100, num_classes=K)
     cache.write(*_patch())
     victim = multiprocessing.get_context(ctx).Process(target=_killed_inside_claim, args=(cache, 0))
@@ -111,7 +91,7 @@ def _hold_claim_forever(cache: ReplayCache, ready) -> None:
     cache.read(0)
 
 
-def test_a_stopped_holder_gives_a_clear_error_not_a_hang():
+def test_a_stopped_holder_gives_a_clear_error_not_a_hang(bounded):
     """A reader stopped (SIGSTOP, a debugger) inside the claim is alive: the others cannot take the
     claim from it, but they wait a bounded time and say who holds it."""
     cache = ReplayCache(1, (H, W), max_reuse=100, num_classes=K, claim_timeout=1.0)
@@ -152,7 +132,7 @@ def test_claims_from_threads_of_one_process_are_exclusive():
     assert sum(got) == 500 and cache.reads == 500 and int(cache._np["reuse"][0]) == 500
 
 
-def test_ctrl_c_as_the_claim_is_taken_leaves_the_lock_free():
+def test_ctrl_c_as_the_claim_is_taken_leaves_the_lock_free(bounded):
     """A KeyboardInterrupt raised as the thread lock's acquire returns (where Python delivers Ctrl-C)
     left it held: every later serve of the process waited claim_timeout and failed."""
     lock = ProcessLock("test claim", timeout=1.0)
@@ -168,9 +148,8 @@ def test_ctrl_c_as_the_claim_is_taken_leaves_the_lock_free():
             return getattr(inner, name)
 
     lock._tlock = Interrupted()
-    with pytest.raises(KeyboardInterrupt):
-        with lock:
-            pass
+    with pytest.raises(KeyboardInterrupt), lock:
+        pass
     lock._tlock = inner
 
     def claim():
