@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 import time
 import weakref
@@ -395,7 +396,11 @@ class DiffMixDataset(torch.utils.data.Dataset):
         return self.adapter.mark(item, patch is not None)
 
     def __getitem__(self, index: int) -> Any:
-        index = int(index)
+        try:
+            index = operator.index(index)
+        except TypeError:
+            raise TypeError(f"DiffMixDataset index must be an int (0..{len(self) - 1}), got {describe(index)}; "
+                            "index it like the base dataset") from None
         return self._build(index, self._pick(index))
 
     def item_info(self, index: int) -> dict[str, Any]:

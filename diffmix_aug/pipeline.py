@@ -151,6 +151,17 @@ def build_pipeline(config: DiffMixConfig, source: Sequence[NucleiSample], synthe
                               balances=config.balances and synthesizer is not None, mode=config.mode,
                               fallback=None if manifest is None else ClassTable.from_dict(manifest["classes"]))
     shape = _patch_shape(config, synthesizer, manifest, raw_shape)
+    multiple = int(getattr(synthesizer, "size_multiple", 1) or 1)
+    if multiple > 1 and (shape[0] % multiple or shape[1] % multiple):
+        fit = tuple(max(multiple, s - s % multiple) for s in shape)
+        raise ValueError(f"`patch_size` must be divisible by {multiple} for this SDM (its U-Net halves the size "
+                         f"{multiple.bit_length() - 1} times), got {shape}; pass patch_size={fit} (a crop) or "
+                         f"{tuple(s + (-s) % multiple for s in shape)} (mirror-padded)")
+    if synthesizer is not None and len(source):
+        from .labelmaps.sampler import check_label_maps
+
+        first = source[0]  # the other items are checked as their label maps are drawn
+        check_label_maps(first.inst_map, first.type_map, classes.num_classes, " of base item 0")
     config = config.replace(num_classes=classes.num_classes, rare_classes=classes.rare_classes or None,
                             patch_size=shape)
     cache = ReplayCache(config.cache_capacity, shape, inst_dtype=config.inst_dtype, policy=config.policy,

@@ -28,7 +28,7 @@ from .donors import DonorBank
 from .enlarge import EnlargeParams, apply_enlarge, draw_enlarge_params
 
 __all__ = ["DEFAULT_MODE", "MODES", "LabelMapParams", "LabelMapResult", "LabelMapSampler", "Mode",
-           "borders_for_patch", "check_mode", "mode_balances", "mode_enlarges"]
+           "borders_for_patch", "check_label_maps", "check_mode", "mode_balances", "mode_enlarges"]
 
 REFERENCE_PATCH = 256  # the reference code's patch side, for which border=30 and border_margin=32 are set
 
@@ -99,6 +99,36 @@ class LabelMapResult:
     mode: str
     report: dict[str, Any] = field(default_factory=dict)
     params: LabelMapParams | None = None
+
+
+def check_label_maps(inst_map: Any, type_map: Any, num_classes: int, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """``(inst_map, type_map)`` as arrays, refused when they cannot be rendered as given: non-integer
+    ids, negative instance ids, classes outside ``0..num_classes-1`` (the SDM's one-hot has
+    ``num_classes`` channels: a class beyond it would be drawn as another class).
+
+    Args:
+        inst_map, type_map: ``int [H, W]``.
+        num_classes: Classes counting the background.
+        where: Where the maps come from, for the message (e.g. ``" of item 7"``).
+
+    Raises:
+        TypeError / ValueError: naming the map, the allowed range, what was found and the fix.
+    """
+    inst, typ = np.asarray(inst_map), np.asarray(type_map)
+    for name, arr in (("inst_map", inst), ("type_map", typ)):
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"`{name}`{where} must hold integer ids, got {arr.dtype}; cast it to int32")
+    if inst.size and int(inst.min()) < 0:
+        raise ValueError(f"`inst_map`{where} ids must be >= 0 (0 = background), got minimum {int(inst.min())}; "
+                         "relabel with remap_label")
+    if typ.size:
+        lo, hi = int(typ.min()), int(typ.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"`type_map`{where} classes must be in 0..{num_classes - 1} (num_classes={num_classes}, background "
+                f"included), got {lo}..{hi}; merge the dataset's classes to the model's (data.merge or remap the "
+                "types), or use a model and num_classes that cover them")
+    return inst, typ
 
 
 class LabelMapSampler:
@@ -203,22 +233,8 @@ class LabelMapSampler:
             inst, typ = sample.inst_map, sample.type_map
         else:
             raise TypeError(f"`sample` must be a NucleiSample or an (inst_map, type_map) tuple, got {describe(sample)}")
-        inst, typ = np.asarray(inst), np.asarray(typ)
         where = "" if self._source(sample) is None else f" of item {self._source(sample)}"
-        for name, arr in (("inst_map", inst), ("type_map", typ)):
-            if arr.dtype.kind not in "iu":
-                raise TypeError(f"`{name}`{where} must hold integer ids, got {arr.dtype}; cast it to int32")
-        if inst.size and int(inst.min()) < 0:
-            raise ValueError(f"`inst_map`{where} ids must be >= 0 (0 = background), got minimum {int(inst.min())}; "
-                             "relabel with remap_label")
-        if typ.size:
-            lo, hi = int(typ.min()), int(typ.max())
-            if lo < 0 or hi >= self.num_classes:
-                raise ValueError(
-                    f"`type_map`{where} classes must be in 0..{self.num_classes - 1} (num_classes={self.num_classes}, "
-                    f"background included), got {lo}..{hi}; merge the dataset's classes to the model's (data.merge "
-                    "or remap the types), or use a model and num_classes that cover them")
-        return inst, typ
+        return check_label_maps(inst, typ, self.num_classes, where)
 
     def _source(self, sample: Any) -> int | None:
         meta = getattr(sample, "meta", None)

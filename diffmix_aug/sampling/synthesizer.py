@@ -162,13 +162,17 @@ class Synthesizer:
         if inst_maps.shape != images.shape[:3] or type_maps.shape != images.shape[:3]:
             raise ValueError(f"`inst_maps` {inst_maps.shape} and `type_maps` {type_maps.shape} must both be "
                              f"[B, H, W] = {images.shape[:3]} like `images`; pass one map pair per image")
+        down = self.size_multiple
+        if down > 1 and (images.shape[1] % down or images.shape[2] % down):
+            raise ValueError(f"`images` size {images.shape[1:3]} must be divisible by {down} for this "
+                             f"model ({len(self.model.config.channel_mult)} levels); crop or pad the patches")
+
+    @property
+    def size_multiple(self) -> int:
+        """Patch sides must be multiples of this (``2 ** (levels - 1)`` of the U-Net; 1 when unknown)."""
         config = getattr(self.model, "config", None)
         levels = len(getattr(config, "channel_mult", ())) if config is not None else 0
-        if levels > 1:
-            down = 2 ** (levels - 1)
-            if images.shape[1] % down or images.shape[2] % down:
-                raise ValueError(f"`images` size {images.shape[1:3]} must be divisible by {down} for this "
-                                 f"model ({levels} levels); crop or pad the patches")
+        return 2 ** (levels - 1) if levels > 1 else 1
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, inst_maps: np.ndarray, type_maps: np.ndarray,
