@@ -37,7 +37,7 @@ from ..data.sample import InstanceInfo, instance_info
 from .donors import DonorBank, border_excluded
 
 __all__ = ["BalanceParams", "apply_balance", "balance_label_map", "dilated_area", "dilated_areas",
-           "draw_balance_params", "draw_balance_params_reference"]
+           "draw_balance_params"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -321,121 +321,6 @@ def draw_balance_params(
         at.append(type_list[d])
         if quota is not None:
             quota[type_list[d]] -= 1
-    return BalanceParams(tuple(inst_map.shape), selected.astype(np.int32), info.ids[picked].astype(np.int32), sizes,
-                         pool, np.asarray(am, np.int32), np.asarray(ad, np.int64), np.asarray(at, np.int32),
-                         {k: v for k, v in skipped.items() if v}, None)
-
-
-def draw_balance_params_reference(
-    rng: np.random.Generator,
-    inst_map: np.ndarray,
-    type_map: np.ndarray,
-    donors: DonorBank | None,
-    *,
-    rare_classes: Iterable[int] = (1,),
-    major_fraction: float = 0.8,
-    size_ratio: float = 2.3,
-    border: int = 30,
-    target_distribution: Mapping[int, float] | Sequence[float] | None = None,
-    use_own_donors: bool = True,
-    exclude_source: int | None = None,
-    info: InstanceInfo | None = None,
-) -> BalanceParams:
-    """:func:`draw_balance_params` as it was first written: one ``cv2.dilate`` per major inside
-    the greedy loop, and full pool scans. Kept as the oracle of the fast version (same arguments,
-    same result for the same ``rng`` state).
-
-    Args:
-        rng: The only source of randomness (major selection, then the bank's source order).
-        inst_map: ``int [H, W]`` target instance ids.
-        type_map: ``int [H, W]`` target classes (0 = background / untyped).
-        donors: The bank of other maps' rare nuclei, or None (own donors only).
-        rare_classes: Classes donors may bring; every other typed class is a major class.
-        major_fraction: Fraction of the interior majors drawn (``int(f * n)``).
-        size_ratio: A donor fits when ``dilated major area >= size_ratio * donor area``.
-        border: Centroid distance to the border below which nuclei take no part.
-        target_distribution: None (reference: convert every major that finds a donor), or the
-            wanted share of nuclei per class (mapping class -> share, or a sequence indexed by
-            class); only as many majors are converted as needed for each rare class to reach it.
-        use_own_donors: Put the map's own interior rare nuclei first in the pool (reference).
-        exclude_source: Bank source index of this map, whose donors are then not used twice.
-        info: ``instance_info(inst_map, type_map)`` if already at hand (``NucleiSample.info``).
-
-    Returns:
-        :class:`BalanceParams`.
-    """
-    _check_pair(inst_map, type_map)
-    rare = tuple(int(c) for c in rare_classes)
-    if not rare:
-        raise ValueError("`rare_classes` must name at least one class, got ()")
-    check_in_range("major_fraction", major_fraction, 0.0, 1.0)
-    check_in_range("size_ratio", size_ratio, 0.0, float("inf"), low_inclusive=False)
-    check_positive_int("border", border, allow_zero=True)
-    shares = _shares(target_distribution)
-    if donors is not None and not isinstance(donors, DonorBank):
-        raise TypeError(f"`donors` must be a DonorBank or None, got {type(donors).__name__}")
-    bank = donors if donors is not None else DonorBank.empty(rare, border)
-    if info is None:
-        info = instance_info(inst_map, type_map)
-    if len(info) == 0:
-        return _empty_params(inst_map.shape, "empty map: no nuclei")
-    interior = ~border_excluded(info.centroids, inst_map.shape, border)
-    is_rare = np.isin(info.types, rare)
-    cand_mask = interior & (info.types > 0) & ~is_rare
-    cand = np.flatnonzero(cand_mask)
-    cand = cand[np.argsort(info.types[cand], kind="stable")]  # class by class, then by id (reference)
-    n_pick = int(major_fraction * cand.size)
-    picked = rng.choice(cand, n_pick, replace=False) if n_pick else np.zeros(0, np.int64)
-    own = np.flatnonzero(interior & is_rare) if use_own_donors else np.zeros(0, np.int64)
-    bank_order = bank.pool_order(rng, exclude_source) if len(bank) else np.zeros(0, np.int64)
-    keep_bank = np.isin(bank.types[bank_order], rare) if len(bank) else np.zeros(0, bool)
-    bank_order = bank_order[keep_bank]
-    pool = np.r_[-info.ids[own].astype(np.int64), bank_order]
-    selected = info.ids[picked]
-    if cand.size == 0:
-        return _empty_params(inst_map.shape, "no interior nuclei of a major (non-rare) class", pool=pool)
-    if n_pick == 0:
-        return _empty_params(inst_map.shape, f"no majors drawn: int({major_fraction} * {cand.size}) = 0", pool=pool)
-    if pool.size == 0:
-        return _empty_params(inst_map.shape, "no donors: no rare nuclei in the map or the bank", selected, pool)
-    order = np.argsort(info.areas[picked], kind="stable")
-    picked = picked[order]
-    pool_area = np.r_[info.areas[own], bank.areas[bank_order]].astype(np.float64)
-    pool_type = np.r_[info.types[own], bank.types[bank_order]].astype(np.int32)
-    avail = np.ones(pool.size, bool)
-    quota = _quotas(shares, info.types, rare)
-    sizes = np.zeros(picked.size, np.int64)
-    thresh = size_ratio * pool_area
-    bboxes = info.bboxes[picked].tolist()
-    am, ad, at = [], [], []
-    skipped: dict[str, list[int]] = {"no_small_enough_donor": [], "pool_exhausted": [], "target_reached": []}
-    for j, mid in enumerate(info.ids[picked].tolist()):
-        if quota is not None and not any(quota.values()):
-            skipped["target_reached"].append(mid)
-            continue
-        if not avail.any():
-            skipped["pool_exhausted"].append(mid)
-            continue
-        y0, x0, y1, x1 = bboxes[j]
-        if (y1 - y0 + 4) * (x1 - x0 + 4) < thresh[avail].min():
-            # the dilated mask cannot exceed its grown box: no donor can fit, skip the dilation
-            skipped["no_small_enough_donor"].append(mid)
-            continue
-        size1 = dilated_area(inst_map, mid, bboxes[j])
-        sizes[j] = size1
-        ok = avail & (size1 >= thresh)
-        if quota is not None:
-            ok &= np.isin(pool_type, [c for c, q in quota.items() if q > 0])
-        d = int(np.argmax(ok))
-        if not ok[d]:
-            skipped["no_small_enough_donor"].append(mid)
-            continue
-        avail[d] = False
-        am.append(mid)
-        ad.append(int(pool[d]))
-        at.append(int(pool_type[d]))
-        if quota is not None:
-            quota[int(pool_type[d])] -= 1
     return BalanceParams(tuple(inst_map.shape), selected.astype(np.int32), info.ids[picked].astype(np.int32), sizes,
                          pool, np.asarray(am, np.int32), np.asarray(ad, np.int64), np.asarray(at, np.int32),
                          {k: v for k, v in skipped.items() if v}, None)

@@ -304,3 +304,19 @@ def test_ctrl_c_as_state_dict_takes_the_producer_lock_leaves_it_free(bounded):
             time.sleep(0.01)
         assert ds.cache.writes > w0 + 2, "the producer stopped writing after the interrupted state_dict()"
         assert bounded(ds.state_dict, 20, "state_dict() after the interrupted one")["producer"]["batches"] >= 2
+
+
+class WarningSynth(NoiseSynth):
+    def __call__(self, *args, **kwargs):
+        import warnings
+
+        warnings.warn("the synthesizer says: low contrast batch", UserWarning, stacklevel=1)
+        return super().__call__(*args, **kwargs)
+
+
+def test_warnings_raised_by_the_producer_reach_the_callers_warnings_capture():
+    """Issue 32, case 10: warnings raised in the producer process went only to its stderr. The
+    producer is a thread of the training process now (issue 30), so they reach ``warnings`` capture."""
+    with pytest.warns(UserWarning, match="the synthesizer says: low contrast batch"), \
+            _dataset(WarningSynth(), warmup="block", warmup_items=2) as ds:
+        assert ds.cache.writes >= 2
