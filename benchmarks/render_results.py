@@ -340,8 +340,20 @@ def results_page(r: dict[str, Any], fid: dict[str, Any] | None, ablation_dir: st
     if fid:
         L += ["## Fidelity of the renders, beside their controls", "", fidelity_summary(fid), "",
               f"Full tables: [`fidelity.md`]({fidelity_dir}/fidelity.md).", ""]
-    L += ["## What this does not show", "",
-          "- The evidence is for a CPU-sized SDM and downstream network on 20x CoNSeP; "
+    L += ["## What this does not show", ""]
+    if r.get("sampler"):
+        from diffmix_aug.sampling.presets import DEFAULT_PRESET, PRESETS
+
+        smp = r["sampler"]
+        keys = ("solver", "steps", "t_start", "spacing", "guidance_scale")
+        same = all(smp.get(k) == PRESETS[DEFAULT_PRESET][k] for k in keys)
+        L += [f"- The pool was rendered with {smp.get('denoising_steps')} {smp.get('solver')} steps "
+              f"({smp.get('spacing')} grid) from t = {smp.get('entry_timestep')}, guidance {smp.get('guidance_scale')}"
+              + (f": the library's default sampler (`\"{DEFAULT_PRESET}\"`)." if same else
+                 f", not the library's default sampler (`\"{DEFAULT_PRESET}\"`: {PRESETS[DEFAULT_PRESET]['steps']} "
+                 f"{PRESETS[DEFAULT_PRESET]['solver']} steps); how far each setting is from the exact render: "
+                 "[solver results](../benchmarks/results/solver/solver.md).")]
+    L += ["- The evidence is for a CPU-sized SDM and downstream network on 20x CoNSeP; "
           "`benchmarks/gpu_evidence.py` runs the same design at GPU scale (3-fold cross-validation by tile, one SDM "
           "per fold, the reference's 55-step renders).",
           f"- {r['eval']['n_tiles']} validation tiles are few: a real effect smaller than {_n(res)} AP can exist "
