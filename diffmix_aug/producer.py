@@ -422,17 +422,35 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 _ATEXIT: list = []  # holds the exit hook once registered (lazily: no import-time side effect)
 
 
-def _shutdown_loaders(box: list) -> None:
-    """End the label-map worker processes (idempotent). They only build label maps and their loader
-    is discarded, so they are terminated first: a loaded host made their orderly exit take longer than
-    ``close()``'s bound."""
+def _shutdown_loaders(box: list, timeout: float = 2.0) -> None:
+    """End the label-map worker processes (idempotent, bounded by about ``timeout`` seconds).
+
+    They only build label maps and their loader is discarded, so they are terminated (a loaded host
+    made their orderly exit take longer than ``close()``'s bound), then killed if still alive. PyTorch's
+    own ``_shutdown_workers`` is never called afterwards: it sets a shared event whose lock a
+    terminated worker may have held, and then waits on that lock for ever (pytorch/pytorch#21554);
+    its queues are closed here instead.
+    """
     while box:
         it = box.pop()
-        for w in list(getattr(it, "_workers", [])):
+        it._shutdown = True  # PyTorch's __del__ / _shutdown_workers do nothing from here on
+        _unwatch_workers(it)
+        workers = list(getattr(it, "_workers", []))
+        for w in workers:
             with contextlib.suppress(Exception):
                 w.terminate()
-        with contextlib.suppress(Exception):
-            it._shutdown_workers()
+        deadline = time.monotonic() + timeout
+        for w in workers:
+            with contextlib.suppress(Exception):
+                w.join(max(0.0, deadline - time.monotonic()))
+                if w.is_alive():
+                    w.kill()
+                    w.join(0.5)
+        for q in [*getattr(it, "_index_queues", []), getattr(it, "_worker_result_queue", None)]:
+            if q is not None:
+                with contextlib.suppress(Exception):
+                    q.cancel_join_thread()
+                    q.close()
 
 
 def _unwatch_workers(it: Any) -> None:
