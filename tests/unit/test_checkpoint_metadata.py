@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -83,7 +84,7 @@ def test_old_exports_without_resolution_still_load(export, tmp_path):
     assert meta["mpp"] is None and meta["class_names"] is None and meta["num_classes"] == 5
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=timedelta(seconds=20), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.dictionaries(st.sampled_from(["num_classes", "mpp", "class_names", "step", "dataset", "provenance"]),
                        st.text(max_size=40), max_size=4))
 def test_fuzzed_metadata_loads_or_raises_a_value_error(export, tmp_path, meta):
@@ -102,7 +103,7 @@ def _np_arrays():
     return st.tuples(shapes, dtypes, st.integers(0, 2**31 - 1))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=timedelta(seconds=20), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(_np_arrays(), st.sampled_from([None, 5]))
 def test_fuzzed_npy_patches_read_or_raise_naming_the_file(tmp_path, spec, num_classes):
     shape, dtype, seed = spec
@@ -129,7 +130,7 @@ def test_pickled_npy_is_refused_naming_the_file(tmp_path):
         read_hovernet_npy(path)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=timedelta(seconds=20), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=200), st.sampled_from([".png", ".jpg", ".tif", ".bmp"]))
 def test_fuzzed_image_bytes_decode_or_raise_naming_the_file(tmp_path, payload, suffix):
     header = {".png": b"\x89PNG\r\n\x1a\n", ".jpg": b"\xff\xd8\xff", ".tif": b"II*\x00", ".bmp": b"BM"}[suffix]

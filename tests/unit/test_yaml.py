@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -67,7 +68,7 @@ def test_describe_is_bounded_on_huge_shared_structures():
     assert len(text) <= 80 and time.perf_counter() - t0 < 1.0
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=timedelta(seconds=20))
 @given(st.text(max_size=300))
 def test_any_text_parses_or_fails_with_a_value_error(text):
     t0 = time.perf_counter()
@@ -78,7 +79,7 @@ def test_any_text_parses_or_fails_with_a_value_error(text):
     assert time.perf_counter() - t0 < 2.0  # a bound per case, not a speed claim
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=timedelta(seconds=20))
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=5), c, max_size=4),
                     max_leaves=20))
