@@ -219,7 +219,6 @@ def test_shipped_toy_config_runs_from_any_folder(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["mode"] == "union"
 
 
-@pytest.mark.slow  # 55-step renders of 128 px CoNSeP patches: minutes on 2 busy cores
 @pytest.mark.skipif(not CONSEP_TRAIN.is_dir(), reason=f"real CoNSeP patches not found at {CONSEP_TRAIN}")
 def test_shipped_consep_config_runs_from_any_folder(tmp_path):
     out = _synthesize_outside(tmp_path, SHIPPED_CONFIGS / "synthesize_consep.yaml", "--data-root", str(CONSEP_TRAIN))
