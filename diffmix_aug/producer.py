@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib
-import os
-import signal
 import threading
 import time
 import traceback
@@ -41,36 +38,19 @@ import torch
 from ._checks import check_positive_int
 from ._proclock import acquire_or_undo
 from ._seeds import derive_seed
+from ._threads import PRODUCER_NICE, interrupts_deferred, lower_thread_priority, preload_imports
 from .cache import ReplayCache
 from .generator import GenerationStopped, PatchGenerator
-from .labelmaps.jobs import collate_jobs
+from .label_workers import LabelWorkers
 from .store import PatchStore
 
 __all__ = ["PRODUCER_NICE", "Producer", "ProducerError", "derive_seed", "preload_imports"]
 
-#: nice value of a CPU producer thread (weight 110 against 1024 for the training loop's nice-0 threads)
-PRODUCER_NICE = 10
 _LABEL_POLL = 1.0  # seconds between the producer's checks on its label workers (alive? closed?)
-_LOADER_STREAMS = 1 << 40  # job lists of the label workers: streams apart from the in-thread batch keys
-#: modules the producer thread may import lazily; imported by :func:`preload_imports` first
-_HEAVY_MODULES = ("cv2", "scipy.ndimage", "safetensors", "tqdm")
 
 
 class ProducerError(RuntimeError):
     """The background producer failed; ``__cause__`` is the original exception."""
-
-
-def preload_imports() -> None:
-    """Import, in the calling thread, every heavy module the producer thread could import lazily.
-
-    A thread that imports a package while the main thread starts a spawn worker can corrupt the
-    worker's import state: while ``cv2`` loads, its package folder is briefly on ``sys.path`` and a
-    spawn worker started in that moment resolves ``typing`` to ``cv2/typing`` and dies, leaving
-    the parent blocked in ``popen_spawn_posix._launch`` for ever. Importing first removes the race.
-    """
-    for name in _HEAVY_MODULES:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
 
 
 class Producer:
@@ -104,8 +84,6 @@ class Producer:
         #: batches made so far (the per-batch keys of the generator)
         self.batches = 0
         self._times: deque[float] = deque(maxlen=64)  # monotonic end times of the last batches
-        self._streams_issued = 0  # job lists handed to the label loader
-        self._maps_iter: Any = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one batch at a time (thread or cooperative step)
@@ -120,7 +98,7 @@ class Producer:
         device = getattr(generator.synthesizer, "device", None)
         if device is not None and torch.device(device).type == "cuda":
             self._stream = torch.cuda.Stream(device=torch.device(device))
-        self._box: list[Any] = []  # the label loader's iterator (its workers are shut down by close())
+        self._labels: LabelWorkers | None = None  # started by start() (its workers ended by close())
         _LIVE.add(self)  # weakly: the thread's own reference keeps a running producer in the set
         if not _ATEXIT:  # before the interpreter joins the (non-daemon) producer threads
             register = getattr(threading, "_register_atexit", atexit.register)
@@ -131,20 +109,10 @@ class Producer:
     def source(self):
         return self.generator.source
 
-    def _job_lists(self):
-        """Endless job lists for the label loader (pulled a few batches ahead by the loader)."""
-        while True:
-            stream = _LOADER_STREAMS + self._streams_issued
-            self._streams_issued += 1
-            yield self.generator.job_list(stream, self.batch_size, self.cache.class_fractions())
-
     def make_batch(self, batch_index: int) -> list:
         """Build and render batch ``batch_index`` (from the label loader when it runs, else here)."""
         gen = self.generator
-        if self._maps_iter is not None and not self._stop.is_set():
-            maps = list(self._next_maps())[: self.batch_size]
-        else:
-            maps = []
+        maps = [] if self._labels is None else self._labels.next_maps(self._stop.is_set)[: self.batch_size]
         if len(maps) < self.batch_size:  # no loader, or batch_size raised since the list was issued
             jobs = gen.job_list(batch_index, self.batch_size, self.cache.class_fractions())
             maps += gen.maps(jobs[len(maps):])
@@ -154,29 +122,6 @@ class Producer:
             out = gen.render(batch_index, maps, self._stop.is_set)
         self._stream.synchronize()
         return out
-
-    def _next_maps(self) -> Any:
-        """The label loader's next job list; bounded: a dead label worker or :meth:`close` ends the wait.
-
-        The loader waits ``_LABEL_POLL`` seconds at a time (its ``timeout``; a timed-out ``next`` leaves
-        it as it was) and checks its workers after each wait; its workers are not in PyTorch's
-        SIGCHLD handler (:meth:`start`), so their death reaches the training loop as this thread's
-        failure (a :class:`ProducerError` on the next item), not as an error raised anywhere in it.
-        """
-        while True:
-            if self._stop.is_set():
-                raise GenerationStopped("closed while waiting for label maps")
-            try:
-                return next(self._maps_iter)
-            except RuntimeError as exc:
-                if self._stop.is_set():
-                    raise GenerationStopped("closed while waiting for label maps") from exc
-                if "timed out" in str(exc):
-                    continue
-                raise RuntimeError(
-                    f"a label-map worker of the DiffMix producer died ({exc}): the OOM killer or a signal? The "
-                    f"producer stopped; build the dataset again (fewer label_workers, or label_workers=0 to "
-                    "build the label maps in the producer thread)") from exc
 
     def step(self, n_batches: int = 1) -> int:
         """Synchronously produce ``n_batches`` batches into the cache; returns patches written.
@@ -231,16 +176,11 @@ class Producer:
         if self._stop.is_set():
             raise RuntimeError("this Producer was closed; build a new one")
         self._warmup = check_positive_int("warmup", warmup, allow_zero=True)
-        with _interrupts_deferred():  # a Ctrl-C in here must not leave a producer that never runs
+        with interrupts_deferred():  # a Ctrl-C in here must not leave a producer that never runs
             preload_imports()
             if self.label_workers > 0:  # workers start here, from the calling thread, before the producer runs
-                loader = torch.utils.data.DataLoader(self.generator.jobs, batch_sampler=self._job_lists(),
-                                                     num_workers=self.label_workers, collate_fn=collate_jobs,
-                                                     prefetch_factor=2, timeout=_LABEL_POLL)
-                it = iter(loader)
-                self._box.append(it)
-                _unwatch_workers(it)
-                self._maps_iter = it
+                self._labels = LabelWorkers(self.generator, self.batch_size, self.label_workers,
+                                            self.cache.class_fractions, poll=_LABEL_POLL)
             # not a daemon: the interpreter joins it at exit (after _stop_all), never tears down under it
             self._thread = threading.Thread(target=self._run, name="diffmix-producer", daemon=False)
             self._thread.start()
@@ -322,7 +262,8 @@ class Producer:
         self.stop()
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
-        _shutdown_loaders(self._box)
+        if self._labels is not None:
+            self._labels.close()
         if acquire_or_undo(self._write_lock, max(0.05, deadline - time.monotonic())):
             self._write_lock.release()
         return not self.alive
@@ -364,31 +305,6 @@ class Producer:
         self._generation += 1
 
 
-@contextlib.contextmanager
-def _interrupts_deferred():
-    """Run the block with Ctrl-C held back: a SIGINT that arrives inside it reaches the handler that
-    was installed (Python's ``KeyboardInterrupt`` by default) once the block has ended.
-
-    For the few steps that must not stop half-done (starting the producer). Only the main thread
-    receives signals; elsewhere, or when SIGINT has no Python handler, the block runs as it is.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    if not callable(previous):  # SIG_IGN / SIG_DFL / a handler set outside Python: nothing to defer
-        yield
-        return
-    caught: list[tuple[int, Any]] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append((signum, frame)))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            previous(*caught[0])
-
-
 class _Paused:
     """:meth:`Producer.paused`'s context (a class, not a generator: a Ctrl-C as it is entered leaves
     the lock free without waiting for a garbage collection)."""
@@ -404,64 +320,10 @@ class _Paused:
         self.producer._write_lock.release()
 
 
-def lower_thread_priority(nice: int = PRODUCER_NICE) -> None:
-    """Raise the calling thread's nice value to ``nice`` (Linux schedules threads one by one; a
-    thread may always lower its own priority). Elsewhere, or when refused, nothing changes."""
-    if not hasattr(os, "setpriority"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        tid = threading.get_native_id()
-        now = os.getpriority(os.PRIO_PROCESS, tid)
-        if now < nice:
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, nice))
-
-
 #: every live producer (weakly): at interpreter exit all are told to stop before any is joined
 #: (producers sharing one synthesizer wait on each other's synthesis lock)
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 _ATEXIT: list = []  # holds the exit hook once registered (lazily: no import-time side effect)
-
-
-def _shutdown_loaders(box: list, timeout: float = 2.0) -> None:
-    """End the label-map worker processes (idempotent, bounded by about ``timeout`` seconds).
-
-    They only build label maps and their loader is discarded, so they are terminated (a loaded host
-    made their orderly exit take longer than ``close()``'s bound), then killed if still alive. PyTorch's
-    own ``_shutdown_workers`` is never called afterwards: it sets a shared event whose lock a
-    terminated worker may have held, and then waits on that lock for ever (pytorch/pytorch#21554);
-    its queues are closed here instead.
-    """
-    while box:
-        it = box.pop()
-        it._shutdown = True  # PyTorch's __del__ / _shutdown_workers do nothing from here on
-        _unwatch_workers(it)
-        workers = list(getattr(it, "_workers", []))
-        for w in workers:
-            with contextlib.suppress(Exception):
-                w.terminate()
-        deadline = time.monotonic() + timeout
-        for w in workers:
-            with contextlib.suppress(Exception):
-                w.join(max(0.0, deadline - time.monotonic()))
-                if w.is_alive():
-                    w.kill()
-                    w.join(0.5)
-        for q in [*getattr(it, "_index_queues", []), getattr(it, "_worker_result_queue", None)]:
-            if q is not None:
-                with contextlib.suppress(Exception):
-                    q.cancel_join_thread()
-                    q.close()
-
-
-def _unwatch_workers(it: Any) -> None:
-    """Take a loader's workers out of PyTorch's SIGCHLD handler, which raises in the main thread, at
-    whatever it is doing, when one dies: the producer's thread checks them itself (:meth:`Producer._next_maps`)."""
-    if getattr(it, "_worker_pids_set", False):
-        from torch.utils.data._utils import signal_handling
-
-        with contextlib.suppress(Exception):
-            signal_handling._remove_worker_pids(id(it))
-            it._worker_pids_set = False
 
 
 def _stop_all() -> None:

@@ -99,14 +99,15 @@ def test_producer_with_and_without_label_workers(label_workers):
                         warmup_items=8, label_workers=label_workers, warmup_timeout=120) as ds:
         assert len(ds.cache) == 8
         assert ds.producer.alive
-        assert (ds.producer._maps_iter is not None) == bool(label_workers)
+        assert len(ds.producer._labels.processes if ds.producer._labels else []) == label_workers
         metas = [ds.cache.slot_meta(i) for i in range(8)]
         assert all(m["mode"] == "union" and m["params"]["mode"] == "union" for m in metas)
         assert {m["map_kind"] for m in metas} <= {"balance", "enlarge"}
         assert len({m["map_seed"] for m in metas}) == 8
         assert all(m["checkpoint_sha256"] is None and "NoiseSynth" in ds.producer.generator.identity[
             "checkpoint"]["callable"] for m in metas)
-    assert not ds.producer.alive and not ds.producer._box  # label workers shut down by close()
+    assert not ds.producer.alive
+    assert ds.producer._labels is None or not ds.producer._labels.processes  # workers ended by close()
 
 
 def test_synthetic_dict_items_keep_their_own_fields():
