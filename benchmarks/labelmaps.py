@@ -264,7 +264,7 @@ def run(n_maps: int, repeats: int, size: int, seed: int) -> dict[str, Any]:
     bank = DonorBank.from_dataset(ds)
     rng = np.random.default_rng(seed)
     e_params = [draw_enlarge_params(rng, s.inst_map) for s in samples]
-    b_params = [draw_balance_params(rng, s.inst_map, s.type_map, bank, exclude_source=i)
+    b_params = [draw_balance_params(rng, s.inst_map, s.type_map, bank, rare_classes=(1,), exclude_source=i)
                 for i, s in enumerate(samples)]
     # The toy's rare class 1 nuclei are large, so few fit the 2.3 size ratio; "balance_many" makes
     # the small inflammatory class 2 the rare one, so that about 30 majors per map are pasted over.
@@ -277,7 +277,7 @@ def run(n_maps: int, repeats: int, size: int, seed: int) -> dict[str, Any]:
                     lambda i, t, p: reference_enlarge(i, t, p),
                     [(s.inst_map, s.type_map) for s in samples],
                     [(s.inst_map, s.type_map, p) for s, p in zip(samples, e_params)]),
-        "balance": (lambda i, t, k: balance_label_map(i, t, bank, rng, exclude_source=k),
+        "balance": (lambda i, t, k: balance_label_map(i, t, bank, rng, (1,), exclude_source=k),
                     lambda i, t, p: reference_balance(i, t, bank, p),
                     [(s.inst_map, s.type_map, k) for k, s in enumerate(samples)],
                     [(s.inst_map, s.type_map, p) for s, p in zip(samples, b_params)]),
@@ -359,7 +359,7 @@ def figure(path: Path, size: int = 256, seed: int = 0) -> Path:
         return out
 
     def sampler(mode):
-        return LabelMapSampler(mode, donors=bank, num_classes=ds.num_classes)
+        return LabelMapSampler(mode, donors=bank, num_classes=ds.num_classes, rare_classes=ds.info.rare_classes)
 
     def converted(k):
         return sampler("balance")(ds[k], np.random.default_rng([seed, k])).report["balance"]["converted_total"]
@@ -421,10 +421,13 @@ def _previous_balance(inst, types, bank, rng, exclude_source):
     """What ``balance_label_map`` did before: a pixel-sort ``instance_info``, and one ``cv2.dilate``
     per major inside the greedy donor loop (``draw_balance_params_reference``)."""
     from diffmix_aug.data.sample import instance_info_reference
-    from diffmix_aug.labelmaps.balance import draw_balance_params_reference
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))  # the oracle lives with the tests
+    from balance_reference import draw_balance_params_reference
 
     info = instance_info_reference(inst, types)
-    params = draw_balance_params_reference(rng, inst, types, bank, exclude_source=exclude_source, info=info)
+    params = draw_balance_params_reference(rng, inst, types, bank, rare_classes=(1,), exclude_source=exclude_source,
+                                           info=info)
     return apply_balance(inst, types, params, bank, info)
 
 
@@ -445,7 +448,8 @@ def run_real(repeats: int, seed: int) -> dict[str, Any]:
             for k, s in enumerate(samples))
         same_balance = all(
             all(np.array_equal(a, b) for a, b in zip(
-                balance_label_map(s.inst_map, s.type_map, bank, np.random.default_rng([seed, k]), exclude_source=k)[:2],
+                balance_label_map(s.inst_map, s.type_map, bank, np.random.default_rng([seed, k]), (1,),
+                                  exclude_source=k)[:2],
                 _previous_balance(s.inst_map, s.type_map, bank, np.random.default_rng([seed, k]), k)[:2]))
             for k, s in enumerate(samples))
         rng = np.random.default_rng(seed)
@@ -453,7 +457,7 @@ def run_real(repeats: int, seed: int) -> dict[str, Any]:
         cases = {
             "enlarge": (lambda i, t, k, rng=rng: enlarge_label_map(i, t, rng),
                         lambda i, t, k, rng=rng: _previous_enlarge(i, t, rng)),
-            "balance": (lambda i, t, k, rng=rng, bank=bank: balance_label_map(i, t, bank, rng, exclude_source=k),
+            "balance": (lambda i, t, k, rng=rng, bank=bank: balance_label_map(i, t, bank, rng, (1,), exclude_source=k),
                         lambda i, t, k, rng=rng, bank=bank: _previous_balance(i, t, bank, rng, k)),
         }
         out = {"maps": len(samples), "nuclei_per_map_mean": float(np.mean([len(s.info) for s in samples])),

@@ -101,7 +101,7 @@ class GradMix:
     def __init__(
         self,
         donors: DonorBank | None,
-        rare_classes: Iterable[int] = (1,),
+        rare_classes: Iterable[int],
         *,
         major_fraction: float = 0.8,
         size_ratio: float = 2.3,

@@ -32,7 +32,8 @@ class DatasetInfo:
         class_names: Names indexed by class id; index 0 is background.
         colors: RGB uint8 triples indexed by class id (background black).
         merge_table: Raw id -> merged id, or None when the raw ids are used as they are.
-        rare_classes: Ids that balancing pastes in (the minority classes).
+        rare_classes: Ids that balancing pastes in (the minority classes); ``()`` where the
+            dataset names none (balancing then needs them passed).
         mpp: Microns per pixel of the images as read (CoNSeP 0.25 at 40x; 0.5 after
             ``downsampled(2)``), or None where unknown (the procedural toy set). An SDM records the
             ``mpp`` it was trained at, and :class:`~diffmix_aug.dataset.DiffMixDataset` refuses a
@@ -43,7 +44,7 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     colors: tuple[tuple[int, int, int], ...]
     merge_table: dict[int, int] | None = None
-    rare_classes: tuple[int, ...] = (1,)
+    rare_classes: tuple[int, ...] = ()
     mpp: float | None = None
     notes: str = field(default="", compare=False)
 
@@ -107,6 +108,7 @@ DATASETS: dict[str, DatasetInfo] = {
         ("background", "miscellaneous", "inflammatory", "epithelial", "spindle"),
         (_BLACK, _CYAN, _RED, _BLUE, _GREEN),  # colours of the HoVer-Net README
         {1: 1, 2: 2, 3: 3, 4: 3, 5: 4, 6: 4, 7: 4},
+        rare_classes=(1,),
         mpp=0.25,  # 40x
     ),
     "glysac": DatasetInfo(
@@ -114,6 +116,7 @@ DATASETS: dict[str, DatasetInfo] = {
         ("background", "miscellaneous", "epithelial", "lymphocyte"),
         (_BLACK, _CYAN, _BLUE, _RED),
         {1: 1, 2: 1, 9: 1, 10: 1, 4: 2, 5: 2, 6: 2, 7: 2, 3: 3, 8: 3},
+        rare_classes=(1,),
         mpp=0.25,  # 40x
         notes="SONNET names merged 2 lymphocyte and 3 epithelial; DiffMix's code the other way round.",
     ),
@@ -139,6 +142,7 @@ DATASETS: dict[str, DatasetInfo] = {
         ("background", "miscellaneous", "inflammatory", "epithelial", "spindle"),
         (_BLACK, _CYAN, _RED, _BLUE, _GREEN),
         None,
+        rare_classes=(1,),
     ),
 }
 

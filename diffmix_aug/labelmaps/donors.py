@@ -58,7 +58,7 @@ class DonorBank:
     inst_ids: np.ndarray
     centroids: np.ndarray
     bboxes: np.ndarray
-    rare_classes: tuple[int, ...] = (1,)
+    rare_classes: tuple[int, ...]
     border: int = 30
     images: tuple[np.ndarray, ...] | None = None
     image_margin: int = 0
@@ -79,7 +79,7 @@ class DonorBank:
         return n + (sum(im.nbytes for im in self.images) if self.images is not None else 0)
 
     @classmethod
-    def empty(cls, rare_classes: Iterable[int] = (1,), border: int = 30) -> DonorBank:
+    def empty(cls, rare_classes: Iterable[int], border: int = 30) -> DonorBank:
         """A bank with no donors (balancing then uses only a map's own rare nuclei)."""
         return cls((), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32),
                    np.zeros((0, 2)), np.zeros((0, 4), np.int64), tuple(int(c) for c in rare_classes), int(border))
@@ -88,7 +88,7 @@ class DonorBank:
     def from_maps(
         cls,
         maps: Iterable[tuple[np.ndarray, ...]],
-        rare_classes: Iterable[int] = (1,),
+        rare_classes: Iterable[int],
         border: int = 30,
         *,
         keep_images: bool = False,
@@ -156,8 +156,8 @@ class DonorBank:
 
         Args:
             dataset: Sized, indexable; ``dataset[i]`` has ``.inst_map``, ``.type_map``, ``.image``.
-            rare_classes: Classes to collect; default ``dataset.info.rare_classes`` when the dataset
-                has a :class:`~diffmix_aug.data.classes.DatasetInfo`, else ``(1,)``.
+            rare_classes: Classes to collect; None: ``dataset.info.rare_classes`` (the dataset's
+                :class:`~diffmix_aug.data.classes.DatasetInfo`), which must then name some.
             border, keep_images, image_margin: See :meth:`from_maps`.
             progress: Show a tqdm bar.
 
@@ -166,7 +166,12 @@ class DonorBank:
         """
         if rare_classes is None:
             info = getattr(dataset, "info", None)
-            rare_classes = getattr(info, "rare_classes", (1,))
+            rare_classes = tuple(getattr(info, "rare_classes", None) or ())
+            if not rare_classes:
+                raise ValueError(
+                    f"`rare_classes` is None and the dataset ({type(dataset).__name__}) declares none in its "
+                    "`info.rare_classes`: pass the classes to collect, e.g. rare_classes=(1,) for CoNSeP's "
+                    "miscellaneous")
 
         def items():
             it = range(len(dataset))

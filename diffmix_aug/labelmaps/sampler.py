@@ -38,7 +38,7 @@ def borders_for_patch(patch_size: int) -> dict[str, int]:
 
     The reference values leave no interior on small patches (a 64 px patch minus 30 px on each
     side), so balancing and enlarging become no-ops there. Pass the result to
-    :class:`LabelMapSampler` (``LabelMapSampler(mode, **borders_for_patch(64))``) and ``border`` to
+    :class:`LabelMapSampler` (``LabelMapSampler(mode, num_classes=..., **borders_for_patch(64))``) and ``border`` to
     :meth:`DonorBank.from_dataset`.
 
     Returns:
@@ -155,7 +155,7 @@ class LabelMapSampler:
         >>> inst = np.zeros((96, 96), np.int32); inst[40:52, 40:52] = 1; inst[60:64, 60:64] = 2
         >>> typ = np.where(inst == 1, 2, np.where(inst == 2, 1, 0)).astype(np.int32)
         >>> s = NucleiSample(np.zeros((96, 96, 3), np.uint8), inst, typ)
-        >>> lms = LabelMapSampler("balance", major_fraction=1.0)
+        >>> lms = LabelMapSampler("balance", num_classes=5, rare_classes=(1,), major_fraction=1.0)
         >>> out = lms(s, np.random.default_rng(0))
         >>> out.report["balance"]["converted"], np.unique(out.type_map).tolist()
         ({1: 1}, [0, 1])
@@ -165,9 +165,9 @@ class LabelMapSampler:
         self,
         mode: str = DEFAULT_MODE,
         donors: DonorBank | None = None,
-        num_classes: int = 5,
-        rare_classes: Iterable[int] = (1,),
         *,
+        num_classes: int,
+        rare_classes: Iterable[int] = (),
         max_shift: int = 15,
         p_shift: float = 0.3,
         border_margin: int = 32,

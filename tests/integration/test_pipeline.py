@@ -36,8 +36,8 @@ def test_config_rejects_unknown_keys_listing_valid_ones():
         DiffMixConfig(label_workers=-1)
     assert MODES == ("balance", "enlarge", "union", "composed") and DiffMixConfig().mode == "union"
     assert [DiffMixConfig(mode=m).balances for m in MODES] == [True, False, True, True]
-    assert [LabelMapSampler(m).balances for m in MODES] == [True, False, True, True]
-    assert [LabelMapSampler(m).enlarges for m in MODES] == [False, True, True, True]
+    assert [LabelMapSampler(m, num_classes=5, rare_classes=(1,)).balances for m in MODES] == [True, False, True, True]
+    assert [LabelMapSampler(m, num_classes=5, rare_classes=(1,)).enlarges for m in MODES] == [False, True, True, True]
     cfg = DiffMixConfig(mode="enlarge", patch_size=32, rare_classes=2)
     assert cfg.patch_size == (32, 32) and cfg.rare_classes == (2,)
     assert load_diffmix_config(cfg.to_dict()) == cfg
@@ -81,7 +81,8 @@ def test_jobs_build_each_map_once_and_reproducibly():
 
     from diffmix_aug.labelmaps.donors import DonorBank
 
-    sampler = Counting("composed", donors=DonorBank.from_dataset(base), num_classes=5, border=8, border_margin=8)
+    sampler = Counting("composed", donors=DonorBank.from_dataset(base), num_classes=5, rare_classes=(1,), border=8,
+                       border_margin=8)
     jobs = LabelMapJobs(base, sampler, (64, 64), seed=3, rank=1)
     a, b = jobs[(7, 2, 4)], jobs[(7, 2, 4)]
     assert len(calls) == 2  # one per build

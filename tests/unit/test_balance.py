@@ -23,13 +23,13 @@ from diffmix_aug.labelmaps.balance import (
 from diffmix_aug.labelmaps.donors import DonorBank
 
 SEEDS = st.integers(0, 2**32 - 1)
-KW = dict(border=6)  # 64-px test maps: a 30-px border would exclude almost every nucleus
+KW = dict(border=6, rare_classes=(1,))  # 64-px test maps: a 30-px border would exclude almost every nucleus
 
 
 def _bank(seed: int, n: int = 4, rare_share: float = 0.4, size: int = 64) -> DonorBank:
     rng = np.random.default_rng(seed + 1)
     return DonorBank.from_maps([random_label_map(rng, size, 25, rare_share=rare_share, radius=(1.5, 5))
-                                for _ in range(n)], border=KW["border"])
+                                for _ in range(n)], **KW)
 
 
 def _check_valid(inst, typ):
@@ -110,7 +110,7 @@ def test_degenerate_maps_unchanged_with_reason(case):
         inst[40:44, 40:44] = 1
         typ[inst > 0] = 1
     donors = None if case == "no_donors" else _bank(0)
-    out_i, out_t, rep = balance_label_map(inst, typ, donors, np.random.default_rng(0))
+    out_i, out_t, rep = balance_label_map(inst, typ, donors, np.random.default_rng(0), (1,))
     np.testing.assert_array_equal(out_i, inst)
     np.testing.assert_array_equal(out_t, typ)
     assert rep["converted_total"] == 0 and isinstance(rep["reason"], str) and rep["reason"]
@@ -139,7 +139,7 @@ def test_multiple_rare_classes():
     assert set(bank.types.tolist()) == {1, 4}
     inst, typ = random_label_map(np.random.default_rng(9), 96, 30, rare_share=0.0, radius=(4, 8))
     typ = np.where(typ == 4, 2, typ).astype(np.int32)
-    p = draw_balance_params(np.random.default_rng(0), inst, typ, bank, rare_classes=(1, 4), **KW)
+    p = draw_balance_params(np.random.default_rng(0), inst, typ, bank, **{**KW, "rare_classes": (1, 4)})
     out_i, out_t, rep = apply_balance(inst, typ, p, bank)
     assert set(rep["converted"]) == {1, 4}
     assert p.assign_type.tolist() == [int(bank.types[d]) for d in p.assign_donor]
@@ -211,8 +211,8 @@ def test_donor_bank_from_dataset_and_images():
     from diffmix_aug.data.toy import make_toy_dataset
 
     ds = make_toy_dataset(3, 96, 0)
-    a = DonorBank.from_dataset(ds, border=10)
-    b = DonorBank.from_maps([(ds[i].inst_map, ds[i].type_map) for i in range(3)], border=10)
+    a = DonorBank.from_dataset(ds, border=10)  # the toy set names its rare class
+    b = DonorBank.from_maps([(ds[i].inst_map, ds[i].type_map) for i in range(3)], (1,), border=10)
     assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks))
     c = DonorBank.from_dataset(ds, border=10, keep_images=True, image_margin=4)
     assert c.images is not None and len(c.images) == len(c)
@@ -230,12 +230,12 @@ def test_donor_bank_from_dataset_and_images():
 def test_bad_arguments():
     z = np.zeros((8, 8), np.int32)
     with pytest.raises(ValueError, match="same shape"):
-        balance_label_map(z, np.zeros((8, 9), np.int32), None, np.random.default_rng(0))
+        balance_label_map(z, np.zeros((8, 9), np.int32), None, np.random.default_rng(0), (1,))
     with pytest.raises(ValueError, match="size_ratio"):
-        balance_label_map(z, z, None, np.random.default_rng(0), size_ratio=0)
+        balance_label_map(z, z, None, np.random.default_rng(0), (1,), size_ratio=0)
     with pytest.raises(ValueError, match="rare_classes"):
         balance_label_map(z, z, None, np.random.default_rng(0), rare_classes=())
     with pytest.raises(TypeError, match="donors"):
-        balance_label_map(z, z, [1, 2], np.random.default_rng(0))
+        balance_label_map(z, z, [1, 2], np.random.default_rng(0), (1,))
     with pytest.raises(ValueError, match="target_distribution"):
-        balance_label_map(z, z, None, np.random.default_rng(0), target_distribution={1: 2.0})
+        balance_label_map(z, z, None, np.random.default_rng(0), (1,), target_distribution={1: 2.0})

@@ -111,7 +111,7 @@ def test_draw_balance_params_matches_reference(seed, fraction, ratio, target):
     inst, typ = maps_from_seed(seed, n_nuclei=25)
     rng = np.random.default_rng(seed + 1)
     bank = DonorBank.from_maps([random_label_map(rng, 64, 25, rare_share=0.4, radius=(1.5, 5)) for _ in range(3)],
-                               border=6)
+                               (1,), border=6)
     kw = dict(rare_classes=(1,), major_fraction=fraction, size_ratio=ratio, border=6, target_distribution=target)
     fast = draw_balance_params(np.random.default_rng(seed), inst, typ, bank, **kw)
     ref = draw_balance_params_reference(np.random.default_rng(seed), inst, typ, bank, **kw)

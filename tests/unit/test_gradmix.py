@@ -130,6 +130,6 @@ def test_bad_arguments(real):
     with pytest.raises(ValueError, match="keep_images"):
         GradMix(no_images, rare_classes=HE_RARE)
     with pytest.raises(ValueError, match="inpaint"):
-        GradMix(None, inpaint="navier")
+        GradMix(None, HE_RARE, inpaint="navier")
     with pytest.raises(ValueError, match="metric"):
-        GradMix(None, metric="euclidean")
+        GradMix(None, HE_RARE, metric="euclidean")

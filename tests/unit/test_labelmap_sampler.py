@@ -17,7 +17,7 @@ from diffmix_aug.labelmaps.enlarge import apply_enlarge, draw_enlarge_params
 from diffmix_aug.labelmaps.sampler import LabelMapParams, LabelMapResult, LabelMapSampler
 
 SIZE = 96
-KW = dict(border=10, border_margin=8, max_shift=6, rare_classes=(2,))  # toy class 2 nuclei are small
+KW = dict(border=10, border_margin=8, max_shift=6, num_classes=5, rare_classes=(2,))  # toy class 2 nuclei are small
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def _valid(out: LabelMapResult, shape):
 @pytest.mark.parametrize("mode", ["balance", "enlarge", "union", "composed"])
 def test_params_first_replay_and_json(data, mode):
     ds, bank = data
-    lms = LabelMapSampler(mode, donors=bank, num_classes=ds.num_classes, **KW)
+    lms = LabelMapSampler(mode, donors=bank, **{**KW, "num_classes": ds.num_classes})
     s = ds[1]
     out = lms(s, np.random.default_rng(5))
     _valid(out, s.shape)
@@ -96,7 +96,7 @@ def test_union_is_one_balancing_or_enlarging_map_drawn_first(data):
 def test_both_is_refused_naming_its_replacements():
     from diffmix_aug.config import DiffMixConfig
 
-    for make in (lambda: LabelMapSampler("both"), lambda: DiffMixConfig(mode="both")):
+    for make in (lambda: LabelMapSampler("both", num_classes=5), lambda: DiffMixConfig(mode="both")):
         with pytest.raises(ValueError, match="'both' was removed") as info:
             make()
         assert "mode='union'" in str(info.value) and "mode='composed'" in str(info.value)
@@ -104,10 +104,10 @@ def test_both_is_refused_naming_its_replacements():
 
 
 def test_enlarging_needs_no_rare_classes_balancing_does():
-    assert LabelMapSampler("enlarge", rare_classes=()).rare_classes == ()
+    assert LabelMapSampler("enlarge", num_classes=5).rare_classes == ()
     for mode in ("balance", "union", "composed"):
         with pytest.raises(ValueError, match="non-empty"):
-            LabelMapSampler(mode, rare_classes=())
+            LabelMapSampler(mode, num_classes=5, rare_classes=())
 
 
 def test_accepts_map_tuples_and_is_picklable(data):
@@ -147,14 +147,14 @@ def test_runs_in_dataloader_workers(data):
 def test_bad_arguments(data):
     ds, bank = data
     with pytest.raises(ValueError, match="mode"):
-        LabelMapSampler("mix")
+        LabelMapSampler("mix", num_classes=5)
     with pytest.raises(ValueError, match="rare_classes"):
         LabelMapSampler("balance", rare_classes=(7,), num_classes=5)
     with pytest.raises(TypeError, match="DonorBank"):
-        LabelMapSampler("balance", donors=[1])
+        LabelMapSampler("balance", donors=[1], num_classes=5, rare_classes=(1,))
     with pytest.raises(ValueError, match="overlap"):
-        LabelMapSampler("enlarge", overlap="merge")
-    lms = LabelMapSampler("enlarge")
+        LabelMapSampler("enlarge", num_classes=5, overlap="merge")
+    lms = LabelMapSampler("enlarge", num_classes=5)
     with pytest.raises(TypeError, match="Generator"):
         lms(ds[0], 0)
     with pytest.raises(ValueError, match="mode"):
@@ -179,7 +179,7 @@ def test_borders_scale_below_the_reference_patch_and_the_default_sampler_uses_th
     # at 64 px the reference bands leave no interior nucleus; the scaled ones balance for real
     rng = np.random.default_rng(0)
     converted = sum(sum(small(ds[i], rng).report["balance"]["converted"].values()) for i in range(len(ds)))
-    reference = LabelMapSampler("balance", donors=DonorBank.from_dataset(ds, (1,)), num_classes=5)
+    reference = LabelMapSampler("balance", donors=DonorBank.from_dataset(ds, (1,)), num_classes=5, rare_classes=(1,))
     unchanged = sum(sum(reference(ds[i], rng).report["balance"]["converted"].values()) for i in range(len(ds)))
     assert converted > 0 and unchanged == 0
 
