@@ -396,8 +396,15 @@ def replace_glance(text: str, block: str) -> str:
 def fidelity_summary(f: dict[str, Any]) -> str:
     """A few lines of the fidelity result for the results page."""
     lf = f["label_fidelity"]
-    rows = [[k, _n(lf[k]["pq"]["mean"]), _n(lf[k]["pq_ratio"]["mean"])] for k in lf["order"]]
-    return "\n".join(_table(["Images scored against their maps (the same patches)", "PQ", "PQ / PQ on real"], rows))
+
+    def ms(x: Any) -> str:  # [mean, sd] over judge seeds
+        return "n/a" if x is None or x[0] is None or math.isnan(x[0]) else f"{x[0]:.3f} ± {x[1]:.3f}"
+
+    rows = [[k, ms(lf[k]["pq"]), ms(lf[k]["pq_ratio"])] for k in lf["order"]]
+    s = f["sampler"]
+    return (f"Renders: {s.get('denoising_steps')} {s.get('solver')} steps from t = {s.get('entry_timestep')}; "
+            "mean ± sd over judge seeds.\n\n"
+            + "\n".join(_table(["Images scored against their maps (the same patches)", "PQ", "PQ / PQ on real"], rows)))
 
 
 def fidelity_markdown(f: dict[str, Any]) -> str:

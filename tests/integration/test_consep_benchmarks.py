@@ -123,6 +123,25 @@ def test_fidelity_quick(tmp_path):
     assert (out / "fidelity.md").read_text() == fidelity_markdown(r)
     for png in ("fidelity.png", "morphology.png", "fidelity_examples.png"):
         assert (out / png).is_file()
+    # the sampler comparison: a run against itself is within its own spread; a shifted figure is not
+    from benchmarks.fidelity_compare import compare, markdown
+    from benchmarks.fidelity_compare import main as compare_main
+    from benchmarks.render_results import fidelity_summary
+
+    assert "PQ / PQ on real" in fidelity_summary(r)
+    same = compare(r, r)
+    assert all(row["delta"] in (0.0, None) for row in same["rows"]) and same["within"] == same["judged"]
+    shifted = json.loads(json.dumps(r))
+    pq = shifted["label_fidelity"]["sdm_enlarge"]["pq"]
+    shifted["label_fidelity"]["sdm_enlarge"]["pq"] = [pq[0] + 10 * pq[1] + 0.1, pq[1]]
+    row = next(x for x in compare(shifted, r)["rows"] if x["figure"] == "label: SDM(enlarged map), PQ")
+    assert row["within_reference_sd"] is False and row["delta"] > 0.1 - 1e-9
+    other = {**r, "validation_windows": r["validation_windows"] + 1}
+    with pytest.raises(ValueError, match="validation_windows"):
+        compare(other, r)
+    assert compare_main(["--candidate", str(out / "fidelity.json"), "--reference", str(out / "fidelity.json"),
+                         "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp.md").read_text() == markdown(json.loads((tmp_path / "cmp.json").read_text()))
 
 
 def test_tile_counts_match_classification_stats():
