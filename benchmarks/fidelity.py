@@ -122,13 +122,20 @@ def validation_maps(val: Any, n: int, seed: int, rare: tuple[int, ...] = RARE) -
     return out
 
 
-def render(synth: Any, images: np.ndarray, maps: list[tuple[np.ndarray, np.ndarray]], seed: int) -> np.ndarray:
-    """The SDM's renders of ``maps`` from ``images`` (batches of 8, one generator)."""
+def render(synth: Any, images: np.ndarray, maps: list[tuple[np.ndarray, np.ndarray]], seed: int,
+           desc: str = "render") -> np.ndarray:
+    """The SDM's renders of ``maps`` from ``images`` (batches of 8, one generator), with a progress bar."""
+    from tqdm import tqdm
+
     gen = torch.Generator().manual_seed(seed)
     inst = np.stack([m[0] for m in maps]).astype(np.int32)
     typ = np.stack([m[1] for m in maps]).astype(np.int32)
-    return np.concatenate([synth(images[i:i + 8], inst[i:i + 8], typ[i:i + 8], generator=gen)
-                           for i in range(0, len(images), 8)])
+    out = []
+    with tqdm(total=len(images), desc=desc, unit="patch") as bar:
+        for i in range(0, len(images), 8):
+            out.append(synth(images[i:i + 8], inst[i:i + 8], typ[i:i + 8], generator=gen))
+            bar.update(len(out[-1]))
+    return np.concatenate(out)
 
 
 def _items(images, maps) -> list[dict]:
@@ -459,10 +466,10 @@ def run(args: argparse.Namespace) -> dict:
     print(f"rendering {3 * len(real) + args.n_train_renders} patches "
           f"({settings['denoising_steps']} steps from t = {settings['entry_timestep']}) ...", flush=True)
     t0 = time.perf_counter()
-    sdm_e = render(synth, src, vm["enlarge"], 1)
-    sdm_b = render(synth, src, vm["balance"], 2)
+    sdm_e = render(synth, src, vm["enlarge"], 1, "render enlarged maps")
+    sdm_b = render(synth, src, vm["balance"], 2, "render balanced maps")
     swap = np.roll(np.arange(len(real)), 1)  # image A = real[k], map B = real[k - 1]
-    sdm_swap = render(synth, src, [(real[j].inst_map, real[j].type_map) for j in swap], 3)
+    sdm_swap = render(synth, src, [(real[j].inst_map, real[j].type_map) for j in swap], 3, "render swapped maps")
     n_val_renders = 3 * len(real)
     # training-map renders for the two-sample test: enlarged maps of uniform training windows
     rng = np.random.default_rng([0, 11])
@@ -475,7 +482,7 @@ def run(args: argparse.Namespace) -> dict:
                           border_margin=fov["border_margin"])
     tr_maps = [(m.inst_map, m.type_map) for m in (enl(train_ts.patches[int(i)], np.random.default_rng([0, j, 12]))
                                                   for j, i in enumerate(tr_idx))]
-    sdm_train = render(synth, tr_src, tr_maps, 4)
+    sdm_train = render(synth, tr_src, tr_maps, 4, "render training maps")
     render_seconds = time.perf_counter() - t0
     # the sets scored against their maps (all on the same validation windows)
     emaps, bmaps = vm["enlarge"], vm["balance"]
@@ -493,8 +500,9 @@ def run(args: argparse.Namespace) -> dict:
     lf, morph_runs = [], []
     pasted = [pasted_ids(s.type_map, m[0], m[1], rare) for s, m in zip(real, bmaps)]
     for seed in range(args.seg_seeds):
+        print(f"label fidelity: segmentation network {seed + 1} of {args.seg_seeds}", flush=True)
         cfg = harness_config(args, seed, weights, rare)
-        model, _ = train(train_ts.patches, train_ts.info.num_classes, cfg, progress=False)
+        model, _ = train(train_ts.patches, train_ts.info.num_classes, cfg, progress=True)
         lf.append(label_fidelity(model, cfg, label_sets))
         if seed == 0:
             ref_idx = np.random.default_rng([0, 13]).integers(0, len(train_ts.patches), len(real))
@@ -514,6 +522,7 @@ def run(args: argparse.Namespace) -> dict:
                  "sdm_pasted": crops_of([(im, m[0], m[1]) for im, m in zip(sdm_b, bmaps)], pasted),
                  "gradmix_pasted": crops_of([(im, m[0], m[1]) for im, m in zip(gm_imgs, bmaps)], pasted),
                  "null_pasted": crops_of([(im, m[0], m[1]) for im, m in zip(src, bmaps)], pasted)}
+    print(f"type fidelity: {args.seeds} typers and their mask-only controls ({args.typer_steps} steps each)", flush=True)
     tf = [type_fidelity(train_typer(tx, ty, seed, args.typer_steps),
                         train_typer(tx, ty, seed, args.typer_steps, mask_only=True), type_sets)
           for seed in range(args.seeds)]
@@ -525,6 +534,7 @@ def run(args: argparse.Namespace) -> dict:
     vhalf = np.random.default_rng([0, 18]).permutation(len(src))
     va, vb = src[vhalf[: len(vhalf) // 2]], src[vhalf[len(vhalf) // 2:]]
     realism = []
+    print(f"realism: {args.seeds} x 4 two-sample tests ({args.c2st_steps} steps each)", flush=True)
     for seed in range(args.seeds):
         realism.append({
             "sdm": c2st(real_train, sdm_train, src, np.concatenate([sdm_e, sdm_b]), seed, args.c2st_steps),
