@@ -26,6 +26,8 @@ _EXPORTS: dict[str, str] = {
     "balance_label_map": "diffmix_aug.labelmaps.balance",
     "DonorBank": "diffmix_aug.labelmaps.donors",
     "LabelMapSampler": "diffmix_aug.labelmaps.sampler",
+    "EnlargeSettings": "diffmix_aug.labelmaps.settings",
+    "BalanceSettings": "diffmix_aug.labelmaps.settings",
     "dice": "diffmix_aug.metrics",
     "dice2": "diffmix_aug.metrics",
     "aji": "diffmix_aug.metrics",

@@ -53,24 +53,26 @@ def build_label_sampler(source: Sequence[NucleiSample], mode: str, num_classes: 
                         patch_size: int | tuple[int, int] | None = None) -> Any:
     """The default ``LabelMapSampler`` for ``mode``, with a ``DonorBank`` of ``source`` when it balances.
 
-    The border bands are the reference code's (30 px balancing, 32 px enlarging), which it sets for
-    256 px patches. On smaller patches (``patch_size`` below 256) they are scaled down with
-    :func:`~diffmix_aug.labelmaps.sampler.borders_for_patch`; otherwise no nucleus of a 64 px patch
+    The label-map settings are the reference code's (:class:`~diffmix_aug.labelmaps.settings.BalanceSettings`,
+    :class:`~diffmix_aug.labelmaps.settings.EnlargeSettings`), whose border bands are set for 256 px
+    patches. On smaller patches (``patch_size`` below 256) the bands are scaled down with
+    :func:`~diffmix_aug.labelmaps.settings.borders_for_patch`; otherwise no nucleus of a 64 px patch
     would ever be balanced or moved.
     """
-    from .labelmaps.sampler import REFERENCE_PATCH, LabelMapSampler, borders_for_patch, mode_balances
+    from .labelmaps.sampler import LabelMapSampler, mode_balances
+    from .labelmaps.settings import REFERENCE_PATCH, BalanceSettings, EnlargeSettings, borders_for_patch
 
-    borders: dict[str, int] = {}
+    settings = {"balance": BalanceSettings(), "enlarge": EnlargeSettings()}
     if patch_size is not None:
         side = min(patch_size) if isinstance(patch_size, (tuple, list)) else int(patch_size)
         if side < REFERENCE_PATCH:
-            borders = borders_for_patch(side)
+            settings = borders_for_patch(side)
     rare = tuple(rare_classes)
     if mode_balances(mode) and donors is None:
         from .labelmaps.donors import DonorBank
 
-        donors = DonorBank.from_dataset(source, rare, **({"border": borders["border"]} if borders else {}))
-    return LabelMapSampler(mode=mode, donors=donors, num_classes=num_classes, rare_classes=rare, **borders)
+        donors = DonorBank.from_dataset(source, rare, settings["balance"].border)
+    return LabelMapSampler(mode=mode, donors=donors, num_classes=num_classes, rare_classes=rare, **settings)
 
 
 def warm_start(cache: ReplayCache, store: PatchStore, rank: int = 0, world: int = 1) -> int:

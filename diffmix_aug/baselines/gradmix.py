@@ -27,7 +27,7 @@ pixels (the only difference from the full-image reference; raise ``image_margin`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from .._checks import check_choice, check_positive_int
 from ..data.sample import NucleiSample, instance_info
 from ..labelmaps.balance import BalanceParams, apply_balance, draw_balance_params, paste_window
 from ..labelmaps.donors import DonorBank
+from ..labelmaps.settings import BalanceSettings, check_settings
 
 __all__ = ["GradMix", "average_nucleus_color"]
 
@@ -85,8 +86,9 @@ class GradMix:
 
     Args:
         donors: A :class:`DonorBank` built with ``keep_images=True`` (or None: own donors only).
-        rare_classes, major_fraction, size_ratio, border, target_distribution, use_own_donors:
-            Label mixing, see :func:`~diffmix_aug.labelmaps.balance.draw_balance_params`.
+        rare_classes: Classes donors may bring (at least one); every other typed class is a major class.
+        balance: Label mixing (:class:`~diffmix_aug.labelmaps.settings.BalanceSettings`; default: the
+            reference code's).
         inpaint: ``"telea"`` (official GradMix, OpenCV), ``"biharmonic"`` (scikit-image) or None
             (DiffMix's copy of the script).
         inpaint_radius: Telea neighbourhood radius (the official 5).
@@ -103,11 +105,7 @@ class GradMix:
         donors: DonorBank | None,
         rare_classes: Iterable[int],
         *,
-        major_fraction: float = 0.8,
-        size_ratio: float = 2.3,
-        border: int = 30,
-        target_distribution: Mapping[int, float] | Sequence[float] | None = None,
-        use_own_donors: bool = True,
+        balance: BalanceSettings = BalanceSettings(),
         inpaint: str | None = "telea",
         inpaint_radius: int = 5,
         metric: str = "chessboard",
@@ -123,15 +121,15 @@ class GradMix:
         self.inpaint_radius = check_positive_int("inpaint_radius", inpaint_radius)
         self.metric = check_choice("metric", metric, METRICS)
         self.source_key = source_key
-        self.balance_kwargs = dict(rare_classes=tuple(int(c) for c in rare_classes), major_fraction=major_fraction,
-                                   size_ratio=size_ratio, border=border, target_distribution=target_distribution,
-                                   use_own_donors=use_own_donors)
-        empty = np.zeros((1, 1), np.int32)
-        draw_balance_params(np.random.default_rng(0), empty, empty, None, **self.balance_kwargs)
+        self.rare_classes = tuple(int(c) for c in rare_classes)
+        if not self.rare_classes:
+            raise ValueError("`rare_classes` must name at least one class, got (); pass the dataset's rare "
+                             "classes, e.g. rare_classes=(1,)")
+        self.balance = check_settings("balance", balance, BalanceSettings)
 
     def __repr__(self) -> str:
         return (f"GradMix(donors={None if self.donors is None else len(self.donors)}, inpaint={self.inpaint!r}, "
-                f"metric={self.metric!r}, {self.balance_kwargs})")
+                f"metric={self.metric!r}, rare_classes={self.rare_classes}, balance={self.balance})")
 
     def get_params(self, rng: np.random.Generator, sample: NucleiSample) -> BalanceParams:
         """Draw the label-mixing parameters (majors, pool order, greedy assignment)."""
@@ -139,8 +137,9 @@ class GradMix:
             raise TypeError(f"`rng` must be a numpy.random.Generator, got {type(rng).__name__}")
         meta = getattr(sample, "meta", None) or {}
         src = meta.get(self.source_key) if self.source_key is not None else None
-        return draw_balance_params(rng, sample.inst_map, sample.type_map, self.donors, info=sample.info,
-                                   exclude_source=None if src is None else int(src), **self.balance_kwargs)
+        return draw_balance_params(rng, sample.inst_map, sample.type_map, self.donors, self.balance,
+                                   rare_classes=self.rare_classes, info=sample.info,
+                                   exclude_source=None if src is None else int(src))
 
     def apply(self, sample: NucleiSample, params: BalanceParams) -> NucleiSample:
         """Mix labels and image for drawn parameters (deterministic)."""

@@ -89,7 +89,7 @@ def figure2(out: Path, dataset: Any, synth: Any, donors_img: Any, columns: int, 
     borders = borders_for_patch(samples[0].image.shape[0])
     enl = LabelMapSampler("enlarge", num_classes=dataset.num_classes, rare_classes=rare, **borders)
     bal = LabelMapSampler("balance", donors=donors_img, num_classes=dataset.num_classes, rare_classes=rare, **borders)
-    gradmix = GradMix(donors_img, rare_classes=rare, inpaint="biharmonic", border=borders["border"])
+    gradmix = GradMix(donors_img, rare_classes=rare, inpaint="biharmonic", balance=borders["balance"])
     maps_e = [enl(s, rng) for s in samples]
     maps_b = [bal(s, rng) for s in samples]
     gm = [gradmix(s, rng) for s in samples]

@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"loaded {sdm_path} ({sum(p.numel() for p in synth.model.parameters()) / 1e6:.2f} M parameters)")
 
     print("[3/5] custom label maps, synthesis, Figure 2")
-    border = borders_for_patch(args.size)["border"]
+    border = borders_for_patch(args.size)["balance"].border
     donors = DonorBank.from_dataset(ds, tuple(ds.info.rare_classes), border=border, keep_images=True)
     with torch.inference_mode():
         syn = stages.figure2(out, ds, synth, donors, args.columns, args.seed, progress)

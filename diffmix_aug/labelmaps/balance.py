@@ -17,7 +17,9 @@ For one target map, exactly as the reference (``GradMix/grad_mix.py``):
 
 Beyond the reference: several rare classes (each donor brings its own class), a
 ``target_distribution`` that converts only as many majors as needed to reach a class share, and a
-report of what was converted and what was skipped and why. Parameters are drawn first
+report of what was converted and what was skipped and why. The options (``major_fraction``,
+``size_ratio``, ``border``, ``target_distribution``, ``use_own_donors``) are owned by
+:class:`~diffmix_aug.labelmaps.settings.BalanceSettings`. Parameters are drawn first
 (:func:`draw_balance_params`: the random selection, the pool order and the greedy assignment) and
 applied deterministically (:func:`apply_balance`).
 """
@@ -31,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_array, check_in_range, check_positive_int
+from .._checks import check_array
 from ..data.grouping import RunGroups, group_runs
 from ..data.sample import InstanceInfo, instance_info
 from .donors import DonorBank, border_excluded
+from .settings import BalanceSettings, check_settings
 
 __all__ = ["BalanceParams", "apply_balance", "balance_label_map", "dilated_area", "dilated_areas",
            "draw_balance_params"]
@@ -176,21 +179,7 @@ def _member(values: np.ndarray, classes: Iterable[int]) -> np.ndarray:
     return out
 
 
-def _shares(target_distribution) -> dict[int, float] | None:
-    """Validate ``target_distribution`` into ``{class: share}``."""
-    if target_distribution is None:
-        return None
-    if isinstance(target_distribution, Mapping):
-        shares = {int(k): v for k, v in target_distribution.items()}
-    elif isinstance(target_distribution, (Sequence, np.ndarray)) and not isinstance(target_distribution, str):
-        shares = dict(enumerate(target_distribution))
-    else:
-        raise TypeError("`target_distribution` must be a mapping class -> share or a sequence indexed by class, "
-                        f"got {type(target_distribution).__name__}")
-    return {c: check_in_range(f"target_distribution[{c}]", v, 0.0, 1.0) for c, v in shares.items()}
-
-
-def _quotas(shares: dict[int, float] | None, types: np.ndarray, rare: tuple[int, ...]) -> dict[int, int] | None:
+def _quotas(shares: Mapping[int, float] | None, types: np.ndarray, rare: tuple[int, ...]) -> dict[int, int] | None:
     """Conversions needed per rare class to reach ``share * n_nuclei`` (None: no limit)."""
     if shares is None:
         return None
@@ -203,13 +192,9 @@ def draw_balance_params(
     inst_map: np.ndarray,
     type_map: np.ndarray,
     donors: DonorBank | None,
+    settings: BalanceSettings = BalanceSettings(),
     *,
     rare_classes: Iterable[int],
-    major_fraction: float = 0.8,
-    size_ratio: float = 2.3,
-    border: int = 30,
-    target_distribution: Mapping[int, float] | Sequence[float] | None = None,
-    use_own_donors: bool = True,
     exclude_source: int | None = None,
     info: InstanceInfo | None = None,
     runs: RunGroups | None = None,
@@ -221,14 +206,10 @@ def draw_balance_params(
         inst_map: ``int [H, W]`` target instance ids.
         type_map: ``int [H, W]`` target classes (0 = background / untyped).
         donors: The bank of other maps' rare nuclei, or None (own donors only).
+        settings: How majors are drawn and donors fit
+            (:class:`~diffmix_aug.labelmaps.settings.BalanceSettings`; the default is the reference
+            code's).
         rare_classes: Classes donors may bring; every other typed class is a major class.
-        major_fraction: Fraction of the interior majors drawn (``int(f * n)``).
-        size_ratio: A donor fits when ``dilated major area >= size_ratio * donor area``.
-        border: Centroid distance to the border below which nuclei take no part.
-        target_distribution: None (reference: convert every major that finds a donor), or the
-            wanted share of nuclei per class (mapping class -> share, or a sequence indexed by
-            class); only as many majors are converted as needed for each rare class to reach it.
-        use_own_donors: Put the map's own interior rare nuclei first in the pool (reference).
         exclude_source: Bank source index of this map, whose donors are then not used twice.
         info: ``instance_info(inst_map, type_map)`` if already at hand (``NucleiSample.info``).
         runs: ``group_runs(inst_map)`` if already at hand (spares one pass over the map).
@@ -237,13 +218,11 @@ def draw_balance_params(
         :class:`BalanceParams`.
     """
     _check_pair(inst_map, type_map)
+    s = check_settings("settings", settings, BalanceSettings)
     rare = tuple(int(c) for c in rare_classes)
     if not rare:
         raise ValueError("`rare_classes` must name at least one class, got ()")
-    check_in_range("major_fraction", major_fraction, 0.0, 1.0)
-    check_in_range("size_ratio", size_ratio, 0.0, float("inf"), low_inclusive=False)
-    check_positive_int("border", border, allow_zero=True)
-    shares = _shares(target_distribution)
+    major_fraction, size_ratio, border = s.major_fraction, s.size_ratio, s.border
     if donors is not None and not isinstance(donors, DonorBank):
         raise TypeError(f"`donors` must be a DonorBank or None, got {type(donors).__name__}")
     bank = donors if donors is not None else DonorBank.empty(rare, border)
@@ -258,7 +237,7 @@ def draw_balance_params(
     cand = cand[np.argsort(info.types[cand], kind="stable")]  # class by class, then by id (reference)
     n_pick = int(major_fraction * cand.size)
     picked = rng.choice(cand, n_pick, replace=False) if n_pick else np.zeros(0, np.int64)
-    own = np.flatnonzero(interior & is_rare) if use_own_donors else np.zeros(0, np.int64)
+    own = np.flatnonzero(interior & is_rare) if s.use_own_donors else np.zeros(0, np.int64)
     bank_order = bank.pool_order(rng, exclude_source) if len(bank) else np.zeros(0, np.int64)
     keep_bank = _member(bank.types[bank_order], rare) if len(bank) else np.zeros(0, bool)
     bank_order = bank_order[keep_bank]
@@ -274,7 +253,7 @@ def draw_balance_params(
     picked = picked[order]
     pool_area = np.concatenate([info.areas[own], bank.areas[bank_order]]).astype(np.float64)
     pool_type = np.concatenate([info.types[own], bank.types[bank_order]]).astype(np.int32)
-    quota = _quotas(shares, info.types, rare)
+    quota = _quotas(s.target_distribution, info.types, rare)
     thresh = size_ratio * pool_area
     picked_ids = info.ids[picked]
     bb = info.bboxes[picked]
@@ -432,12 +411,8 @@ def balance_label_map(
     donors: DonorBank | None,
     rng: np.random.Generator,
     rare_classes: Iterable[int],
-    major_fraction: float = 0.8,
-    size_ratio: float = 2.3,
-    border: int = 30,
-    target_distribution: Mapping[int, float] | Sequence[float] | None = None,
+    settings: BalanceSettings = BalanceSettings(),
     *,
-    use_own_donors: bool = True,
     exclude_source: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """GradMix balancing map in one call: :func:`draw_balance_params` then :func:`apply_balance`.
@@ -445,14 +420,16 @@ def balance_label_map(
     An empty map, a map without majors (a 1-nucleus map draws ``int(0.8 * 1) = 0``), or no donors
     return the map unchanged with ``report["reason"]`` saying why.
 
+    Args:
+        inst_map, type_map: ``int [H, W]`` the target maps.
+        donors, rng, settings, rare_classes, exclude_source: See :func:`draw_balance_params`.
+
     Returns:
         ``(inst_map int32 [H, W], type_map int32 [H, W], report)``; see :func:`apply_balance`.
     """
     _check_pair(inst_map, type_map)
     runs = group_runs(inst_map)  # once: for the instance info and the dilated areas
     info = instance_info(inst_map, type_map, runs=runs)
-    params = draw_balance_params(rng, inst_map, type_map, donors, rare_classes=rare_classes,
-                                 major_fraction=major_fraction, size_ratio=size_ratio, border=border,
-                                 target_distribution=target_distribution, use_own_donors=use_own_donors,
+    params = draw_balance_params(rng, inst_map, type_map, donors, settings, rare_classes=rare_classes,
                                  exclude_source=exclude_source, info=info, runs=runs)
     return apply_balance(inst_map, type_map, params, donors, info)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_array, check_positive_int
+from .settings import BalanceSettings
 
 __all__ = ["DonorBank", "border_excluded"]
 
@@ -59,7 +60,7 @@ class DonorBank:
     centroids: np.ndarray
     bboxes: np.ndarray
     rare_classes: tuple[int, ...]
-    border: int = 30
+    border: int = BalanceSettings.border
     images: tuple[np.ndarray, ...] | None = None
     image_margin: int = 0
 
@@ -79,7 +80,7 @@ class DonorBank:
         return n + (sum(im.nbytes for im in self.images) if self.images is not None else 0)
 
     @classmethod
-    def empty(cls, rare_classes: Iterable[int], border: int = 30) -> DonorBank:
+    def empty(cls, rare_classes: Iterable[int], border: int = BalanceSettings.border) -> DonorBank:
         """A bank with no donors (balancing then uses only a map's own rare nuclei)."""
         return cls((), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32),
                    np.zeros((0, 2)), np.zeros((0, 4), np.int64), tuple(int(c) for c in rare_classes), int(border))
@@ -89,7 +90,7 @@ class DonorBank:
         cls,
         maps: Iterable[tuple[np.ndarray, ...]],
         rare_classes: Iterable[int],
-        border: int = 30,
+        border: int = BalanceSettings.border,
         *,
         keep_images: bool = False,
         image_margin: int = 16,
@@ -100,7 +101,8 @@ class DonorBank:
             maps: Iterable of ``(inst_map, type_map)`` pairs (``int [H, W]``), or of
                 ``(inst_map, type_map, image uint8 [H, W, 3])`` triples when ``keep_images``.
             rare_classes: Classes to collect.
-            border: Donors whose centroid lies within this many px of a border are left out.
+            border: Donors whose centroid lies within this many px of a border are left out (the
+                balancing maps' :attr:`BalanceSettings.border`: pass the same value).
             keep_images: Also keep an RGB crop around each donor (for the image-level GradMix).
             image_margin: Margin in px around the donor box for the kept crops.
 
@@ -146,7 +148,7 @@ class DonorBank:
         cls,
         dataset: Any,
         rare_classes: Iterable[int] | None = None,
-        border: int = 30,
+        border: int = BalanceSettings.border,
         *,
         keep_images: bool = False,
         image_margin: int = 16,

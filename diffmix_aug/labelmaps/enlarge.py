@@ -16,6 +16,8 @@ Beyond the reference, ``overlap="avoid"`` paints first-writer-wins and re-draws 
 nuclei already placed; if no draw fits, the nucleus goes back to its original place, and if even
 that is covered it is dropped. :func:`draw_enlarge_params` records what was reverted or dropped.
 
+The options (``max_shift``, ``p_shift``, ``border_margin``, ``symmetric``, ``overlap``,
+``max_overlap``, ``max_tries``) are owned by :class:`~diffmix_aug.labelmaps.settings.EnlargeSettings`.
 Parameters are drawn first (:func:`draw_enlarge_params`) and applied deterministically
 (:func:`apply_enlarge`), so any enlarged map can be replayed from its parameters.
 """
@@ -27,13 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_array, check_choice, check_in_range, check_positive_int, check_probability
+from .._checks import check_array
 from ..data.grouping import group_by_id_reference, group_runs, run_pixels
+from .settings import EnlargeSettings, check_settings
 
 __all__ = ["EnlargeParams", "apply_enlarge", "draw_enlarge_params", "enlarge_label_map", "group_pixels",
            "group_pixels_reference"]
-
-OVERLAP_MODES = ("overwrite", "avoid")
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,14 +153,8 @@ def _draw_shifts(rng: np.random.Generator, n: int, max_shift: int, p_shift: floa
 def draw_enlarge_params(
     rng: np.random.Generator,
     inst_map: np.ndarray,
+    settings: EnlargeSettings = EnlargeSettings(),
     *,
-    max_shift: int = 15,
-    p_shift: float = 0.3,
-    border_margin: int = 32,
-    symmetric: bool = False,
-    overlap: str = "overwrite",
-    max_overlap: float = 0.2,
-    max_tries: int = 10,
     info: Any = None,
 ) -> EnlargeParams:
     """Draw the per-nucleus shifts of an enlarging map.
@@ -167,16 +162,8 @@ def draw_enlarge_params(
     Args:
         rng: The only source of randomness.
         inst_map: ``int [H, W]`` instance ids (0 = background, need not be contiguous).
-        max_shift: Shifts are drawn from ``randint(-max_shift, max_shift)`` per axis (``-15..14``
-            for the reference's 15), or ``-max_shift..max_shift`` with ``symmetric``.
-        p_shift: Probability that each axis' draw is kept (independently); else that axis is 0.
-        border_margin: Width of the band whose nuclei stay fixed.
-        symmetric: Draw ``-max_shift..max_shift`` inclusive (the maintainers' "0-3 px" is
-            ``max_shift=3, symmetric=True``).
-        overlap: ``"overwrite"`` (reference: later nuclei overwrite earlier ones) or ``"avoid"``.
-        max_overlap: With ``"avoid"``, the largest fraction of a moved nucleus' own area that may
-            be covered by nuclei placed before it (or pushed out of the image).
-        max_tries: With ``"avoid"``, draws per nucleus before it is put back (or dropped).
+        settings: How nuclei are shifted (:class:`~diffmix_aug.labelmaps.settings.EnlargeSettings`;
+            the default is the reference code's).
         info: ``inst_map``'s :class:`PixelGroups` (any mode) or
             :class:`~diffmix_aug.data.sample.InstanceInfo` (``NucleiSample.info``; ``"overwrite"``
             only) if already at hand: spares the pixel grouping.
@@ -185,17 +172,14 @@ def draw_enlarge_params(
         :class:`EnlargeParams`.
     """
     _check_maps(inst_map, None)
-    check_positive_int("max_shift", max_shift, allow_zero=True)
-    p_shift = check_probability("p_shift", p_shift)
-    check_positive_int("border_margin", border_margin, allow_zero=True)
-    check_choice("overlap", overlap, OVERLAP_MODES)
-    max_overlap = check_in_range("max_overlap", max_overlap, 0.0, 1.0)
-    check_positive_int("max_tries", max_tries)
+    s = check_settings("settings", settings, EnlargeSettings)
+    max_shift, p_shift, symmetric, overlap = s.max_shift, s.p_shift, s.symmetric, s.overlap
+    max_overlap, max_tries = s.max_overlap, s.max_tries
     h, w = inst_map.shape
     g = info if isinstance(info, PixelGroups) else (
         group_pixels(inst_map) if info is None or overlap == "avoid" else info)
     n = g.ids.size
-    m = border_margin
+    m = s.border_margin
     bb = g.bboxes
     fixed = ~((bb[:, 0] >= m) & (bb[:, 1] >= m) & (bb[:, 2] <= h - m) & (bb[:, 3] <= w - m))
     shifts = _draw_shifts(rng, n, max_shift, p_shift, symmetric)
@@ -323,14 +307,7 @@ def enlarge_label_map(
     inst_map: np.ndarray,
     type_map: np.ndarray,
     rng: np.random.Generator,
-    max_shift: int = 15,
-    p_shift: float = 0.3,
-    border_margin: int = 32,
-    *,
-    symmetric: bool = False,
-    overlap: str = "overwrite",
-    max_overlap: float = 0.2,
-    max_tries: int = 10,
+    settings: EnlargeSettings = EnlargeSettings(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Enlarging map in one call: :func:`draw_enlarge_params` then :func:`apply_enlarge`.
 
@@ -338,9 +315,7 @@ def enlarge_label_map(
         inst_map: ``int [H, W]`` instance ids.
         type_map: ``int [H, W]`` classes (0 = background).
         rng: Source of randomness.
-        max_shift, p_shift, border_margin, symmetric, overlap, max_overlap, max_tries: see
-            :func:`draw_enlarge_params`. Defaults follow the reference code (±15 px, p = 0.3,
-            margin 32, overwrite).
+        settings: See :func:`draw_enlarge_params` (default: the reference code's).
 
     Returns:
         ``(inst_map int32 [H, W], type_map int32 [H, W])`` with ids ``1..n``, one type per instance.
@@ -355,8 +330,6 @@ def enlarge_label_map(
     """
     _check_maps(inst_map, type_map)
     groups = group_pixels(inst_map, type_map)  # once, for the draw and the paint
-    params = draw_enlarge_params(rng, inst_map, max_shift=max_shift, p_shift=p_shift, border_margin=border_margin,
-                                 symmetric=symmetric, overlap=overlap, max_overlap=max_overlap, max_tries=max_tries,
-                                 info=groups)
+    params = draw_enlarge_params(rng, inst_map, settings, info=groups)
     out_inst, out_type, _ = apply_enlarge(inst_map, type_map, params, groups)
     return out_inst, out_type

@@ -15,7 +15,7 @@ e.g. ``np.random.default_rng([base_seed, index])`` for per-item reproducibility,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,32 +26,10 @@ from ..modes import DEFAULT_MODE, MODES, UNION_P_BALANCE, Mode, check_mode, mode
 from .balance import BalanceParams, apply_balance, draw_balance_params
 from .donors import DonorBank
 from .enlarge import EnlargeParams, apply_enlarge, draw_enlarge_params
+from .settings import REFERENCE_PATCH, BalanceSettings, EnlargeSettings, borders_for_patch, check_settings
 
-__all__ = ["DEFAULT_MODE", "MODES", "LabelMapParams", "LabelMapResult", "LabelMapSampler", "Mode",
+__all__ = ["DEFAULT_MODE", "MODES", "REFERENCE_PATCH", "LabelMapParams", "LabelMapResult", "LabelMapSampler", "Mode",
            "borders_for_patch", "check_label_maps", "check_mode", "mode_balances", "mode_enlarges"]
-
-REFERENCE_PATCH = 256  # the reference code's patch side, for which border=30 and border_margin=32 are set
-
-
-def borders_for_patch(patch_size: int) -> dict[str, int]:
-    """The reference border bands (30 px balancing, 32 px enlarging at 256 px) scaled to ``patch_size``.
-
-    The reference values leave no interior on small patches (a 64 px patch minus 30 px on each
-    side), so balancing and enlarging become no-ops there. Pass the result to
-    :class:`LabelMapSampler` (``LabelMapSampler(mode, num_classes=..., **borders_for_patch(64))``) and ``border`` to
-    :meth:`DonorBank.from_dataset`.
-
-    Returns:
-        ``{"border": int, "border_margin": int}``, each at least 2 px.
-
-    Examples:
-        >>> borders_for_patch(256), borders_for_patch(64)
-        ({'border': 30, 'border_margin': 32}, {'border': 8, 'border_margin': 8})
-    """
-    size = check_positive_int("patch_size", patch_size)
-    return {"border": max(2, round(30 * size / REFERENCE_PATCH)),
-            "border_margin": max(2, round(32 * size / REFERENCE_PATCH))}
-
 
 @dataclass(frozen=True, eq=False)
 class LabelMapParams:
@@ -141,10 +119,11 @@ class LabelMapSampler:
         donors: The :class:`DonorBank` for balancing; None uses each map's own rare nuclei only.
         num_classes: Classes counting the background (rare classes must be below it).
         rare_classes: Classes balancing pastes in (may be empty for ``"enlarge"``).
-        max_shift, p_shift, border_margin, symmetric, overlap, max_overlap, max_tries: Enlarging,
-            see :func:`~diffmix_aug.labelmaps.enlarge.draw_enlarge_params`.
-        major_fraction, size_ratio, border, target_distribution, use_own_donors: Balancing, see
-            :func:`~diffmix_aug.labelmaps.balance.draw_balance_params`.
+        enlarge: How enlarging maps shift nuclei
+            (:class:`~diffmix_aug.labelmaps.settings.EnlargeSettings`; default: the reference code's).
+        balance: How balancing maps convert majors
+            (:class:`~diffmix_aug.labelmaps.settings.BalanceSettings`; default: the reference code's).
+            :func:`~diffmix_aug.labelmaps.settings.borders_for_patch` gives both for a patch size.
         source_key: ``sample.meta`` key holding the sample's index in the dataset the bank was
             built from; that source's bank donors are then not used on top of the map's own ones.
             None disables it.
@@ -155,7 +134,9 @@ class LabelMapSampler:
         >>> inst = np.zeros((96, 96), np.int32); inst[40:52, 40:52] = 1; inst[60:64, 60:64] = 2
         >>> typ = np.where(inst == 1, 2, np.where(inst == 2, 1, 0)).astype(np.int32)
         >>> s = NucleiSample(np.zeros((96, 96, 3), np.uint8), inst, typ)
-        >>> lms = LabelMapSampler("balance", num_classes=5, rare_classes=(1,), major_fraction=1.0)
+        >>> from diffmix_aug.labelmaps import BalanceSettings
+        >>> lms = LabelMapSampler("balance", num_classes=5, rare_classes=(1,),
+        ...                       balance=BalanceSettings(major_fraction=1.0))
         >>> out = lms(s, np.random.default_rng(0))
         >>> out.report["balance"]["converted"], np.unique(out.type_map).tolist()
         ({1: 1}, [0, 1])
@@ -168,18 +149,8 @@ class LabelMapSampler:
         *,
         num_classes: int,
         rare_classes: Iterable[int] = (),
-        max_shift: int = 15,
-        p_shift: float = 0.3,
-        border_margin: int = 32,
-        symmetric: bool = False,
-        overlap: str = "overwrite",
-        max_overlap: float = 0.2,
-        max_tries: int = 10,
-        major_fraction: float = 0.8,
-        size_ratio: float = 2.3,
-        border: int = 30,
-        target_distribution: Mapping[int, float] | Sequence[float] | None = None,
-        use_own_donors: bool = True,
+        enlarge: EnlargeSettings = EnlargeSettings(),
+        balance: BalanceSettings = BalanceSettings(),
         source_key: str | None = "index",
     ) -> None:
         self.mode = check_mode(mode)
@@ -197,17 +168,9 @@ class LabelMapSampler:
         if bad or (self.balances and not self.rare_classes):
             raise ValueError(f"`rare_classes` must be {'non-empty ' if self.balances else ''}ids in "
                              f"1..{num_classes - 1} for mode={self.mode!r}, got {self.rare_classes}")
-        self.enlarge_kwargs = dict(max_shift=max_shift, p_shift=p_shift, border_margin=border_margin,
-                                   symmetric=symmetric, overlap=overlap, max_overlap=max_overlap, max_tries=max_tries)
-        self.balance_kwargs = dict(rare_classes=self.rare_classes, major_fraction=major_fraction,
-                                   size_ratio=size_ratio, border=border, target_distribution=target_distribution,
-                                   use_own_donors=use_own_donors)
+        self.enlarge = check_settings("enlarge", enlarge, EnlargeSettings)
+        self.balance = check_settings("balance", balance, BalanceSettings)
         self.source_key = source_key
-        # validate the keyword arguments once, on an empty map
-        empty = np.zeros((1, 1), np.int32)
-        draw_enlarge_params(np.random.default_rng(0), empty, **self.enlarge_kwargs)
-        if self.balances:
-            draw_balance_params(np.random.default_rng(0), empty, empty, None, **self.balance_kwargs)
 
     @property
     def balances(self) -> bool:
@@ -262,12 +225,12 @@ class LabelMapSampler:
         if balance:
             info = None if isinstance(sample, tuple) else getattr(sample, "info", None)  # NucleiSample caches it
             bp = params.balance if params is not None else draw_balance_params(
-                rng, inst, typ, self.donors, exclude_source=self._source(sample), info=info, **self.balance_kwargs)
+                rng, inst, typ, self.donors, self.balance, rare_classes=self.rare_classes,
+                exclude_source=self._source(sample), info=info)
             inst, typ, report["balance"] = apply_balance(inst, typ, bp, self.donors, info)
         if enlarge:
             info = None if balance or isinstance(sample, tuple) else getattr(sample, "info", None)
-            ep = params.enlarge if params is not None else draw_enlarge_params(
-                rng, inst, info=info, **self.enlarge_kwargs)
+            ep = params.enlarge if params is not None else draw_enlarge_params(rng, inst, self.enlarge, info=info)
             inst, typ, report["enlarge"] = apply_enlarge(inst, typ, ep)
         return LabelMapResult(inst, typ, self.mode, report, LabelMapParams(self.mode, bp, ep))
 

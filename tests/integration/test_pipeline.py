@@ -80,9 +80,10 @@ def test_jobs_build_each_map_once_and_reproducibly():
             raise AssertionError("get_params + apply builds every map twice")
 
     from diffmix_aug.labelmaps.donors import DonorBank
+    from diffmix_aug.labelmaps.settings import BalanceSettings, EnlargeSettings
 
-    sampler = Counting("composed", donors=DonorBank.from_dataset(base), num_classes=5, rare_classes=(1,), border=8,
-                       border_margin=8)
+    sampler = Counting("composed", donors=DonorBank.from_dataset(base), num_classes=5, rare_classes=(1,),
+                       balance=BalanceSettings(border=8), enlarge=EnlargeSettings(border_margin=8))
     jobs = LabelMapJobs(base, sampler, (64, 64), seed=3, rank=1)
     a, b = jobs[(7, 2, 4)], jobs[(7, 2, 4)]
     assert len(calls) == 2  # one per build

@@ -5,21 +5,20 @@ checks the fast version against it, exactly."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
-from diffmix_aug._checks import check_in_range, check_positive_int
 from diffmix_aug.data.sample import InstanceInfo, instance_info
 from diffmix_aug.labelmaps.balance import (
     BalanceParams,
     _check_pair,
     _empty_params,
     _quotas,
-    _shares,
     dilated_area,
 )
 from diffmix_aug.labelmaps.donors import DonorBank, border_excluded
+from diffmix_aug.labelmaps.settings import BalanceSettings, check_settings
 
 
 def draw_balance_params_reference(
@@ -27,13 +26,9 @@ def draw_balance_params_reference(
     inst_map: np.ndarray,
     type_map: np.ndarray,
     donors: DonorBank | None,
+    settings: BalanceSettings = BalanceSettings(),
     *,
     rare_classes: Iterable[int],
-    major_fraction: float = 0.8,
-    size_ratio: float = 2.3,
-    border: int = 30,
-    target_distribution: Mapping[int, float] | Sequence[float] | None = None,
-    use_own_donors: bool = True,
     exclude_source: int | None = None,
     info: InstanceInfo | None = None,
 ) -> BalanceParams:
@@ -46,14 +41,8 @@ def draw_balance_params_reference(
         inst_map: ``int [H, W]`` target instance ids.
         type_map: ``int [H, W]`` target classes (0 = background / untyped).
         donors: The bank of other maps' rare nuclei, or None (own donors only).
+        settings: :class:`~diffmix_aug.labelmaps.settings.BalanceSettings`.
         rare_classes: Classes donors may bring; every other typed class is a major class.
-        major_fraction: Fraction of the interior majors drawn (``int(f * n)``).
-        size_ratio: A donor fits when ``dilated major area >= size_ratio * donor area``.
-        border: Centroid distance to the border below which nuclei take no part.
-        target_distribution: None (reference: convert every major that finds a donor), or the
-            wanted share of nuclei per class (mapping class -> share, or a sequence indexed by
-            class); only as many majors are converted as needed for each rare class to reach it.
-        use_own_donors: Put the map's own interior rare nuclei first in the pool (reference).
         exclude_source: Bank source index of this map, whose donors are then not used twice.
         info: ``instance_info(inst_map, type_map)`` if already at hand (``NucleiSample.info``).
 
@@ -64,10 +53,8 @@ def draw_balance_params_reference(
     rare = tuple(int(c) for c in rare_classes)
     if not rare:
         raise ValueError("`rare_classes` must name at least one class, got ()")
-    check_in_range("major_fraction", major_fraction, 0.0, 1.0)
-    check_in_range("size_ratio", size_ratio, 0.0, float("inf"), low_inclusive=False)
-    check_positive_int("border", border, allow_zero=True)
-    shares = _shares(target_distribution)
+    s = check_settings("settings", settings, BalanceSettings)
+    major_fraction, size_ratio, border, shares = s.major_fraction, s.size_ratio, s.border, s.target_distribution
     if donors is not None and not isinstance(donors, DonorBank):
         raise TypeError(f"`donors` must be a DonorBank or None, got {type(donors).__name__}")
     bank = donors if donors is not None else DonorBank.empty(rare, border)
@@ -82,7 +69,7 @@ def draw_balance_params_reference(
     cand = cand[np.argsort(info.types[cand], kind="stable")]  # class by class, then by id (reference)
     n_pick = int(major_fraction * cand.size)
     picked = rng.choice(cand, n_pick, replace=False) if n_pick else np.zeros(0, np.int64)
-    own = np.flatnonzero(interior & is_rare) if use_own_donors else np.zeros(0, np.int64)
+    own = np.flatnonzero(interior & is_rare) if s.use_own_donors else np.zeros(0, np.int64)
     bank_order = bank.pool_order(rng, exclude_source) if len(bank) else np.zeros(0, np.int64)
     keep_bank = np.isin(bank.types[bank_order], rare) if len(bank) else np.zeros(0, bool)
     bank_order = bank_order[keep_bank]

@@ -21,15 +21,17 @@ from diffmix_aug.labelmaps.balance import (
     draw_balance_params,
 )
 from diffmix_aug.labelmaps.donors import DonorBank
+from diffmix_aug.labelmaps.settings import BalanceSettings
 
 SEEDS = st.integers(0, 2**32 - 1)
-KW = dict(border=6, rare_classes=(1,))  # 64-px test maps: a 30-px border would exclude almost every nucleus
+SMALL = BalanceSettings(border=6)  # 64-px test maps: a 30-px border would exclude almost every nucleus
+KW = dict(rare_classes=(1,))
 
 
 def _bank(seed: int, n: int = 4, rare_share: float = 0.4, size: int = 64) -> DonorBank:
     rng = np.random.default_rng(seed + 1)
     return DonorBank.from_maps([random_label_map(rng, size, 25, rare_share=rare_share, radius=(1.5, 5))
-                                for _ in range(n)], **KW)
+                                for _ in range(n)], border=SMALL.border, **KW)
 
 
 def _check_valid(inst, typ):
@@ -63,7 +65,8 @@ def _check_report(inst, typ, out_i, out_t, rep, params, donors, size_ratio=2.3):
 def test_matches_per_nucleus_reference(seed, fraction):
     inst, typ = maps_from_seed(seed)
     bank = _bank(seed % 1000)
-    p = draw_balance_params(np.random.default_rng(seed), inst, typ, bank, major_fraction=fraction, **KW)
+    p = draw_balance_params(np.random.default_rng(seed), inst, typ, bank,
+                            BalanceSettings(major_fraction=fraction, border=SMALL.border), **KW)
     out_i, out_t, rep = apply_balance(inst, typ, p, bank)
     ri, rt, used = reference_balance(inst, typ, bank, p)
     np.testing.assert_array_equal(out_i, ri)
@@ -74,12 +77,12 @@ def test_matches_per_nucleus_reference(seed, fraction):
 
 def test_selection_rule():
     inst, typ = maps_from_seed(5, n_nuclei=30)
-    p = draw_balance_params(np.random.default_rng(0), inst, typ, _bank(0), **KW)
+    p = draw_balance_params(np.random.default_rng(0), inst, typ, _bank(0), SMALL, **KW)
     info = instance_info(inst, typ)
     c = info.centroids
     interior = (c[:, 0] >= 6) & (c[:, 0] <= 58) & (c[:, 1] >= 6) & (c[:, 1] <= 58)
     cand = info.ids[interior & (info.types > 1)]
-    assert p.selected.size == int(0.8 * cand.size) and np.isin(p.selected, cand).all()
+    assert p.selected.size == int(SMALL.major_fraction * cand.size) and np.isin(p.selected, cand).all()
     assert np.unique(p.selected).size == p.selected.size
     area = dict(zip(info.ids.tolist(), info.areas.tolist()))
     assert [area[m] for m in p.majors] == sorted(area[m] for m in p.majors)
@@ -120,11 +123,12 @@ def test_target_distribution_converts_only_as_needed():
     inst, typ = random_label_map(np.random.default_rng(2), 128, 60, rare_share=0.0, radius=(3, 7))
     bank = _bank(3, n=8, rare_share=0.6)
     n = len(instance_info(inst, typ))
-    _, out_t, rep = balance_label_map(inst, typ, bank, np.random.default_rng(0), major_fraction=1.0,
-                                      target_distribution={1: 0.1}, **KW)
+    _, out_t, rep = balance_label_map(inst, typ, bank, np.random.default_rng(0), (1,),
+                                      BalanceSettings(major_fraction=1.0, border=6, target_distribution={1: 0.1}))
     assert rep["converted"] == {1: int(np.ceil(0.1 * n))}
     assert len(rep["skipped"].get("target_reached", [])) > 0
-    full = balance_label_map(inst, typ, bank, np.random.default_rng(0), major_fraction=1.0, **KW)[2]
+    full = balance_label_map(inst, typ, bank, np.random.default_rng(0), (1,),
+                             BalanceSettings(major_fraction=1.0, border=6))[2]
     assert full["converted_total"] > rep["converted_total"]
 
 
@@ -139,7 +143,7 @@ def test_multiple_rare_classes():
     assert set(bank.types.tolist()) == {1, 4}
     inst, typ = random_label_map(np.random.default_rng(9), 96, 30, rare_share=0.0, radius=(4, 8))
     typ = np.where(typ == 4, 2, typ).astype(np.int32)
-    p = draw_balance_params(np.random.default_rng(0), inst, typ, bank, **{**KW, "rare_classes": (1, 4)})
+    p = draw_balance_params(np.random.default_rng(0), inst, typ, bank, SMALL, rare_classes=(1, 4))
     out_i, out_t, rep = apply_balance(inst, typ, p, bank)
     assert set(rep["converted"]) == {1, 4}
     assert p.assign_type.tolist() == [int(bank.types[d]) for d in p.assign_donor]
@@ -149,11 +153,11 @@ def test_multiple_rare_classes():
 def test_fixed_seed_and_json_replay():
     inst, typ = maps_from_seed(21, n_nuclei=25)
     bank = _bank(5)
-    a = balance_label_map(inst, typ, bank, np.random.default_rng(1), **KW)
-    b = balance_label_map(inst, typ, bank, np.random.default_rng(1), **KW)
+    a = balance_label_map(inst, typ, bank, np.random.default_rng(1), settings=SMALL, **KW)
+    b = balance_label_map(inst, typ, bank, np.random.default_rng(1), settings=SMALL, **KW)
     np.testing.assert_array_equal(a[0], b[0])
     assert a[2] == b[2]
-    p = draw_balance_params(np.random.default_rng(1), inst, typ, bank, **KW)
+    p = draw_balance_params(np.random.default_rng(1), inst, typ, bank, SMALL, **KW)
     p2 = BalanceParams.from_dict(json.loads(json.dumps(p.to_dict())))
     np.testing.assert_array_equal(apply_balance(inst, typ, p2, bank)[0], a[0])
 
@@ -178,7 +182,8 @@ def test_properties_on_real_maps(seed, k, fraction, ratio):
     patches = load_he_patches()
     bank = DonorBank.from_maps([(i, t) for _, i, t in patches], rare_classes=HE_RARE)
     _, inst, typ = patches[k]
-    kw = dict(rare_classes=HE_RARE, major_fraction=fraction, size_ratio=ratio, exclude_source=k)
+    kw = dict(rare_classes=HE_RARE, settings=BalanceSettings(major_fraction=fraction, size_ratio=ratio),
+              exclude_source=k)
     p = draw_balance_params(np.random.default_rng(seed), inst, typ, bank, **kw)
     out_i, out_t, rep = apply_balance(inst, typ, p, bank)
     _check_report(inst, typ, out_i, out_t, rep, p, bank, size_ratio=ratio)
@@ -232,10 +237,12 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="same shape"):
         balance_label_map(z, np.zeros((8, 9), np.int32), None, np.random.default_rng(0), (1,))
     with pytest.raises(ValueError, match="size_ratio"):
-        balance_label_map(z, z, None, np.random.default_rng(0), (1,), size_ratio=0)
+        balance_label_map(z, z, None, np.random.default_rng(0), (1,), BalanceSettings(size_ratio=0))
     with pytest.raises(ValueError, match="rare_classes"):
         balance_label_map(z, z, None, np.random.default_rng(0), rare_classes=())
     with pytest.raises(TypeError, match="donors"):
         balance_label_map(z, z, [1, 2], np.random.default_rng(0), (1,))
     with pytest.raises(ValueError, match="target_distribution"):
-        balance_label_map(z, z, None, np.random.default_rng(0), (1,), target_distribution={1: 2.0})
+        balance_label_map(z, z, None, np.random.default_rng(0), (1,), BalanceSettings(target_distribution={1: 2.0}))
+    with pytest.raises(TypeError, match="BalanceSettings"):
+        balance_label_map(z, z, None, np.random.default_rng(0), (1,), {"size_ratio": 2.0})

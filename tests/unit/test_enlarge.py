@@ -14,6 +14,7 @@ from labelmap_helpers import load_he_patches, maps_from_seed
 from benchmarks.labelmaps import reference_enlarge
 from diffmix_aug.data.sample import instance_info
 from diffmix_aug.labelmaps.enlarge import EnlargeParams, apply_enlarge, draw_enlarge_params, enlarge_label_map
+from diffmix_aug.labelmaps.settings import EnlargeSettings
 
 SEEDS = st.integers(0, 2**32 - 1)
 
@@ -50,7 +51,7 @@ def test_reference_shift_law_and_border_band():
     frac = (s != 0).mean()
     assert 0.22 < frac < 0.38, f"each axis is kept with p = 0.3 (minus zero draws), got {frac}"
     # the maintainers' "0-3 px": symmetric draws -3..3
-    p3 = draw_enlarge_params(np.random.default_rng(1), inst, max_shift=3, symmetric=True, p_shift=1.0)
+    p3 = draw_enlarge_params(np.random.default_rng(1), inst, EnlargeSettings(max_shift=3, symmetric=True, p_shift=1.0))
     s3 = p3.shifts[~p3.fixed]
     assert s3.min() == -3 and s3.max() == 3
 
@@ -60,8 +61,8 @@ def test_reference_shift_law_and_border_band():
 def test_matches_per_nucleus_reference(seed, overlap, margin):
     inst, typ = maps_from_seed(seed)
     rng = np.random.default_rng(seed)
-    p = draw_enlarge_params(rng, inst, max_shift=6, p_shift=0.5, border_margin=margin, overlap=overlap,
-                            max_overlap=0.3)
+    p = draw_enlarge_params(rng, inst, EnlargeSettings(max_shift=6, p_shift=0.5, border_margin=margin, overlap=overlap,
+                                                       max_overlap=0.3))
     fi, ft, _ = apply_enlarge(inst, typ, p)
     ri, rt = reference_enlarge(inst, typ, p)
     np.testing.assert_array_equal(fi, ri)
@@ -73,8 +74,8 @@ def test_matches_per_nucleus_reference(seed, overlap, margin):
 @given(seed=SEEDS)
 def test_avoid_preserves_type_area_multiset_unless_dropped(seed):
     inst, typ = maps_from_seed(seed)
-    p = draw_enlarge_params(np.random.default_rng(seed), inst, max_shift=8, p_shift=0.8, border_margin=4,
-                            overlap="avoid", max_overlap=0.0, max_tries=3)
+    p = draw_enlarge_params(np.random.default_rng(seed), inst, EnlargeSettings(
+        max_shift=8, p_shift=0.8, border_margin=4, overlap="avoid", max_overlap=0.0, max_tries=3))
     out_i, out_t, rep = apply_enlarge(inst, typ, p)
     _check_valid(out_i, out_t)
     kept = p.ids[~p.dropped]
@@ -88,14 +89,13 @@ def test_avoid_preserves_type_area_multiset_unless_dropped(seed):
 @given(seed=SEEDS, k=st.integers(0, 2), max_shift=st.sampled_from([3, 15]))
 def test_properties_on_real_maps(seed, k, max_shift):
     _, inst, typ = load_he_patches()[k]
-    p = draw_enlarge_params(np.random.default_rng(seed), inst, max_shift=max_shift, overlap="avoid",
-                            max_overlap=0.0)
+    avoid = EnlargeSettings(max_shift=max_shift, overlap="avoid", max_overlap=0.0)
+    p = draw_enlarge_params(np.random.default_rng(seed), inst, avoid)
     out_i, out_t, rep = apply_enlarge(inst, typ, p)
     _check_valid(out_i, out_t)
     assert _multiset(out_i, out_t) == _multiset(inst, typ, p.ids[~p.dropped])
     assert rep["dropped_ids"] == p.ids[p.dropped].tolist()
-    o2 = enlarge_label_map(inst, typ, np.random.default_rng(seed), max_shift=max_shift, overlap="avoid",
-                           max_overlap=0.0)
+    o2 = enlarge_label_map(inst, typ, np.random.default_rng(seed), avoid)
     np.testing.assert_array_equal(o2[0], out_i)
 
 
@@ -127,32 +127,33 @@ def test_shift_out_of_image_clips_pixels():
 
 def test_fixed_seed_and_json_replay():
     inst, typ = maps_from_seed(7, n_nuclei=25)
-    a = enlarge_label_map(inst, typ, np.random.default_rng(3), max_shift=6, border_margin=4)
-    b = enlarge_label_map(inst, typ, np.random.default_rng(3), max_shift=6, border_margin=4)
+    small = EnlargeSettings(max_shift=6, border_margin=4)
+    a = enlarge_label_map(inst, typ, np.random.default_rng(3), small)
+    b = enlarge_label_map(inst, typ, np.random.default_rng(3), small)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
-    p = draw_enlarge_params(np.random.default_rng(3), inst, max_shift=6, border_margin=4, overlap="avoid")
+    p = draw_enlarge_params(np.random.default_rng(3), inst, EnlargeSettings(max_shift=6, border_margin=4, overlap="avoid"))
     p2 = EnlargeParams.from_dict(json.loads(json.dumps(p.to_dict())))
     np.testing.assert_array_equal(apply_enlarge(inst, typ, p)[0], apply_enlarge(inst, typ, p2)[0])
 
 
 def test_precomputed_info_gives_the_same_params():
     inst, _ = maps_from_seed(4, n_nuclei=20)
-    a = draw_enlarge_params(np.random.default_rng(2), inst, border_margin=4)
-    b = draw_enlarge_params(np.random.default_rng(2), inst, border_margin=4, info=instance_info(inst))
+    a = draw_enlarge_params(np.random.default_rng(2), inst, EnlargeSettings(border_margin=4))
+    b = draw_enlarge_params(np.random.default_rng(2), inst, EnlargeSettings(border_margin=4), info=instance_info(inst))
     assert a.to_dict() == b.to_dict()
 
 
 def test_empty_map():
     z = np.zeros((16, 16), np.int32)
-    i, t = enlarge_label_map(z, z, np.random.default_rng(0), overlap="avoid")
+    i, t = enlarge_label_map(z, z, np.random.default_rng(0), EnlargeSettings(overlap="avoid"))
     assert not i.any() and not t.any()
 
 
 def test_real_patches():
     for _, inst, typ in load_he_patches():
         for overlap in ("overwrite", "avoid"):
-            p = draw_enlarge_params(np.random.default_rng(0), inst, overlap=overlap, max_overlap=0.0)
+            p = draw_enlarge_params(np.random.default_rng(0), inst, EnlargeSettings(overlap=overlap, max_overlap=0.0))
             out_i, out_t, rep = apply_enlarge(inst, typ, p)
             _check_valid(out_i, out_t)
             ri, rt = reference_enlarge(inst, typ, p)
@@ -164,13 +165,15 @@ def test_real_patches():
 def test_bad_arguments():
     z = np.zeros((8, 8), np.int32)
     with pytest.raises(ValueError, match="overlap"):
-        enlarge_label_map(z, z, np.random.default_rng(0), overlap="merge")
+        enlarge_label_map(z, z, np.random.default_rng(0), EnlargeSettings(overlap="merge"))
     with pytest.raises(ValueError, match="same shape"):
         enlarge_label_map(z, np.zeros((8, 9), np.int32), np.random.default_rng(0))
     with pytest.raises(TypeError, match="inst_map"):
         enlarge_label_map(z.astype(float), z, np.random.default_rng(0))
     with pytest.raises(ValueError, match="p_shift"):
-        enlarge_label_map(z, z, np.random.default_rng(0), p_shift=1.5)
+        enlarge_label_map(z, z, np.random.default_rng(0), EnlargeSettings(p_shift=1.5))
+    with pytest.raises(TypeError, match="EnlargeSettings"):
+        enlarge_label_map(z, z, np.random.default_rng(0), {"p_shift": 0.5})
     inst, typ = maps_from_seed(1, n_nuclei=5)
     p = draw_enlarge_params(np.random.default_rng(0), inst)
     with pytest.raises(ValueError, match="draw_enlarge_params"):

@@ -25,6 +25,7 @@ from diffmix_aug.labelmaps.balance import (
     draw_balance_params,
 )
 from diffmix_aug.labelmaps.donors import DonorBank
+from diffmix_aug.labelmaps.settings import BalanceSettings
 
 SEEDS = st.integers(0, 2**32 - 1)
 
@@ -112,7 +113,8 @@ def test_draw_balance_params_matches_reference(seed, fraction, ratio, target):
     rng = np.random.default_rng(seed + 1)
     bank = DonorBank.from_maps([random_label_map(rng, 64, 25, rare_share=0.4, radius=(1.5, 5)) for _ in range(3)],
                                (1,), border=6)
-    kw = dict(rare_classes=(1,), major_fraction=fraction, size_ratio=ratio, border=6, target_distribution=target)
+    kw = dict(rare_classes=(1,), settings=BalanceSettings(major_fraction=fraction, size_ratio=ratio, border=6,
+                                                          target_distribution=target))
     fast = draw_balance_params(np.random.default_rng(seed), inst, typ, bank, **kw)
     ref = draw_balance_params_reference(np.random.default_rng(seed), inst, typ, bank, **kw)
     _same_params(fast, ref)

@@ -15,15 +15,17 @@ from diffmix_aug.labelmaps.balance import apply_balance, draw_balance_params
 from diffmix_aug.labelmaps.donors import DonorBank
 from diffmix_aug.labelmaps.enlarge import apply_enlarge, draw_enlarge_params
 from diffmix_aug.labelmaps.sampler import LabelMapParams, LabelMapResult, LabelMapSampler
+from diffmix_aug.labelmaps.settings import BalanceSettings, EnlargeSettings
 
 SIZE = 96
-KW = dict(border=10, border_margin=8, max_shift=6, num_classes=5, rare_classes=(2,))  # toy class 2 nuclei are small
+BAL, ENL = BalanceSettings(border=10), EnlargeSettings(border_margin=8, max_shift=6)
+KW = dict(balance=BAL, enlarge=ENL, num_classes=5, rare_classes=(2,))  # toy class 2 nuclei are small
 
 
 @pytest.fixture(scope="module")
 def data():
     ds = make_toy_dataset(4, SIZE, 0)
-    return ds, DonorBank.from_dataset(ds, rare_classes=(2,), border=10)
+    return ds, DonorBank.from_dataset(ds, rare_classes=(2,), border=BAL.border)
 
 
 def _valid(out: LabelMapResult, shape):
@@ -64,9 +66,9 @@ def test_composed_is_balance_then_enlarge(data):
     s = ds[2]
     rng = np.random.default_rng(9)
     out = LabelMapSampler("composed", donors=bank, **KW)(s, np.random.default_rng(9))
-    bp = draw_balance_params(rng, s.inst_map, s.type_map, bank, border=10, rare_classes=(2,), exclude_source=2)
+    bp = draw_balance_params(rng, s.inst_map, s.type_map, bank, BAL, rare_classes=(2,), exclude_source=2)
     bi, bt, _ = apply_balance(s.inst_map, s.type_map, bp, bank)
-    ep = draw_enlarge_params(rng, bi, border_margin=8, max_shift=6)
+    ep = draw_enlarge_params(rng, bi, ENL)
     ei, et, _ = apply_enlarge(bi, bt, ep)
     np.testing.assert_array_equal(out.inst_map, ei)
     np.testing.assert_array_equal(out.type_map, et)
@@ -153,7 +155,13 @@ def test_bad_arguments(data):
     with pytest.raises(TypeError, match="DonorBank"):
         LabelMapSampler("balance", donors=[1], num_classes=5, rare_classes=(1,))
     with pytest.raises(ValueError, match="overlap"):
-        LabelMapSampler("enlarge", num_classes=5, overlap="merge")
+        LabelMapSampler("enlarge", num_classes=5, enlarge=EnlargeSettings(overlap="merge"))
+    with pytest.raises(TypeError, match=r"`enlarge` must be of type EnlargeSettings.*max_shift"):
+        LabelMapSampler("enlarge", num_classes=5, enlarge={"max_shift": 3})
+    with pytest.raises(TypeError, match=r"`balance` must be of type BalanceSettings"):
+        LabelMapSampler("balance", num_classes=5, rare_classes=(1,), balance=EnlargeSettings())
+    with pytest.raises(TypeError, match="max_shift"):
+        LabelMapSampler("enlarge", num_classes=5, max_shift=3)  # the options live in EnlargeSettings
     lms = LabelMapSampler("enlarge", num_classes=5)
     with pytest.raises(TypeError, match="Generator"):
         lms(ds[0], 0)
@@ -165,17 +173,17 @@ def test_borders_scale_below_the_reference_patch_and_the_default_sampler_uses_th
     from diffmix_aug.dataset import build_label_sampler
     from diffmix_aug.labelmaps.sampler import borders_for_patch
 
-    assert borders_for_patch(256) == {"border": 30, "border_margin": 32}  # the reference values
-    assert borders_for_patch(64) == {"border": 8, "border_margin": 8}
-    assert borders_for_patch(8) == {"border": 2, "border_margin": 2}
+    assert borders_for_patch(256) == {"balance": BalanceSettings(), "enlarge": EnlargeSettings()}  # the reference
+    assert borders_for_patch(64) == {"balance": BalanceSettings(border=8), "enlarge": EnlargeSettings(border_margin=8)}
+    assert borders_for_patch(8) == {"balance": BalanceSettings(border=2), "enlarge": EnlargeSettings(border_margin=2)}
     with pytest.raises(ValueError, match="patch_size"):
         borders_for_patch(0)
     ds = make_toy_dataset(16, 64, 0)
     small = build_label_sampler(ds, "composed", 5, (1,), patch_size=(64, 64))
-    assert small.balance_kwargs["border"] == 8 and small.enlarge_kwargs["border_margin"] == 8
+    assert small.balance.border == 8 and small.enlarge.border_margin == 8
     assert small.donors.border == 8
     large = build_label_sampler(ds, "enlarge", 5, (1,), patch_size=512)
-    assert large.enlarge_kwargs["border_margin"] == 32 and large.balance_kwargs["border"] == 30
+    assert large.enlarge == EnlargeSettings() and large.balance == BalanceSettings()
     # at 64 px the reference bands leave no interior nucleus; the scaled ones balance for real
     rng = np.random.default_rng(0)
     converted = sum(sum(small(ds[i], rng).report["balance"]["converted"].values()) for i in range(len(ds)))
