@@ -74,19 +74,36 @@ __all__ = ["KINDS", "SDM_KINDS", "STORES", "WEIGHTS", "build_pool", "field_of_vi
 
 
 def field_of_view(patch: int, downsample: int, tile: int | None = None) -> dict[str, int]:
-    """Balancing and enlarging constants scaled from the reference's settings (40x, 1000 px tiles, 256 px patches).
+    """Balancing and enlarging constants scaled from the reference's settings (40x, 1000 px tiles, 256 px patches;
+    the defaults of :class:`BalanceSettings` and :class:`EnlargeSettings`).
 
     Returns ``{"border": GradMix's 30 px / downsample (at most the 30 / 256 share of a small tile),
     "border_margin": enlarging's 32 px margin scaled to the patch, "max_shift": +-15 px / downsample
     (at most 15 / 256 of the patch)}``. CoNSeP at 20x (128 px patches, 500 px tiles): 15, 16, 7.
+    :func:`fov_settings` turns it into the label-map settings.
     """
-    from diffmix_aug.labelmaps.sampler import borders_for_patch
+    from diffmix_aug.labelmaps.settings import (
+        REFERENCE_PATCH,
+        BalanceSettings,
+        EnlargeSettings,
+        borders_for_patch,
+    )
 
-    border = max(2, round(30 / downsample))
+    border = max(2, round(BalanceSettings.border / downsample))
     if tile is not None:
-        border = min(border, borders_for_patch(tile)["border"])
-    return {"border": border, "border_margin": borders_for_patch(patch)["border_margin"],
-            "max_shift": max(1, min(int(15 / downsample), int(15 * patch / 256)))}
+        border = min(border, borders_for_patch(tile)["balance"].border)
+    shift = EnlargeSettings.max_shift
+    return {"border": border, "border_margin": borders_for_patch(patch)["enlarge"].border_margin,
+            "max_shift": max(1, min(int(shift / downsample), int(shift * patch / REFERENCE_PATCH)))}
+
+
+def fov_settings(fov: dict[str, int]) -> dict[str, Any]:
+    """``{"balance": BalanceSettings, "enlarge": EnlargeSettings}`` of a :func:`field_of_view`
+    (``LabelMapSampler(..., **fov_settings(fov))``)."""
+    from diffmix_aug.labelmaps.settings import BalanceSettings, EnlargeSettings
+
+    return {"balance": BalanceSettings(border=fov["border"]),
+            "enlarge": EnlargeSettings(max_shift=fov["max_shift"], border_margin=fov["border_margin"])}
 
 
 def make_synthesizer(weights: Path, steps: int, t_start: int, guidance: float, device: str = "cpu",
@@ -209,14 +226,16 @@ def _balance_tiles(train: Any, bank: Any, draw: int, seed: int, border: int, rar
     from diffmix_aug.baselines.gradmix import GradMix
     from diffmix_aug.data.sample import NucleiSample
     from diffmix_aug.labelmaps.balance import apply_balance, draw_balance_params
+    from diffmix_aug.labelmaps.settings import BalanceSettings
 
-    gm = GradMix(bank, rare, border=border, source_key=None)
+    balance = BalanceSettings(border=border)
+    gm = GradMix(bank, rare, balance=balance, source_key=None)
     maps, images = [], []
     pastes = np.zeros(len(bank), np.int64)
     converted, skipped = 0, 0
     for k, tile in enumerate(tqdm(train.tiles, desc=f"balance tiles (draw {draw})", disable=not progress)):
         rng = np.random.default_rng([seed, draw, k, 2])
-        params = draw_balance_params(rng, tile.inst_map, tile.type_map, bank, rare_classes=rare, border=border,
+        params = draw_balance_params(rng, tile.inst_map, tile.type_map, bank, balance, rare_classes=rare,
                                      exclude_source=k, info=tile.info)
         inst, typ, report = apply_balance(tile.inst_map, tile.type_map, params, bank, tile.info)
         maps.append((inst, typ))
@@ -274,8 +293,8 @@ def build_pool(train: Any, size: int, *, draws: int = 2, seed: int = 0, steps: i
     patch, info = train.window, train.info
     fov = field_of_view(patch, train.downsample, min(train.tiles[0].inst_map.shape))
     bank = _bank(train, fov["border"], rare)
-    enl = LabelMapSampler("enlarge", num_classes=info.num_classes, rare_classes=rare, max_shift=fov["max_shift"],
-                          border_margin=fov["border_margin"])
+    enl = LabelMapSampler("enlarge", num_classes=info.num_classes, rare_classes=rare,
+                          enlarge=fov_settings(fov)["enlarge"])
     from diffmix_aug.class_table import ClassTable
 
     classes = ClassTable(info.num_classes, tuple(int(c) for c in rare), tuple(info.class_names))

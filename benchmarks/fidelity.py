@@ -62,6 +62,7 @@ from benchmarks.consep_pool import (
     SDM_VAL_TILES,
     WEIGHTS,
     field_of_view,
+    fov_settings,
     make_synthesizer,
     sampler_settings,
 )
@@ -91,16 +92,17 @@ def validation_maps(val: Any, n: int, seed: int, rare: tuple[int, ...] = RARE) -
     fov = field_of_view(val.window, val.downsample, min(val.tiles[0].inst_map.shape))
     bank = DonorBank.from_maps(((t.inst_map, t.type_map, t.image) for t in val.tiles), rare, fov["border"],
                                keep_images=True, image_margin=8)
-    gm = GradMix(bank, rare, border=fov["border"], source_key=None)
+    gm = GradMix(bank, rare, balance=fov_settings(fov)["balance"], source_key=None)
     bal_tiles = []
     for k, tile in enumerate(val.tiles):
         params = draw_balance_params(np.random.default_rng([seed, k, 2]), tile.inst_map, tile.type_map, bank,
-                                     rare_classes=rare, border=fov["border"], exclude_source=k, info=tile.info)
+                                     fov_settings(fov)["balance"], rare_classes=rare, exclude_source=k,
+                                     info=tile.info)
         inst, typ, _ = apply_balance(tile.inst_map, tile.type_map, params, bank, tile.info)
         g = gm.apply(NucleiSample.trusted(tile.image, tile.inst_map, tile.type_map), params)
         bal_tiles.append((inst, typ, g.image))
     enl = LabelMapSampler("enlarge", num_classes=val.info.num_classes, rare_classes=rare,
-                          max_shift=fov["max_shift"], border_margin=fov["border_margin"])
+                          enlarge=fov_settings(fov)["enlarge"])
     rng = np.random.default_rng([seed, 5])
     h, w = val.tiles[0].inst_map.shape
     p = val.window
@@ -478,8 +480,7 @@ def run(args: argparse.Namespace) -> dict:
     from diffmix_aug.labelmaps.sampler import LabelMapSampler
 
     fov = field_of_view(train_ts.window, train_ts.downsample, min(train_ts.tiles[0].inst_map.shape))
-    enl = LabelMapSampler("enlarge", num_classes=5, rare_classes=rare, max_shift=fov["max_shift"],
-                          border_margin=fov["border_margin"])
+    enl = LabelMapSampler("enlarge", num_classes=5, rare_classes=rare, enlarge=fov_settings(fov)["enlarge"])
     tr_maps = [(m.inst_map, m.type_map) for m in (enl(train_ts.patches[int(i)], np.random.default_rng([0, j, 12]))
                                                   for j, i in enumerate(tr_idx))]
     sdm_train = render(synth, tr_src, tr_maps, 4, "render training maps")
@@ -579,7 +580,7 @@ def _gradmix_train(train_ts: Any, n: int, rare: tuple[int, ...]) -> np.ndarray:
     fov = field_of_view(train_ts.window, train_ts.downsample, min(train_ts.tiles[0].inst_map.shape))
     bank = DonorBank.from_maps(((p.inst_map, p.type_map, p.image) for p in train_ts.patches), rare,
                                fov["border"], keep_images=True, image_margin=8)
-    gm = GradMix(bank, rare, border=fov["border"], source_key=None)
+    gm = GradMix(bank, rare, balance=fov_settings(fov)["balance"], source_key=None)
     rng = np.random.default_rng([0, 19])
     return np.stack([gm(train_ts.patches[int(i)], np.random.default_rng([0, j, 20])).image
                      for j, i in enumerate(rng.integers(0, len(train_ts.patches), n))])

@@ -33,6 +33,7 @@ from diffmix_aug.labelmaps.balance import BalanceParams, apply_balance, balance_
 from diffmix_aug.labelmaps.donors import DonorBank
 from diffmix_aug.labelmaps.encode import encode_condition
 from diffmix_aug.labelmaps.enlarge import EnlargeParams, apply_enlarge, draw_enlarge_params
+from diffmix_aug.labelmaps.settings import BalanceSettings, EnlargeSettings
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -89,7 +90,8 @@ def reference_enlarge(inst_map: np.ndarray, type_map: np.ndarray, params: Enlarg
 
 
 def reference_balance(inst_map: np.ndarray, type_map: np.ndarray, donors: DonorBank | None,
-                      params: BalanceParams, size_ratio: float = 2.3) -> tuple[np.ndarray, np.ndarray, list]:
+                      params: BalanceParams, size_ratio: float = BalanceSettings.size_ratio
+                      ) -> tuple[np.ndarray, np.ndarray, list]:
     """``GradMix/grad_mix.py`` label mixing with full-image masks, from the drawn selection and pool.
 
     Only ``params.selected`` (the random draw) and ``params.pool`` (the random pool order) are
@@ -295,6 +297,7 @@ def run(n_maps: int, repeats: int, size: int, seed: int) -> dict[str, Any]:
         r = _stats(_time_per_map(ref, ref_items, max(1, repeats // 2)))
         results[name] = {"fast": f, "baseline": r, "speedup": r["median_ms"] / f["median_ms"]}
     nuclei = [len(s.info) for s in samples]
+    enl, bal = EnlargeSettings(), BalanceSettings()  # the defaults every case above runs with
     return {
         "benchmark": "labelmaps",
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -309,9 +312,11 @@ def run(n_maps: int, repeats: int, size: int, seed: int) -> dict[str, Any]:
                                               "balance_many": float(np.mean([p.assign_major.size
                                                                              for p in b2_params]))},
                    "donors_balance_many": len(bank2),
-                   "enlarge": "max_shift=15 p_shift=0.3 border_margin=32 overwrite (params drawn in the timed call)",
-                   "balance": "major_fraction=0.8 size_ratio=2.3 border=30 (params drawn in the timed call; "
-                              "baseline recomputes sort, greedy walk and pastes from the same draws)"},
+                   "enlarge": f"max_shift={enl.max_shift} p_shift={enl.p_shift} border_margin={enl.border_margin} "
+                              f"{enl.overlap} (params drawn in the timed call)",
+                   "balance": f"major_fraction={bal.major_fraction} size_ratio={bal.size_ratio} border={bal.border} "
+                              "(params drawn in the timed call; baseline recomputes sort, greedy walk and pastes "
+                              "from the same draws)"},
         "goals_ms": {"enlarge": 2.0, "encode": 2.0, "balance": 5.0, "balance_many": 5.0, "speedup": 10.0},
         "results": results,
     }
@@ -439,7 +444,7 @@ def run_real(repeats: int, seed: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, samples in real_samples(seed=seed).items():
         samples = [NucleiSample.trusted(s.image, s.inst_map, s.type_map) for s in samples]
-        bank = DonorBank.from_dataset(samples, (1,), border=30)
+        bank = DonorBank.from_dataset(samples, (1,), border=BalanceSettings.border)
         # same maps as the previous implementation (same draws), checked before timing
         same = all(
             all(np.array_equal(a, b) for a, b in zip(
@@ -472,14 +477,16 @@ def run_real(repeats: int, seed: int) -> dict[str, Any]:
                 out[case + "_previous"] = _stats(_time_per_map(prev, items, repeats))
                 out[case + "_speedup"] = out[case + "_previous"]["median_ms"] / out[case]["median_ms"]
         results[name] = out
+    enl, bal = EnlargeSettings(), BalanceSettings()  # the defaults every case above runs with
     return {"benchmark": "labelmaps_real", "goal_ms": 1.0,
             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                         "load_average_1min": os.getloadavg()[0]},
             "versions": {"torch": torch.__version__, "numpy": np.__version__},
             "config": {"repeats": repeats, "seed": seed, "threads": 1, "size": 256,
-                       "enlarge": "reference defaults (max_shift 15, p 0.3, margin 32, overwrite); draw + paint, "
-                                  "one pixel grouping", "balance": "reference defaults, rare class 1, border 30; "
-                                  "draw + paste, one group_runs for instance_info and the dilated areas"},
+                       "enlarge": f"reference defaults (max_shift {enl.max_shift}, p {enl.p_shift}, margin "
+                                  f"{enl.border_margin}, {enl.overlap}); draw + paint, one pixel grouping",
+                       "balance": f"reference defaults, rare class 1, border {bal.border}; draw + paste, one "
+                                  "group_runs for instance_info and the dilated areas"},
             "results": results}
 
 

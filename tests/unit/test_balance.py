@@ -42,7 +42,7 @@ def _check_valid(inst, typ):
     assert ((typ > 0) <= (inst > 0)).all()
 
 
-def _check_report(inst, typ, out_i, out_t, rep, params, donors, size_ratio=2.3):
+def _check_report(inst, typ, out_i, out_t, rep, params, donors, size_ratio=BalanceSettings.size_ratio):
     _check_valid(out_i, out_t)
     before = instance_info(inst, typ)
     after = instance_info(out_i, out_t)
