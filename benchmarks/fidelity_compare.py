@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,25 +30,31 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from benchmarks.report_io import json_default
 from diffmix_aug._io import atomic_write_text
 
+ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"1": "misc", "2": "inflammatory", "3": "epithelial", "4": "spindle"}
 LABEL_SETS = {"sdm_enlarge": "SDM(enlarged map)", "sdm_balance": "SDM(balanced map)", "swap_vs_B": "swap, vs B"}
 SAMPLER_KEYS = ("solver", "denoising_steps", "spacing", "entry_timestep", "guidance_scale")
 
 
-def figures(r: dict[str, Any]) -> dict[str, list[float]]:
-    """The SDM figures of one ``fidelity.json``, by name: ``[mean, sd]`` over judge seeds."""
-    lf, tf = r["label_fidelity"], r["type_fidelity"]
-    out: dict[str, list[float]] = {}
+def figures(r: dict[str, Any]) -> dict[str, tuple[list[float], list[float]]]:
+    """The SDM figures of one ``fidelity.json``, by name: ``([mean, sd] over judge seeds, per-seed values)``."""
+    lf, tf, ps = r["label_fidelity"], r["type_fidelity"], r["per_seed"]
+    out: dict[str, tuple[list[float], list[float]]] = {}
+
+    def label(name: str, key: str, get: Callable[[dict[str, Any]], float]) -> None:
+        out[name] = (get(lf[key]), [get(s[key]) for s in ps["label_fidelity"]])
+
     for key, lab in LABEL_SETS.items():
-        m = lf[key]
-        out[f"label: {lab}, PQ"] = m["pq"]
-        out[f"label: {lab}, PQ / real"] = m["pq_ratio"]
-        out[f"label: {lab}, F1 detection"] = m["f1_detection"]
-        out[f"label: {lab}, F1 misc"] = m["f1_per_type"]["1"]
+        label(f"label: {lab}, PQ", key, lambda m: m["pq"])
+        label(f"label: {lab}, PQ / real", key, lambda m: m["pq_ratio"])
+        label(f"label: {lab}, F1 detection", key, lambda m: m["f1_detection"])
+        label(f"label: {lab}, F1 misc", key, lambda m: m["f1_per_type"]["1"])
     for c, name in NAMES.items():
-        out[f"type: SDM(enlarged map), {name} read as {name}"] = tf["sdm_enlarge"][c]["share"]
-    out["type: SDM pasted misc, read as misc"] = tf["sdm_pasted"]["1"]["share"]
-    out["realism: two-sample AUC of the SDM's renders"] = r["realism"]["sdm"]
+        out[f"type: SDM(enlarged map), {name} read as {name}"] = (
+            tf["sdm_enlarge"][c]["share"], [s["sdm_enlarge"][c]["share"] for s in ps["type_fidelity"]])
+    out["type: SDM pasted misc, read as misc"] = (tf["sdm_pasted"]["1"]["share"],
+                                                  [s["sdm_pasted"]["1"]["share"] for s in ps["type_fidelity"]])
+    out["realism: two-sample AUC of the SDM's renders"] = (r["realism"]["sdm"], [s["sdm"] for s in ps["realism"]])
     return out
 
 
@@ -64,17 +72,18 @@ def compare(candidate: dict[str, Any], reference: dict[str, Any]) -> dict[str, A
     a, b = figures(candidate), figures(reference)
     rows = []
     for name in a:
-        (ma, sa), (mb, sb) = a[name], b[name]
+        ((ma, sa), pa), ((mb, sb), pb) = a[name], b[name]
         bad = any(x is None or math.isnan(x) for x in (ma, mb, sb))
         delta = None if bad else ma - mb
+        paired = [None if x is None or y is None or math.isnan(x) or math.isnan(y) else x - y for x, y in zip(pa, pb)]
         rows.append({"figure": name, "candidate": [ma, sa], "reference": [mb, sb], "delta": delta,
-                     "within_reference_sd": None if bad else bool(abs(delta) <= sb)})
+                     "delta_per_seed": paired, "within_reference_sd": None if bad else bool(abs(delta) <= sb)})
     judged = [r for r in rows if r["within_reference_sd"] is not None]
     return {"candidate": {"sampler": {k: candidate["sampler"].get(k) for k in SAMPLER_KEYS},
                           "s_per_render": candidate["s_per_render"], "command": candidate["command"]},
             "reference": {"sampler": {k: reference["sampler"].get(k) for k in SAMPLER_KEYS},
                           "s_per_render": reference["s_per_render"], "command": reference["command"]},
-            "rows": rows, "within": sum(r["within_reference_sd"] for r in judged), "judged": len(judged)}
+            "validation_windows": candidate["validation_windows"], "rows": rows, "within": sum(r["within_reference_sd"] for r in judged), "judged": len(judged)}
 
 
 def _ms(x: list[float] | None) -> str:
@@ -88,23 +97,27 @@ def _sampler(s: dict[str, Any]) -> str:
 
 def markdown(c: dict[str, Any]) -> str:
     """``<out>.md`` from the comparison JSON."""
+    solver_md = c.get("solver_md", "../solver/solver.md")  # the solver results, relative to the markdown
     cand, ref = c["candidate"], c["reference"]
-    L = ["# Fidelity of the default sampler against the reference protocol (CoNSeP validation tiles)", "",
+    L = ["# Fidelity of two samplers' renders on the same maps and judges (CoNSeP validation tiles)", "",
          "Rendered by `python -m benchmarks.fidelity_compare` from two `benchmarks/fidelity.py` runs with the same "
-         "judges, tiles and maps; do not edit by hand.", "",
+         f"judges, tiles and maps ({c.get('validation_windows')} validation windows, each rendered under an enlarged, a "
+         "balanced and a swapped map); do not edit by hand.", "",
          f"- candidate: {_sampler(cand)}; {cand['s_per_render']} s per render; `{cand['command']}`",
          f"- reference: {_sampler(ref)}; {ref['s_per_render']} s per render; `{ref['command']}`", "",
-         "Each figure: mean ± sd over judge seeds; Δ = candidate - reference; within = |Δ| <= the reference's sd.",
-         "", "| Figure | candidate | reference | Δ | within |", "|---|---|---|---|---|"]
+         "Each figure: mean ± sd over judge seeds; Δ = candidate - reference; within = |Δ| <= the reference's sd; "
+         "Δ per seed: the same judge scoring both runs' renders (paired).",
+         "", "| Figure | candidate | reference | Δ | within | Δ per seed |", "|---|---|---|---|---|---|"]
     for r in c["rows"]:
         d = "n/a" if r["delta"] is None else f"{r['delta']:+.3f}"
         w = "n/a" if r["within_reference_sd"] is None else ("yes" if r["within_reference_sd"] else "**no**")
-        L.append(f"| {r['figure']} | {_ms(r['candidate'])} | {_ms(r['reference'])} | {d} | {w} |")
+        per = ", ".join("n/a" if x is None else f"{x:+.3f}" for x in r.get("delta_per_seed", []))
+        L.append(f"| {r['figure']} | {_ms(r['candidate'])} | {_ms(r['reference'])} | {d} | {w} | {per} |")
     L += ["", f"**{c['within']} of {c['judged']} figures** lie within the reference run's seed spread.", "",
           "What this does not show: the judges are small networks trained here (few seeds: the sd is itself "
           "uncertain), and the renders are scored by the same judges in both runs, so a difference within the "
           "spread is no proof that the two samplers' outputs are alike; the exact per-patch distance of each setting "
-          "from the converged render is in [the solver results](../solver/solver.md).", ""]
+          f"from the converged render is in [the solver results]({solver_md}).", ""]
     return "\n".join(L)
 
 
@@ -116,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     c = compare(json.loads(args.candidate.read_text()), json.loads(args.reference.read_text()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(c, indent=1, default=json_default))
-    atomic_write_text(args.out.with_suffix(".md"), markdown(c))
-    print(markdown(c))
+    c["solver_md"] = Path(os.path.relpath(ROOT / "benchmarks/results/solver/solver.md",
+                                          args.out.parent.resolve())).as_posix()
+    text = markdown(c)
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(c, indent=1, default=json_default) + "\n")
+    atomic_write_text(args.out.with_suffix(".md"), text)
+    print(text)
     return 0
 
 
