@@ -140,6 +140,11 @@ def render(synth: Any, images: np.ndarray, maps: list[tuple[np.ndarray, np.ndarr
     return np.concatenate(out)
 
 
+def _render_seed(args: argparse.Namespace, k: int) -> int:
+    """The generator seed of render set ``k`` (1-4): ``k`` itself for ``--render-seed 0``, as every committed run."""
+    return k + 100 * args.render_seed
+
+
 def _items(images, maps) -> list[dict]:
     return [{"img": im, "inst_map": m[0], "type_map": m[1]} for im, m in zip(images, maps)]
 
@@ -427,6 +432,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--spacing", default="linear", choices=("linear", "logsnr", "quadratic"),
                     help="step grid of the renders ('logsnr' for the multistep solvers)")
     ap.add_argument("--guidance", type=float, default=1.5)
+    ap.add_argument("--render-seed", type=int, default=0,
+                    help="seed of the renders' noise draws (the maps and judges stay the same): repeat a run with "
+                         "another value to measure the renderer's own seed spread")
     ap.add_argument("--val-tiles", default=",".join(map(str, SDM_VAL_TILES)))
     ap.add_argument("--train-tiles", default=None, help="read only these training tiles (smoke runs)")
     ap.add_argument("--threads", type=int, default=None)
@@ -438,6 +446,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.val_tiles = "1,2" if args.val_tiles == ",".join(map(str, SDM_VAL_TILES)) else args.val_tiles
         args.train_tiles = args.train_tiles or "6,19"
         args.threads = args.threads or 1
+    if args.render_seed < 0:
+        ap.error(f"--render-seed must be >= 0, got {args.render_seed}")
     if args.data_root is None:
         ap.error("--data-root is required (../shared/data/consep_256)")
     args.val_tiles = tuple(int(t) for t in str(args.val_tiles).split(",") if t.strip())
@@ -468,10 +478,11 @@ def run(args: argparse.Namespace) -> dict:
     print(f"rendering {3 * len(real) + args.n_train_renders} patches "
           f"({settings['denoising_steps']} steps from t = {settings['entry_timestep']}) ...", flush=True)
     t0 = time.perf_counter()
-    sdm_e = render(synth, src, vm["enlarge"], 1, "render enlarged maps")
-    sdm_b = render(synth, src, vm["balance"], 2, "render balanced maps")
+    sdm_e = render(synth, src, vm["enlarge"], _render_seed(args, 1), "render enlarged maps")
+    sdm_b = render(synth, src, vm["balance"], _render_seed(args, 2), "render balanced maps")
     swap = np.roll(np.arange(len(real)), 1)  # image A = real[k], map B = real[k - 1]
-    sdm_swap = render(synth, src, [(real[j].inst_map, real[j].type_map) for j in swap], 3, "render swapped maps")
+    sdm_swap = render(synth, src, [(real[j].inst_map, real[j].type_map) for j in swap], _render_seed(args, 3),
+                      "render swapped maps")
     n_val_renders = 3 * len(real)
     # training-map renders for the two-sample test: enlarged maps of uniform training windows
     rng = np.random.default_rng([0, 11])
@@ -483,7 +494,7 @@ def run(args: argparse.Namespace) -> dict:
     enl = LabelMapSampler("enlarge", num_classes=5, rare_classes=rare, enlarge=fov_settings(fov)["enlarge"])
     tr_maps = [(m.inst_map, m.type_map) for m in (enl(train_ts.patches[int(i)], np.random.default_rng([0, j, 12]))
                                                   for j, i in enumerate(tr_idx))]
-    sdm_train = render(synth, tr_src, tr_maps, 4, "render training maps")
+    sdm_train = render(synth, tr_src, tr_maps, _render_seed(args, 4), "render training maps")
     render_seconds = time.perf_counter() - t0
     # the sets scored against their maps (all on the same validation windows)
     emaps, bmaps = vm["enlarge"], vm["balance"]
@@ -552,7 +563,7 @@ def run(args: argparse.Namespace) -> dict:
         "quick": bool(args.quick), "validation_tiles": list(args.val_tiles), "train_tiles": len(train_ts),
         "judge_train_patches": len(train_ts.patches), "validation_windows": len(real),
         "where": [list(w) for w in vm["where"]], "validation_donors": vm["donors"],
-        "sampler": settings, "render_seconds": round(render_seconds, 1),
+        "sampler": settings, "render_seed": int(args.render_seed), "render_seconds": round(render_seconds, 1),
         "s_per_render": round(render_seconds / max(1, n_val_renders + args.n_train_renders), 3),
         "field_of_view": fov, "harness": harness_config(args, 0, weights, rare).to_dict(),
         "label_fidelity": lf_agg, "type_fidelity": _agg(tf), "realism": _agg(realism), "morphology": morph,
