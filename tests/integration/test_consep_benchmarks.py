@@ -132,8 +132,8 @@ def test_fidelity_quick(tmp_path):
     same = compare(r, r)
     assert all(row["delta"] in (0.0, None) for row in same["rows"]) and same["within"] == same["judged"]
     shifted = json.loads(json.dumps(r))
-    pq = shifted["label_fidelity"]["sdm_enlarge"]["pq"]
-    shifted["label_fidelity"]["sdm_enlarge"]["pq"] = [pq[0] + 10 * pq[1] + 0.1, pq[1]]
+    for s in shifted["per_seed"]["label_fidelity"]:  # the comparison reads the per-seed values
+        s["sdm_enlarge"]["pq"] += 10 * r["label_fidelity"]["sdm_enlarge"]["pq"][1] + 0.1
     row = next(x for x in compare(shifted, r)["rows"] if x["figure"] == "label: SDM(enlarged map), PQ")
     assert row["within_reference_sd"] is False and row["delta"] > 0.1 - 1e-9
     other = {**r, "validation_windows": r["validation_windows"] + 1}
@@ -142,6 +142,34 @@ def test_fidelity_quick(tmp_path):
     assert compare_main(["--candidate", str(out / "fidelity.json"), "--reference", str(out / "fidelity.json"),
                          "--out", str(tmp_path / "cmp")]) == 0
     assert (tmp_path / "cmp.md").read_text() == markdown(json.loads((tmp_path / "cmp.json").read_text()))
+    # several runs per side (--render-seed): the spread pools render and judge seeds, pairs by render seed
+    assert r["render_seed"] == 0
+    r1 = json.loads(json.dumps(r))
+    r1["render_seed"] = 1
+    for s in r1["per_seed"]["label_fidelity"]:
+        s["sdm_enlarge"]["pq"] += 0.2
+    multi = compare([r, r1], [r, r1])
+    row = next(x for x in multi["rows"] if x["figure"] == "label: SDM(enlarged map), PQ")
+    assert multi["paired_by"] == "render_seed" and multi["paired_render_seeds"] == [0, 1]
+    assert row["delta"] == pytest.approx(0.0) and row["delta_per_seed"] == [pytest.approx(0.0)] * 2
+    assert row["reference_render_seed_sd"] == pytest.approx(0.2 / np.sqrt(2))
+    assert row["reference"][1] >= 0.1 and row["within_reference_sd"] is True
+    # a candidate shifted by less than the render-seed spread is within it; the judge-only spread would not be
+    lifted = json.loads(json.dumps(r))
+    for s in lifted["per_seed"]["label_fidelity"]:
+        s["sdm_enlarge"]["pq"] += 0.05
+    row = next(x for x in compare([lifted], [r, r1])["rows"] if x["figure"] == "label: SDM(enlarged map), PQ")
+    assert row["within_reference_sd"] is True and row["delta_per_seed"] == [pytest.approx(0.05)]
+    with pytest.raises(ValueError, match="render seeds"):
+        compare([r, r], [r])
+    other_sampler = {**r1, "sampler": {**r1["sampler"], "denoising_steps": 99}}
+    with pytest.raises(ValueError, match="different samplers"):
+        compare([r], [r, other_sampler])
+    (tmp_path / "r1.json").write_text(json.dumps(r1))
+    assert compare_main(["--candidate", str(out / "fidelity.json"), str(tmp_path / "r1.json"), "--reference",
+                         str(out / "fidelity.json"), str(tmp_path / "r1.json"), "--out", str(tmp_path / "cmp2")]) == 0
+    text = (tmp_path / "cmp2.md").read_text()
+    assert text == markdown(json.loads((tmp_path / "cmp2.json").read_text())) and "sd over render seeds" in text
 
 
 def test_tile_counts_match_classification_stats():
