@@ -405,6 +405,7 @@ def race(args, device: torch.device) -> int:
                "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor(),
                "load_average_at_start": list(os.getloadavg())}
     report = {"benchmark": "solver_speed", "machine": machine,
+              "command": args.command,
               "config": {"preset": preset, "size": size, "batch": batch, "labels": "real", "precision": "fp32",
                          "path": "eager", "repeats": args.repeats, "t_start": 540, "guidance_scale": 1.5,
                          "public_config": W32_PUBLIC if args.public_src else None,
@@ -418,13 +419,19 @@ def race(args, device: torch.device) -> int:
              f"{args.repeats} repeats (load average at start {machine['load_average_at_start'][0]:.1f}).", "",
              "| arm | network evaluations | s / patch (median) | min-max | cost vs fast DDIM-55 | cost vs public |",
              "|---|---:|---:|---:|---:|---:|"]
+    def ratio(r: dict, base: str, digits: int) -> str:  # median (min-max over the paired repeats)
+        c = r.get(f"cost_vs_{base}")
+        if c is None:
+            return "n/a"
+        spread = f" ({c['min']:.{digits}f}-{c['max']:.{digits}f})" if args.repeats > 1 else ""
+        return f"{c['median']:.{digits}f}{spread}"
+
     for r in rows:
-        vs_fast = r.get("cost_vs_fast-ddim55", {}).get("median")
-        vs_pub = r.get("cost_vs_public-ddim55", {}).get("median")
         lines.append(f"| {r['arm']} | {r['network_evaluations']} | {r['s_per_patch']:.3f} | {r['s_per_patch_min']:.3f}-"
-                     f"{r['s_per_patch_max']:.3f} | {vs_fast:.3f} | " + ("n/a" if vs_pub is None else f"{vs_pub:.4f}")
-                     + " |")
-    lines += ["", *(f"- {n}" for n in notes), "Goals (issue 29): at most 0.25 of the fast 55-step DDIM and 1/15 of "
+                     f"{r['s_per_patch_max']:.3f} | {ratio(r, 'fast-ddim55', 3)} | {ratio(r, 'public-ddim55', 4)} |")
+    lines += ["", "Costs are per-repeat paired ratios of whole-run times: median (min-max over repeats).",
+              f"Command: `{args.command}`", "",
+              *(f"- {n}" for n in notes), "Goals (issue 29): at most 0.25 of the fast 55-step DDIM and 1/15 of "
               "the public sampler, same run, same network.", ""]
     out = Path(args.out or Path(__file__).parent / "results" / f"solver_speed_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -462,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--public-src", type=Path, default=None, help="--race: a checkout of hvcl/DiffMix")
     parser.add_argument("--race-batch", type=int, default=4, help="--race: batch size (the goal case: 4)")
     args = parser.parse_args(argv)
+    args.command = " ".join(["python", "benchmarks/sampler.py", *(sys.argv[1:] if argv is None else argv)])
     device = torch.device(args.device)
     _labels["kind"] = args.labels
     if args.threads:
