@@ -53,11 +53,13 @@ SDM_CONFIG = ROOT / "diffmix_aug" / "configs" / "sdm_consep_cpu.yaml"
 #: GPU scale (one H100) and the dry run's tiny sizes
 SCALES = {
     "gpu": dict(tiles=tuple(range(1, 28)), sdm_steps=1500, sdm_batch=64, seeds=5, iterations=800, batch_size=16,
-                crop=64, width=32, depth=3, pool_size=96, render_steps=55, render_batch=64, workers=14,
-                bootstrap=2000, arms=None, device="cuda", eval_crop=0),
+                crop=64, width=32, depth=3, pool_size=96, pool_draws=2, render_steps=55, render_batch=64, workers=14,
+                bootstrap=2000, arms=None, device="cuda", eval_crop=0, sdm_overrides={}),
     "dry": dict(tiles=(1, 6, 19), sdm_steps=2, sdm_batch=2, seeds=2, iterations=3, batch_size=2, crop=32,
-                width=4, depth=2, pool_size=2, render_steps=1, render_batch=4, workers=1, bootstrap=20,
-                arms="baseline,diffmix-union", device="cpu", eval_crop=160),
+                width=4, depth=2, pool_size=2, pool_draws=1, render_steps=1, render_batch=4, workers=1, bootstrap=20,
+                arms="baseline,diffmix-union", device="cpu", eval_crop=160,
+                # a narrower SDM than the shipped `tiny`: the dry run checks the plumbing, not the renders
+                sdm_overrides=dict(model_channels=8, spade_hidden=8, num_groups=4, num_head_channels=8)),
 }
 
 
@@ -68,7 +70,7 @@ def folds_of(tiles: tuple[int, ...], k: int = 3, seed: int = 0) -> list[list[int
 
 
 def train_fold_sdm(data_root: Path, holdout: list[int], patches: Any, out: Path, steps: int, batch: int,
-                   device: str) -> Path:
+                   device: str, sdm_overrides: dict[str, Any] | None = None) -> Path:
     """Train the fold's SDM on ``patches`` (the fold's training tiles at 20x) and export it; returns its path."""
     from benchmarks.tilesets import train_root
     from diffmix_aug.sdm.checkpoint import export_sdm
@@ -79,6 +81,8 @@ def train_fold_sdm(data_root: Path, holdout: list[int], patches: Any, out: Path,
     if export.is_file():
         return export
     cfg = load_train_config(SDM_CONFIG)
+    if sdm_overrides:
+        cfg = cfg.replace(model={"overrides": dict(sdm_overrides)})
     finetune = max(1, steps // 5)
     cfg = cfg.replace(data={"data_root": str(train_root(data_root)), "holdout_tiles": list(holdout)},
                       train={"batch_size": batch, "device": device, "sample_interval": 10**9,
@@ -97,7 +101,8 @@ def _fold_args(a: argparse.Namespace, scale: dict[str, Any], fold: list[int], sd
             "--sdm-unseen-tiles", ",".join(map(str, fold)), "--sdm", str(sdm), "--seeds", str(scale["seeds"]),
             "--iterations", str(scale["iterations"]), "--batch-size", str(scale["batch_size"]),
             "--crop", str(scale["crop"]), "--width", str(scale["width"]), "--depth", str(scale["depth"]),
-            "--pool-size", str(scale["pool_size"]), "--pool-draws", "2", "--render-steps", str(scale["render_steps"]),
+            "--pool-size", str(scale["pool_size"]), "--pool-draws", str(scale["pool_draws"]),
+            "--render-steps", str(scale["render_steps"]),
             "--render-batch", str(scale["render_batch"]), "--render-device", scale["device"],
             "--device", scale["device"], "--jobs", str(scale["workers"]), "--threads", "1",
             "--bootstrap", str(scale["bootstrap"]), "--eval-crop", str(scale["eval_crop"]),
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fold {k}: validation tiles {fold}; training the fold's SDM ...", flush=True)
         fold_train, _ = consep_tilesets(a.data_root, fold, only_tiles=list(scale["tiles"]))
         sdm = train_fold_sdm(a.data_root, fold, fold_train.patches, a.work_dir / f"fold{k}" / "sdm",
-                             scale["sdm_steps"], scale["sdm_batch"], scale["device"])
+                             scale["sdm_steps"], scale["sdm_batch"], scale["device"], scale["sdm_overrides"])
         del fold_train
         t_sdm = time.monotonic() - t0
         args = _fold_args(a, scale, fold, sdm, k)
