@@ -13,8 +13,9 @@ Parts, in order, each skipped (with the reason written) when the remaining budge
    ``SOLVER_ROWS`` (issue 29): patches/s, achieved TFLOP/s (FLOPs counted with ``FlopCounterMode``),
    fraction of the measured peak, and the largest output difference against the reference (for a
    solver row that is its ODE discretisation error plus rounding, not rounding alone).
-3. ``loader``: ``DiffMixDataset`` with a CUDA producer under ``DataLoader(num_workers=4)``: items/s
-   against the bare dataset and the consumer's extra wait per step.
+3. ``loader``: ``DiffMixDataset`` with a CUDA producer running the online default sampler
+   (``"fast"``) under ``DataLoader(num_workers=4)``: items/s against the bare dataset and the
+   consumer's extra wait per step.
 4. ``tests``: the ``cuda``-marked tests (``pytest -m cuda tests/gpu``).
 
 Random weights are used throughout (speed does not depend on them; output differences compare two
@@ -206,13 +207,14 @@ def bench_loader(device: torch.device, preset: str, size: int, items: int, worke
     from benchmarks.loader import wait_per_step
     from diffmix_aug.data.toy import make_toy_dataset
     from diffmix_aug.dataset import DiffMixDataset
-    from diffmix_aug.sampling import DDIMSampler, Synthesizer
+    from diffmix_aug.sampling import Synthesizer
+    from diffmix_aug.sampling.presets import DEFAULT_PRESET, make_sampler
 
     base = make_toy_dataset(items, size=size, seed=0).materialised()
     bare = _BareDataset(base)
     half = "fp16" if device.type == "cuda" else "fp32"
-    synth = Synthesizer(_model(preset, size, device), DDIMSampler(steps=55, t_start=540), device=device,
-                        precision=half)
+    # the online default (what a user's loop runs), not the 55-step protocol
+    synth = Synthesizer(_model(preset, size, device), make_sampler(DEFAULT_PRESET), device=device, precision=half)
 
     def collate(batch):
         return [b.image for b in batch] if not isinstance(batch[0], dict) else batch
@@ -229,7 +231,7 @@ def bench_loader(device: torch.device, preset: str, size: int, items: int, worke
         return rate
 
     result: dict[str, Any] = {"items": items, "size": size, "workers": workers, "step_s": step_s,
-                              "precision": half}
+                              "precision": half, "sampler": DEFAULT_PRESET}
     result["bare_items_per_s"] = loader_rate(bare)
     bare_wait = statistics.fmean(wait_per_step(bare, workers, 8, steps, step_s, collate))
     with DiffMixDataset(base, synth, synthetic_ratio=0.5, cache_capacity=64, batch_size=8, warmup="block",
@@ -276,7 +278,8 @@ def _markdown(res: dict[str, Any]) -> str:
     if "loader" in res:
         lo = res["loader"]
         lines += ["## Loader", "", f"DiffMixDataset {lo['diffmix_items_per_s']:.0f} items/s against bare "
-                  f"{lo['bare_items_per_s']:.0f} ({lo['ratio_vs_bare']:.2f}x), {lo['workers']} workers; extra "
+                  f"{lo['bare_items_per_s']:.0f} ({lo['ratio_vs_bare']:.2f}x), {lo['workers']} workers, sampler "
+                  f"\"{lo.get('sampler', 'fast')}\"; extra "
                   f"wait {lo['extra_wait_share_of_step']:.1%} of a {lo['step_s'] * 1e3:.0f} ms step.", ""]
     if "tests" in res:
         lines += ["## cuda tests", "", f"`{res['tests']['summary']}` (rc {res['tests']['rc']})", ""]
