@@ -41,7 +41,9 @@ def test_shipped_toy_config_runs_from_the_shipped_checkpoint(tmp_path, capsys, m
     meta = json.loads(files[0].with_suffix(".json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     assert meta["mode"] == "union" and meta["map_kind"] in ("balance", "enlarge") and "params" in meta
-    assert meta["sampler"]["settings"]["steps"] == 55 and meta["sampler"]["settings"]["t_start"] == 540 and len(meta["checkpoint_sha256"]) == 64
+    settings = meta["sampler"]["settings"]
+    assert settings["preset"] == "fast" and settings["solver"] == "unipc" and settings["steps"] == 10
+    assert settings["t_start"] == 540 and len(meta["checkpoint_sha256"]) == 64
     assert manifest["mode"] == "union" and manifest["patch_shape"] == [64, 64]
     assert manifest["classes"]["num_classes"] == 5 and manifest["classes"]["rare_classes"] == [1]
     assert manifest["checkpoint"]["sha256"] == meta["checkpoint_sha256"]
