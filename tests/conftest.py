@@ -12,8 +12,12 @@ import torch
 
 DATA_DIR = Path(__file__).parent / "data"
 
-# Two cores: keep torch from oversubscribing when tests or DataLoader workers run side by side.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread per test process, and per child process (subprocesses inherit OMP_NUM_THREADS):
+# the suite must pass beside other CPU-bound jobs (CI runs two burners beside it on 2 cores), where
+# more threads than free cores make OpenMP's barriers spin and slow every op several-fold. A value
+# set by the caller is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
 
 
 def pytest_collection_modifyitems(config, items):
