@@ -431,7 +431,7 @@ def race(args, device: torch.device) -> int:
                      f"{r['s_per_patch_max']:.3f} | {ratio(r, 'fast-ddim55', 3)} | {ratio(r, 'public-ddim55', 4)} |")
     lines += ["", "Costs are per-repeat paired ratios of whole-run times: median (min-max over repeats).",
               f"Command: `{args.command}`", "",
-              *(f"- {n}" for n in notes), "Goals (issue 29): at most 0.25 of the fast 55-step DDIM and 1/15 of "
+              *(f"- {n}" for n in notes), *([""] if notes else []), "Goals (issue 29): at most 0.25 of the fast 55-step DDIM and 1/15 of "
               "the public sampler, same run, same network.", ""]
     out = Path(args.out or Path(__file__).parent / "results" / f"solver_speed_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
