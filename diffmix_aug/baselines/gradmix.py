@@ -28,6 +28,7 @@ pixels (the only difference from the full-image reference; raise ``image_margin`
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from .._checks import check_choice, check_positive_int
 from ..data.sample import NucleiSample, instance_info
 from ..labelmaps.balance import BalanceParams, apply_balance, draw_balance_params, paste_window
 from ..labelmaps.donors import DonorBank
-from ..labelmaps.settings import BalanceSettings, check_settings
+from ..labelmaps.settings import BalanceSettings, check_settings, reject_loose_options
 
 __all__ = ["GradMix", "average_nucleus_color"]
 
@@ -110,7 +111,9 @@ class GradMix:
         inpaint_radius: int = 5,
         metric: str = "chessboard",
         source_key: str | None = "index",
+        **unexpected: Any,
     ) -> None:
+        reject_loose_options(type(self).__name__, unexpected, accepts=("balance",))
         if donors is not None and not isinstance(donors, DonorBank):
             raise TypeError(f"`donors` must be a DonorBank or None, got {type(donors).__name__}")
         if donors is not None and len(donors) and donors.images is None:

@@ -26,7 +26,14 @@ from ..modes import DEFAULT_MODE, MODES, UNION_P_BALANCE, Mode, check_mode, mode
 from .balance import BalanceParams, apply_balance, draw_balance_params
 from .donors import DonorBank
 from .enlarge import EnlargeParams, apply_enlarge, draw_enlarge_params
-from .settings import REFERENCE_PATCH, BalanceSettings, EnlargeSettings, borders_for_patch, check_settings
+from .settings import (
+    REFERENCE_PATCH,
+    BalanceSettings,
+    EnlargeSettings,
+    borders_for_patch,
+    check_settings,
+    reject_loose_options,
+)
 
 __all__ = ["DEFAULT_MODE", "MODES", "REFERENCE_PATCH", "LabelMapParams", "LabelMapResult", "LabelMapSampler", "Mode",
            "borders_for_patch", "check_label_maps", "check_mode", "mode_balances", "mode_enlarges"]
@@ -152,7 +159,9 @@ class LabelMapSampler:
         enlarge: EnlargeSettings = EnlargeSettings(),
         balance: BalanceSettings = BalanceSettings(),
         source_key: str | None = "index",
+        **unexpected: Any,
     ) -> None:
+        reject_loose_options(type(self).__name__, unexpected)
         self.mode = check_mode(mode)
         if donors is not None and not isinstance(donors, DonorBank):
             raise TypeError(f"`donors` must be a DonorBank or None, got {type(donors).__name__}; "

@@ -80,6 +80,30 @@ def check_settings(name: str, value: Any, cls: type[_S]) -> _S:
     return value
 
 
+def reject_loose_options(where: str, given: Mapping[str, Any], accepts: tuple[str, ...] = ("enlarge", "balance")) -> None:
+    """A TypeError for keywords ``where`` does not take, naming the settings object that owns each option.
+
+    Args:
+        where: The callable, e.g. ``"LabelMapSampler"``.
+        given: The unexpected keyword arguments (empty: nothing happens).
+        accepts: The settings arguments ``where`` takes (``"enlarge"``, ``"balance"``).
+
+    Raises:
+        TypeError: ``given`` is not empty.
+    """
+    if not given:
+        return
+    owners = {f.name: ("enlarge", "EnlargeSettings") for f in dataclasses.fields(EnlargeSettings)}
+    owners.update({f.name: ("balance", "BalanceSettings") for f in dataclasses.fields(BalanceSettings)})
+    key = sorted(given)[0]
+    arg, cls = owners.get(key, (None, None))
+    if arg in accepts:
+        raise TypeError(f"{where}() takes label-map options in a settings object: got `{key}={given[key]!r}`; "
+                        f"pass `{arg}={cls}({key}={given[key]!r})`")
+    why = f" (`{key}` belongs to {cls}, which {where} does not use)" if cls else ""
+    raise TypeError(f"{where}() got an unexpected keyword argument `{key}`{why}")
+
+
 @dataclass(frozen=True)
 class EnlargeSettings:
     """How an enlarging map shifts nuclei (defaults: the reference code's, ±15 px, p = 0.3, margin 32).

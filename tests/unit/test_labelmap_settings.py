@@ -101,3 +101,21 @@ def test_settings_change_the_draws_as_the_old_keywords_did():
     c = draw_enlarge_params(np.random.default_rng(1), inst, EnlargeSettings(border_margin=4, max_shift=2, p_shift=1.0))
     assert a.to_dict() == b.to_dict()
     assert np.abs(c.shifts).max() <= 2 < np.abs(a.shifts).max()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: LabelMapSampler("enlarge", num_classes=5, max_shift=6),
+     r"LabelMapSampler\(\) takes label-map options in a settings object: got `max_shift=6`; "
+     r"pass `enlarge=EnlargeSettings\(max_shift=6\)`"),
+    (lambda: LabelMapSampler("balance", num_classes=5, rare_classes=(1,), border=4),
+     r"pass `balance=BalanceSettings\(border=4\)`"),
+    (lambda: GradMix(None, (1,), major_fraction=0.3), r"pass `balance=BalanceSettings\(major_fraction=0.3\)`"),
+    (lambda: GradMix(None, (1,), max_shift=3),
+     r"GradMix\(\) got an unexpected keyword argument `max_shift` \(`max_shift` belongs to EnlargeSettings, "
+     r"which GradMix does not use\)"),
+    (lambda: LabelMapSampler("enlarge", num_classes=5, bogus=1),
+     r"LabelMapSampler\(\) got an unexpected keyword argument `bogus`$"),
+])
+def test_an_old_keyword_names_the_settings_object_that_owns_it(call, message):
+    with pytest.raises(TypeError, match=message):
+        call()
