@@ -211,6 +211,14 @@ def markdown(c: dict[str, Any]) -> str:
     return "\n".join(L)
 
 
+def _where(path: Path) -> str:
+    """``path`` relative to the repository when inside it (so a committed comparison can be recomputed)."""
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--candidate", type=Path, nargs="+", required=True,
@@ -220,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output path without suffix (.json and .md are written)")
     args = ap.parse_args(argv)
     c = compare([json.loads(p.read_text()) for p in args.candidate], [json.loads(p.read_text()) for p in args.reference])
+    c["inputs"] = {"candidate": [_where(p) for p in args.candidate], "reference": [_where(p) for p in args.reference]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     c["solver_md"] = Path(os.path.relpath(ROOT / "benchmarks/results/solver/solver.md",
                                           args.out.parent.resolve())).as_posix()

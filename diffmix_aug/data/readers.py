@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+#: formats whose every readable file Pillow's header reader opens: a header it refuses is a corrupt file
+_HEADER_DECIDES = (".png", ".jpg", ".jpeg", ".bmp")
 PathLike = str | os.PathLike[str]
 
 
@@ -79,7 +81,9 @@ def read_image(path: PathLike) -> np.ndarray:
     try:
         image_shape(path)  # the header's size, checked before any pixel is decoded
     except ValueError as exc:
-        if "pixels" in str(exc):
+        # a PNG / JPEG / BMP header Pillow cannot read is corrupt (OpenCV can spend seconds on one);
+        # TIFF variants Pillow does not parse go on to OpenCV
+        if "pixels" in str(exc) or path.suffix.lower() in _HEADER_DECIDES:
             raise
     try:
         img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)

@@ -144,6 +144,17 @@ def test_fuzzed_image_bytes_decode_or_raise_naming_the_file(tmp_path, payload, s
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[-1] == 3
 
 
+def test_a_png_whose_header_pillow_refuses_is_not_handed_to_opencv(tmp_path, monkeypatch):
+    """A corrupt PNG (a chunk declaring 4 GB) is refused from its header; OpenCV never sees it."""
+    import cv2
+
+    path = tmp_path / "bad.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\xff\xff\xff\xf0IHDR" + b"\0" * 40)
+    monkeypatch.setattr(cv2, "imread", lambda *a, **k: pytest.fail("OpenCV was asked to decode a corrupt PNG"))
+    with pytest.raises(ValueError, match=r"bad\.png: cannot read the image header"):
+        read_image(path)
+
+
 def test_image_whose_header_declares_a_huge_size_is_refused_before_decoding(tmp_path):
     import struct
     import zlib

@@ -56,3 +56,18 @@ def test_replace_glance_names_missing_markers():
         replace_glance("# a README without markers", "table")
     text = "a\n" + GLANCE[0] + "\nold\n" + GLANCE[1] + "\nb"
     assert replace_glance(text, "new") == "a\n" + GLANCE[0] + "\n\nnew\n\n" + GLANCE[1] + "\nb"
+
+
+SOLVER_FIDELITY = ROOT / "benchmarks" / "results" / "consep" / "fidelity_solver"
+
+
+@pytest.mark.parametrize("path", sorted(SOLVER_FIDELITY.glob("*_vs_*.json")), ids=lambda p: p.stem)
+def test_committed_sampler_comparisons_are_recomputed_and_rendered(path):
+    """Each committed comparison equals ``compare`` of the committed runs it names, and its markdown the rendering."""
+    from benchmarks.fidelity_compare import compare, markdown
+
+    c = json.loads(path.read_text())
+    assert path.with_suffix(".md").read_text() == markdown(c), "stale: rerun python -m benchmarks.fidelity_compare"
+    runs = {side: [json.loads((ROOT / p).read_text()) for p in c["inputs"][side]] for side in ("candidate", "reference")}
+    again = compare(runs["candidate"], runs["reference"])
+    assert json.loads(json.dumps(again["rows"])) == c["rows"] and again["within"] == c["within"]
