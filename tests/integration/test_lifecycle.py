@@ -7,7 +7,7 @@ end):
 
 - 20 one-liners in a row exit 0 with ``close()`` under 2 s, and 20 without ``close()``, with a
   2-worker DataLoader under fork and under spawn (``slow``; the default suite runs 8 without a
-  loader and 3 with one per start method);
+  loader and 2 with one per start method);
 - 50 fresh spawn runs with 2 workers never hang (``slow``).
 
 Every child is bounded by a timeout; none of these asserts on speed beyond the 2 s ``close()``
@@ -96,7 +96,7 @@ def test_one_liners_in_a_row_exit_zero(end, tmp_path):
 @pytest.mark.parametrize("end", ["close", "drop"])
 def test_dataloader_workers_then_exit_zero(ctx, end, tmp_path):
     """A real 2-worker DataLoader per run, fresh datasets, with and without ``close()``: no hang, rc 0."""
-    _check(_run(ctx, 3, end, loader=True, timeout=300, tmp=tmp_path), end)
+    _check(_run(ctx, 2, end, loader=True, timeout=300, tmp=tmp_path), end)
 
 
 @pytest.mark.slow
