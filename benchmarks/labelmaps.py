@@ -414,9 +414,17 @@ def real_samples(max_consep: int = 48, seed: int = 0) -> dict[str, list]:
     return out
 
 
+def _oracles_importable() -> None:
+    """The plain oracles live with the tests (``tests/unit``), never in the library."""
+    where = str(Path(__file__).resolve().parents[1] / "tests" / "unit")
+    if where not in sys.path:
+        sys.path.insert(0, where)
+
+
 def _previous_enlarge(inst, types, rng):
     """What ``enlarge_label_map`` did before: an argsort grouping in the draw, and again in the paint."""
-    from diffmix_aug.labelmaps.enlarge import group_pixels_reference
+    _oracles_importable()
+    from grouping_reference import group_pixels_reference
 
     params = draw_enlarge_params(rng, inst, info=group_pixels_reference(inst))
     return apply_enlarge(inst, types, params, group_pixels_reference(inst, types))[:2]
@@ -425,10 +433,9 @@ def _previous_enlarge(inst, types, rng):
 def _previous_balance(inst, types, bank, rng, exclude_source):
     """What ``balance_label_map`` did before: a pixel-sort ``instance_info``, and one ``cv2.dilate``
     per major inside the greedy donor loop (``draw_balance_params_reference``)."""
-    from diffmix_aug.data.sample import instance_info_reference
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))  # the oracle lives with the tests
+    _oracles_importable()
     from balance_reference import draw_balance_params_reference
+    from grouping_reference import instance_info_reference
 
     info = instance_info_reference(inst, types)
     params = draw_balance_params_reference(rng, inst, types, bank, rare_classes=(1,), exclude_source=exclude_source,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RunGroups", "group_by_id", "group_by_id_reference", "group_runs", "run_pixels"]
+__all__ = ["RunGroups", "group_by_id", "group_runs", "run_pixels"]
 
 _RADIX_MAX_IDS = 1 << 16
 
@@ -50,15 +50,6 @@ def group_by_id(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     rank[ids] = np.arange(ids.size, dtype=np.uint16)
     pos = fg[np.argsort(rank[labels], kind="stable")]
     return ids.astype(np.int64), starts, areas.astype(np.int64), pos
-
-
-def group_by_id_reference(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The plain version of :func:`group_by_id`: one stable comparison sort of the foreground."""
-    fg = np.flatnonzero(flat)
-    if fg.size == 0:
-        z = np.zeros(0, np.int64)
-        return z, z, z, z
-    return _by_comparison(fg, flat[fg])
 
 
 def _by_comparison(fg: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -30,11 +30,10 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_array
-from ..data.grouping import group_by_id_reference, group_runs, run_pixels
+from ..data.grouping import group_runs, run_pixels
 from .settings import EnlargeSettings, check_settings
 
-__all__ = ["EnlargeParams", "apply_enlarge", "draw_enlarge_params", "enlarge_label_map", "group_pixels",
-           "group_pixels_reference"]
+__all__ = ["EnlargeParams", "apply_enlarge", "draw_enlarge_params", "enlarge_label_map", "group_pixels"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,7 +92,7 @@ class PixelGroups:
 def group_pixels(inst_map: np.ndarray, type_map: np.ndarray | None = None) -> PixelGroups:
     """Group the foreground pixels of ``inst_map`` by instance, in linear time: the map's
     horizontal runs (:func:`~diffmix_aug.data.grouping.group_runs`) grouped by id, then expanded
-    to pixels; equal to :func:`group_pixels_reference`.
+    to pixels; equal to the plain sort in ``tests/unit/grouping_reference.py``.
 
     Args:
         inst_map: ``int [H, W]``.
@@ -110,11 +109,6 @@ def group_pixels(inst_map: np.ndarray, type_map: np.ndarray | None = None) -> Pi
     np.cumsum(runs.areas[:-1], out=starts[1:])
     types = np.zeros(starts.size, np.int32) if type_map is None else type_map.ravel()[first].astype(np.int32)
     return PixelGroups(runs.ids.astype(np.int32), starts, runs.areas, run_pixels(runs), bboxes, types)
-
-
-def group_pixels_reference(inst_map: np.ndarray, type_map: np.ndarray | None = None) -> PixelGroups:
-    """:func:`group_pixels` by one comparison sort of all foreground pixels (the plain oracle)."""
-    return _groups(inst_map, type_map, group_by_id_reference(inst_map.ravel()))
 
 
 def _groups(inst_map, type_map, grouped) -> PixelGroups:

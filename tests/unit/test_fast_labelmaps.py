@@ -12,13 +12,14 @@ import dataclasses
 import numpy as np
 import pytest
 from balance_reference import draw_balance_params_reference
+from grouping_reference import group_by_id_reference, instance_info_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from labelmap_helpers import HE_RARE, load_he_patches, maps_from_seed
 
 from benchmarks.labelmaps import random_label_map
-from diffmix_aug.data.grouping import group_by_id_reference, group_runs, run_pixels
-from diffmix_aug.data.sample import instance_info, instance_info_reference
+from diffmix_aug.data.grouping import group_runs, run_pixels
+from diffmix_aug.data.sample import instance_info
 from diffmix_aug.labelmaps.balance import (
     dilated_area,
     dilated_areas,

@@ -6,13 +6,14 @@ import dataclasses
 
 import numpy as np
 import pytest
+from grouping_reference import group_by_id_reference, group_pixels_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from labelmap_helpers import load_he_patches
 
-from diffmix_aug.data.grouping import group_by_id, group_by_id_reference
+from diffmix_aug.data.grouping import group_by_id
 from diffmix_aug.data.sample import instance_info
-from diffmix_aug.labelmaps.enlarge import group_pixels, group_pixels_reference
+from diffmix_aug.labelmaps.enlarge import group_pixels
 
 
 def _same(a, b):
