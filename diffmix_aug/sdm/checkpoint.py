@@ -202,7 +202,7 @@ def read_sdm_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             prov = json.loads(meta["provenance"])
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: metadata 'provenance' is not valid JSON ({exc})") from exc
-    if step not in (None, "") and not str(step).strip().isdigit():
+    if step not in (None, "") and not (str(step).strip().isascii() and str(step).strip().isdigit()):  # not '²'
         raise ValueError(f"{path}: metadata `step` must be a non-negative integer, got {step!r}")
     return {"config": config, **_data_facts(meta.get("num_classes"), config, meta.get("mpp"), meta.get("class_names"),
                                             path),

@@ -84,6 +84,14 @@ def test_old_exports_without_resolution_still_load(export, tmp_path):
     assert meta["mpp"] is None and meta["class_names"] is None and meta["num_classes"] == 5
 
 
+@pytest.mark.parametrize("step", ["²", "٣", "-1", "1.5", "x"])
+def test_a_step_that_is_not_an_ascii_integer_is_refused_naming_the_file(export, tmp_path, step):
+    """``str.isdigit`` accepts superscripts and other scripts' digits that ``int`` refuses (found by hypothesis)."""
+    path = _rewrite(export, tmp_path / "s.safetensors", meta={"step": step})
+    with pytest.raises(ValueError, match=r"s\.safetensors: metadata `step` must be a non-negative integer"):
+        read_sdm_metadata(path)
+
+
 @settings(max_examples=40, deadline=timedelta(seconds=20), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.dictionaries(st.sampled_from(["num_classes", "mpp", "class_names", "step", "dataset", "provenance"]),
                        st.text(max_size=40), max_size=4))
