@@ -80,7 +80,8 @@ def check_settings(name: str, value: Any, cls: type[_S]) -> _S:
     return value
 
 
-def reject_loose_options(where: str, given: Mapping[str, Any], accepts: tuple[str, ...] = ("enlarge", "balance")) -> None:
+def reject_loose_options(where: str, given: Mapping[str, Any],
+                         accepts: tuple[str, ...] = ("enlarge", "balance")) -> None:
     """A TypeError for keywords ``where`` does not take, naming the settings object that owns each option.
 
     Args:
