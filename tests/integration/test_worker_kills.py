@@ -106,7 +106,12 @@ _SCRIPT = textwrap.dedent("""
                 errors += 1
             finally:
                 if epoch:
-                    t.join(STEP)
+                    try:
+                        t.join(STEP)
+                    except RuntimeError:  # a kill after the epoch's last batch: the loader's SIGCHLD
+                        if not hit:       # handler reports it in the main thread, here
+                            raise
+                        errors += 1
                 if it is not None:  # unregisters the workers (else the loader's SIGCHLD handler raises later)
                     try:
                         deadlocks += not shut_down(it, workers)
