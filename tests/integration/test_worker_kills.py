@@ -50,11 +50,12 @@ _SCRIPT = textwrap.dedent("""
         time.sleep(delay)
         alive = [w for w in workers if w.is_alive()]
         if alive:
-            try:
-                rnd.choice(alive).kill()
-                hit.append(1)
+            victim = rnd.choice(alive)
+            hit.append(1)  # before the kill: the loader's SIGCHLD handler may raise in the main thread
+            try:           # before this thread runs again, and the main thread checks `hit` then
+                victim.kill()
             except (ProcessLookupError, AttributeError, ValueError):
-                pass
+                hit.pop()
 
 
     def shut_down(it, workers):
