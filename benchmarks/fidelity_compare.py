@@ -26,7 +26,6 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,25 +41,21 @@ LABEL_SETS = {"sdm_enlarge": "SDM(enlarged map)", "sdm_balance": "SDM(balanced m
 SAMPLER_KEYS = ("solver", "denoising_steps", "spacing", "entry_timestep", "guidance_scale")
 
 
-def figures(r: dict[str, Any]) -> dict[str, tuple[list[float], list[float]]]:
-    """The SDM figures of one ``fidelity.json``, by name: ``([mean, sd] over judge seeds, per-seed values)``."""
-    lf, tf, ps = r["label_fidelity"], r["type_fidelity"], r["per_seed"]
-    out: dict[str, tuple[list[float], list[float]]] = {}
-
-    def label(name: str, key: str, get: Callable[[dict[str, Any]], float]) -> None:
-        out[name] = (get(lf[key]), [get(s[key]) for s in ps["label_fidelity"]])
-
+def figures(r: dict[str, Any]) -> dict[str, list[float]]:
+    """The SDM figures of one ``fidelity.json``, by name: the value per judge seed."""
+    ps = r["per_seed"]
+    out: dict[str, list[float]] = {}
     for key, lab in LABEL_SETS.items():
-        label(f"label: {lab}, PQ", key, lambda m: m["pq"])
-        label(f"label: {lab}, PQ / real", key, lambda m: m["pq_ratio"])
-        label(f"label: {lab}, F1 detection", key, lambda m: m["f1_detection"])
-        label(f"label: {lab}, F1 misc", key, lambda m: m["f1_per_type"]["1"])
+        seeds = [s[key] for s in ps["label_fidelity"]]
+        out[f"label: {lab}, PQ"] = [m["pq"] for m in seeds]
+        out[f"label: {lab}, PQ / real"] = [m["pq_ratio"] for m in seeds]
+        out[f"label: {lab}, F1 detection"] = [m["f1_detection"] for m in seeds]
+        out[f"label: {lab}, F1 misc"] = [m["f1_per_type"]["1"] for m in seeds]
     for c, name in NAMES.items():
-        out[f"type: SDM(enlarged map), {name} read as {name}"] = (
-            tf["sdm_enlarge"][c]["share"], [s["sdm_enlarge"][c]["share"] for s in ps["type_fidelity"]])
-    out["type: SDM pasted misc, read as misc"] = (tf["sdm_pasted"]["1"]["share"],
-                                                  [s["sdm_pasted"]["1"]["share"] for s in ps["type_fidelity"]])
-    out["realism: two-sample AUC of the SDM's renders"] = (r["realism"]["sdm"], [s["sdm"] for s in ps["realism"]])
+        out[f"type: SDM(enlarged map), {name} read as {name}"] = [s["sdm_enlarge"][c]["share"]
+                                                                  for s in ps["type_fidelity"]]
+    out["type: SDM pasted misc, read as misc"] = [s["sdm_pasted"]["1"]["share"] for s in ps["type_fidelity"]]
+    out["realism: two-sample AUC of the SDM's renders"] = [s["sdm"] for s in ps["realism"]]
     return out
 
 
@@ -121,20 +116,20 @@ def compare(candidate: dict[str, Any] | list[dict[str, Any]],
     by_render = len(cands) > 1 or len(refs) > 1
     rows = []
     for name in fa[0]:
-        pooled_a = [v for f in fa for v in f[name][1]]
-        pooled_b = [v for f in fb for v in f[name][1]]
+        pooled_a = [v for f in fa for v in f[name]]
+        pooled_b = [v for f in fb for v in f[name]]
         ma, mb = _mean_sd(pooled_a), _mean_sd(pooled_b)
         bad = ma is None or mb is None
         delta = None if bad else ma[0] - mb[0]
         if by_render:  # per render seed run on both sides: the difference of the judge-seed means
             paired = []
             for k in both:
-                x, y = _mean_sd(sa[k][name][1]), _mean_sd(sb[k][name][1])
+                x, y = _mean_sd(sa[k][name]), _mean_sd(sb[k][name])
                 paired.append(None if x is None or y is None else x[0] - y[0])
         else:  # one run each: the same judge seed scoring both runs' renders
             paired = [x - y if _finite(x) and _finite(y) else None
-                      for x, y in zip(fa[0][name][1], fb[0][name][1])]
-        render_sd = _mean_sd([m[0] for m in (_mean_sd(f[name][1]) for f in fb) if m is not None])
+                      for x, y in zip(fa[0][name], fb[0][name])]
+        render_sd = _mean_sd([m[0] for m in (_mean_sd(f[name]) for f in fb) if m is not None])
         rows.append({"figure": name, "candidate": ma or [float("nan")] * 2, "reference": mb or [float("nan")] * 2,
                      "delta": delta, "delta_per_seed": paired,
                      "reference_render_seed_sd": render_sd[1] if render_sd and len(refs) > 1 else None,
